@@ -1,0 +1,157 @@
+"""The `Backbone` plugin protocol.
+
+A backbone plugin tells autotl four things about a pretrained network:
+
+1. how to build it from a *weights source* (a hub handle, a local file or folder,
+   or ``"none"`` for random initialisation);
+2. how raw examples become model inputs (its `Preprocessor`);
+3. its blocks, ordered from the input to the output, which is what
+   "unfreeze depth k" means for it: the top ``k`` blocks are fine-tuned;
+4. the ranges of the search space it proposes (`Backbone.search_space`).
+
+The core never imports a plugin by name: plugins are found through the
+``autotl.backbones`` entry-point group or loaded from a file (see
+`autotl.registry`). A plugin is a subclass of `Backbone` (or an instance of one).
+
+Contract of `Backbone.build`: the returned Keras model maps the preprocessor's
+output to features, *including* any input normalisation, so the exported model
+takes the same inputs as the search did:
+
+* image plugins: float pixels in ``[0, 255]``, shape ``(batch, H, W, 3)`` ->
+  a feature map ``(batch, h, w, channels)``;
+* text plugins: the dict the text preprocessor yields (it must contain
+  ``"padding_mask"``) -> a sequence ``(batch, length, hidden)``.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, ClassVar, Mapping, Sequence
+
+import numpy as np
+
+IMAGE = "image"
+TEXT = "text"
+MODALITIES = (IMAGE, TEXT)
+
+
+class Preprocessor(abc.ABC):
+    """Turns raw examples (image arrays, strings) into model inputs, in numpy.
+
+    It runs outside the Keras model so that the model stays backend-agnostic;
+    its `config` goes into the export manifest and `save` writes whatever it
+    needs (a vocabulary, say) next to the exported model.
+    """
+
+    @abc.abstractmethod
+    def __call__(self, examples: Sequence[Any]) -> Any:
+        """Return model inputs (an array, or a dict of arrays) for `examples`."""
+
+    @abc.abstractmethod
+    def config(self) -> dict:
+        """A JSON-serialisable description, written to the export manifest."""
+
+    def save(self, directory: Path) -> None:
+        """Write the assets needed to rebuild this preprocessor into `directory`."""
+
+
+class ImagePreprocessor(Preprocessor):
+    """Images arrive already decoded and resized by `autotl.data`; this casts them.
+
+    Resizing happens when images are read (see `autotl.data.read_image`) so the
+    search keeps small uint8 arrays in memory; normalisation is part of the model.
+    """
+
+    def __init__(self, image_size: tuple[int, int]):
+        self.image_size = (int(image_size[0]), int(image_size[1]))
+
+    def __call__(self, examples):
+        return np.asarray(examples, dtype="float32")
+
+    def config(self) -> dict:
+        return {
+            "type": "image",
+            "image_size": list(self.image_size),
+            "color_mode": "rgb",
+            "resize": "bilinear",
+            "input_range": [0, 255],
+        }
+
+
+class Backbone(abc.ABC):
+    """Base class of backbone plugins. Subclass it and fill in the class attributes.
+
+    Attributes:
+        name: the name users type (``--backbone NAME``); lowercase, no spaces.
+        modality: ``"image"`` or ``"text"``.
+        description: one line shown by ``autotl plugins``.
+        default_weights: the weights source used when the user gives none.
+        default_image_size: (image plugins) the input size used unless
+            ``--image-size`` says otherwise.
+        default_sequence_length: (text plugins) likewise for ``--sequence-length``.
+    """
+
+    name: ClassVar[str]
+    modality: ClassVar[str]
+    description: ClassVar[str] = ""
+    default_weights: ClassVar[str] = "none"
+    default_image_size: ClassVar[tuple[int, int]] = (224, 224)
+    default_sequence_length: ClassVar[int] = 128
+
+    @abc.abstractmethod
+    def build(self, weights: str, preprocessor: Preprocessor):
+        """Build the pretrained feature extractor (see the module docstring)."""
+
+    @abc.abstractmethod
+    def blocks(self, model) -> list[list]:
+        """The model's blocks from input to output, each a list of Keras layers.
+
+        ``unfreeze_depth = k`` makes the layers of the last ``k`` blocks trainable
+        (BatchNormalization layers excepted: they stay frozen, in inference mode).
+        """
+
+    def preprocessor(self, weights: str, options: Mapping[str, Any]) -> Preprocessor:
+        """The preprocessor for this weights source.
+
+        `options` carries the user's ``image_size`` or ``sequence_length``.
+        Image plugins need not override this.
+        """
+        if self.modality == IMAGE:
+            size = options.get("image_size") or self.default_image_size
+            return ImagePreprocessor(size)
+        raise NotImplementedError(f"{self.name}: text plugins must define preprocessor()")
+
+    def load_preprocessor(self, directory: Path, config: Mapping[str, Any]) -> Preprocessor:
+        """Rebuild the preprocessor saved by `Preprocessor.save` in an export."""
+        if self.modality == IMAGE:
+            return ImagePreprocessor(tuple(config["image_size"]))
+        raise NotImplementedError(f"{self.name}: text plugins must define load_preprocessor()")
+
+    def search_space(self) -> dict:
+        """Overrides of the default search space (see `autotl.space`), e.g.
+        ``{"unfreeze_depth": {"min": 0, "max": 3}}``. The maximum unfreeze depth
+        defaults to the number of blocks, capped at 4."""
+        return {}
+
+    def describe_weights(self, weights: str) -> str:
+        """A stable identity for a weights source, used in dataset/model fingerprints.
+
+        Local files and folders are identified by their content, so a changed
+        file yields a new identity.
+        """
+        return describe_weights_source(weights)
+
+
+def describe_weights_source(weights: str) -> str:
+    path = Path(weights).expanduser()
+    if not path.exists():
+        return weights
+    digest = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for file in files:
+        stat = file.stat()
+        digest.update(json.dumps([str(file.relative_to(path.parent)), stat.st_size, stat.st_mtime_ns]).encode())
+    return f"{path.resolve()}#{digest.hexdigest()[:16]}"

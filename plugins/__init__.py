@@ -1,0 +1,1 @@
+"""Built-in backbone plugins, installed as the `autotl_plugins` package."""
