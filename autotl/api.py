@@ -1,0 +1,201 @@
+"""The Python API. The CLI (`autotl.cli`) is a thin shell over these functions.
+
+    from autotl import api
+    result = api.search(api.SearchConfig(data="photos/", backbone="efficientnet_lite0", max_trials=5))
+    api.export(result.store, result.search.name, "exported/")
+    api.predict("exported/", ["photos/cat/1.jpg"])
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import data as data_module
+from . import space as space_module
+from .errors import AutotlError, UsageError
+from .progress import Reporter
+from .registry import Registry, load_registry
+from .store import COMPLETED, DEFAULT_STORE, FAILED, INTERRUPTED, Search, Store, Trial
+
+TUNERS = ("random", "bayesian", "hyperband")
+
+
+@dataclass
+class SearchConfig:
+    """Everything a search needs; the CLI's options map one to one onto these fields."""
+
+    data: str
+    backbone: str
+    weights: str | None = None
+    name: str | None = None
+    tuner: str = "random"
+    max_trials: int = 5
+    epochs: int = 10
+    finetune_epochs: int | None = None
+    batch_size: int = 32
+    patience: int = 3
+    seed: int = 0
+    objective: str = "val_accuracy"
+    val_split: float = 0.2
+    val_data: str | None = None
+    image_size: int | None = None
+    sequence_length: int | None = None
+    text_col: str = "text"
+    label_col: str = "label"
+    space_file: str | None = None
+    workdir: str = "autotl_runs"
+    strict: bool = False
+    plugin_files: list[str] = field(default_factory=list)
+
+    def validate(self) -> None:
+        if self.tuner not in TUNERS:
+            raise UsageError(f"unknown tuner {self.tuner!r} (use one of {', '.join(TUNERS)})")
+        for option, value in (("max-trials", self.max_trials), ("epochs", self.epochs),
+                              ("batch-size", self.batch_size)):
+            if value < 1:
+                raise UsageError(f"--{option} must be at least 1")
+        if self.finetune_epochs is not None and self.finetune_epochs < 0:
+            raise UsageError("--finetune-epochs cannot be negative")
+        if not 0 < self.val_split < 1:
+            raise UsageError("--val-split must be between 0 and 1")
+        if not (self.objective.startswith("val_")):
+            raise UsageError(f"--objective must be a validation metric such as val_accuracy or val_loss, "
+                             f"not {self.objective!r}")
+        if self.objective not in ("val_accuracy", "val_loss"):
+            raise UsageError("--objective must be val_accuracy or val_loss")
+
+
+@dataclass
+class SearchResult:
+    store: Store
+    search: Search
+    best: Trial | None
+    trials: list[Trial]
+
+
+def objective_direction(objective: str) -> str:
+    return "min" if objective.endswith("loss") else "max"
+
+
+def search(config: SearchConfig, store: Store | str = DEFAULT_STORE, reporter: Reporter | None = None,
+           registry: Registry | None = None) -> SearchResult:
+    """Run a whole search and return what the store holds about it."""
+    # Keras and KerasTuner are imported here, not at module level, so that
+    # `autotl --help` and the listing commands stay fast.
+    import keras_tuner as kt
+
+    from .hypermodel import TransferHyperModel
+    from .tuner import TrainingPlan, TrialData, TransferTuner, make_oracle
+
+    config.validate()
+    store = store if isinstance(store, Store) else Store(store)
+    reporter = reporter or Reporter()
+    registry = registry or load_registry(config.plugin_files)
+    backbone = registry.get(config.backbone)
+    weights = config.weights or backbone.default_weights
+    space = space_module.build_space(backbone.modality, backbone.search_space(),
+                                     space_module.load_space_file(config.space_file) if config.space_file else None)
+
+    options = {"image_size": _image_size(config.image_size), "sequence_length": config.sequence_length}
+    preprocessor = backbone.preprocessor(weights, options)
+    train, val = load_split(config, backbone.modality, preprocessor)
+    _check_build(backbone, weights, preprocessor)
+
+    name = config.name or _default_name(config.backbone)
+    workdir = Path(config.workdir).expanduser().resolve() / name
+    direction = objective_direction(config.objective)
+    row = store.create_search(
+        name=name, backbone=backbone.name, weights=weights, modality=backbone.modality,
+        dataset_path=str(Path(config.data).resolve()),
+        dataset_fingerprint=_split_fingerprint(train, val),
+        labels=list(train.class_names), config=_config_record(config, weights, space, preprocessor, train, val),
+        objective=config.objective, direction=direction, workdir=str(workdir),
+    )
+    reporter.search_started(name, store.display_url, config.max_trials)
+    plan = TrainingPlan(epochs=config.epochs,
+                        finetune_epochs=config.epochs if config.finetune_epochs is None else config.finetune_epochs,
+                        batch_size=config.batch_size, patience=config.patience, seed=config.seed)
+    hypermodel = TransferHyperModel(backbone, weights, preprocessor, len(train.class_names), space)
+    oracle = make_oracle(config.tuner, kt.Objective(config.objective, direction), config.max_trials,
+                         config.epochs, config.seed)
+    trial_data = TrialData(preprocessor(train.examples), train.labels, preprocessor(val.examples), val.labels)
+    try:
+        tuner = TransferTuner(oracle, hypermodel, store=store, search_id=row.id, plan=plan, reporter=reporter,
+                              workdir=workdir, max_trials=config.max_trials, overwrite=True)
+        tuner.search(trial_data, verbose=0)
+    except KeyboardInterrupt:
+        store.finish_search(row.id, INTERRUPTED, "interrupted by the user")
+        raise
+    except Exception as exc:
+        store.finish_search(row.id, FAILED, _one_line(exc))
+        if isinstance(exc, AutotlError):
+            raise
+        raise AutotlError(f"search {name!r} failed: {_one_line(exc)}") from exc
+    search_row = store.get_search(row.id)
+    best = store.best_trial(search_row)
+    if best is None:
+        store.finish_search(row.id, FAILED, "no trial completed")
+        raise AutotlError(f"search {name!r}: no trial completed (see `autotl trials {name}`)")
+    store.finish_search(row.id, COMPLETED)
+    return SearchResult(store, store.get_search(row.id), best, store.list_trials(row.id))
+
+
+def load_split(config: SearchConfig, modality: str, preprocessor):
+    """Load the training data and split off validation (or load the given validation set)."""
+    image_size = getattr(preprocessor, "image_size", None)
+    common = dict(image_size=image_size, text_col=config.text_col, label_col=config.label_col,
+                  strict=config.strict)
+    dataset = data_module.load_dataset(config.data, modality, **common)
+    if config.val_data:
+        val = data_module.load_dataset(config.val_data, modality, class_names=dataset.class_names, **common)
+        return dataset, val
+    return data_module.stratified_split(dataset, config.val_split, config.seed)
+
+
+def _check_build(backbone, weights, preprocessor) -> None:
+    """Build the backbone once before the search, so a bad weights source fails fast in one line."""
+    try:
+        model = backbone.build(weights, preprocessor)
+        blocks = backbone.blocks(model)
+    except AutotlError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a plugin's failure, reported in one line
+        raise AutotlError(f"backbone {backbone.name!r} failed to build from weights {weights!r}: "
+                          f"{_one_line(exc)}") from None
+    if not blocks:
+        raise AutotlError(f"backbone {backbone.name!r} reports no blocks to fine-tune")
+    del model
+    import keras
+
+    keras.utils.clear_session()
+
+
+def _split_fingerprint(train, val) -> str:
+    joined = f"{data_module.fingerprint(train)}:{data_module.fingerprint(val)}"
+    return hashlib.sha256(joined.encode()).hexdigest()
+
+
+def _image_size(value: int | None):
+    return None if value is None else (int(value), int(value))
+
+
+def _default_name(backbone: str) -> str:
+    return f"{backbone}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def _config_record(config: SearchConfig, weights, space, preprocessor, train, val) -> dict[str, Any]:
+    record = asdict(config)
+    record.update(weights=weights, space=space, preprocessing=preprocessor.config(),
+                  train_examples=len(train), val_examples=len(val),
+                  skipped_examples=[list(s) for s in (train.skipped or [])][:100])
+    return json.loads(json.dumps(record, default=str))
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__

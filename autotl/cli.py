@@ -1,0 +1,309 @@
+"""The `autotl` command line: a thin shell over `autotl.api` and `autotl.exporter`.
+
+Exit codes: 0 ok, 1 failure, 2 usage error (click's convention). Errors a user
+can cause print one line on stderr, never a traceback; set AUTOTL_DEBUG=1 to
+see the traceback of an unexpected error.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from .errors import AutotlError
+from .quiet import import_keras_quietly
+
+
+STORE_OPTION = click.option(
+    "--store", default="sqlite:///autotl.db", show_default=True, envvar="AUTOTL_STORE", show_envvar=True,
+    help="SQLAlchemy URL of the trial store, or a SQLite file path.")
+PLUGIN_OPTION = click.option(
+    "--plugin", "plugin_files", multiple=True, type=click.Path(dir_okay=False),
+    help="A Python file defining Backbone plugins (repeatable).")
+JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+
+
+def handle_errors(command: Callable | None = None, *, needs_keras: bool = True) -> Callable:
+    """Turn user errors into one line on stderr and the right exit code."""
+    if command is None:
+        return functools.partial(handle_errors, needs_keras=needs_keras)
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            if needs_keras:
+                import_keras_quietly()
+            return command(*args, **kwargs)
+        except AutotlError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("Interrupted.", err=True)
+            sys.exit(130)
+        except BrokenPipeError:  # output piped into `head` and the like
+            sys.stderr.close()
+            sys.exit(0)
+        except click.exceptions.ClickException:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a bug: one line, traceback on request
+            if os.environ.get("AUTOTL_DEBUG"):
+                raise
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            click.echo(f"Error: internal error ({type(exc).__name__}: {first}); "
+                       "rerun with AUTOTL_DEBUG=1 for the traceback", err=True)
+            sys.exit(1)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.version_option(package_name="autotl")
+def main() -> None:
+    """autotl: find the best fine-tuned model for a small labelled dataset.
+
+    Searches over pretrained backbone plugins, head, unfreeze depth and learning
+    rates with KerasTuner, logs every trial to a SQL store and exports the winner.
+    """
+
+
+@main.command()
+@click.argument("data", type=click.Path())
+@click.option("--backbone", "-b", required=True, help="Backbone plugin name (see `autotl plugins`).")
+@click.option("--weights", help="Weights source for the backbone (default: the plugin's).")
+@click.option("--name", help="Name of the search (default: BACKBONE-DATE-TIME).")
+@STORE_OPTION
+@click.option("--tuner", type=click.Choice(["random", "bayesian", "hyperband"]), default="random")
+@click.option("--max-trials", type=click.IntRange(min=1), default=5)
+@click.option("--epochs", type=click.IntRange(min=1), default=10, help="Epochs of the head phase (at most).")
+@click.option("--finetune-epochs", type=click.IntRange(min=0),
+              help="Epochs of the fine-tuning phase (at most)  [default: --epochs]")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32)
+@click.option("--patience", type=click.IntRange(min=1), default=3, help="Early-stopping patience, in epochs.")
+@click.option("--seed", type=int, default=0)
+@click.option("--objective", type=click.Choice(["val_accuracy", "val_loss"]), default="val_accuracy")
+@click.option("--val-split", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2,
+              help="Fraction of DATA held out for validation (stratified, seeded).")
+@click.option("--val-data", type=click.Path(), help="A separate validation set (same format as DATA).")
+@click.option("--image-size", type=click.IntRange(min=8), help="Square input size for image backbones.")
+@click.option("--sequence-length", type=click.IntRange(min=4), help="Token length for text backbones.")
+@click.option("--text-col", default="text", help="Text column of a CSV/JSONL dataset.")
+@click.option("--label-col", default="label", help="Label column of a CSV/JSONL dataset.")
+@click.option("--space", "space_file", type=click.Path(), help="YAML/JSON file narrowing or widening the space.")
+@click.option("--workdir", default="autotl_runs", help="Folder for checkpoints and KerasTuner state.")
+@click.option("--strict", is_flag=True, help="Fail on an unreadable image instead of skipping it.")
+@PLUGIN_OPTION
+@handle_errors
+def search(data: str, **options: Any) -> None:
+    """Search for the best fine-tuned model on DATA.
+
+    DATA is a folder of images (one sub-folder per class) or a CSV/JSONL file of
+    text and label.
+    """
+    from . import api
+    from .progress import ConsoleReporter
+    from .store import Store
+
+    options["plugin_files"] = list(options["plugin_files"])
+    store = Store(options.pop("store"))
+    config = api.SearchConfig(data=data, **options)
+    result = api.search(config, store, reporter=ConsoleReporter(config.objective))
+    best = result.best
+    completed = sum(t.status == "completed" for t in result.trials)
+    click.echo(f"search {result.search.name!r}: {completed}/{len(result.trials)} trials completed")
+    click.echo(f"best trial: {best.number}  {result.search.objective} {best.value:.4f}  "
+               f"({best.best_phase} epoch {best.best_epoch})")
+    click.echo(f"hyperparameters: {_format_hp(best.hyperparameters)}")
+    click.echo(f"store: {store.display_url}")
+    click.echo(f"next: autotl export {result.search.name} --out exported/{result.search.name}")
+
+
+@main.command()
+@STORE_OPTION
+@JSON_OPTION
+@handle_errors(needs_keras=False)
+def searches(store: str, as_json: bool) -> None:
+    """List the searches in the store."""
+    from .store import Store, as_dict
+
+    opened = Store(store)
+    rows = []
+    for search in opened.list_searches():
+        best = opened.best_trial(search)
+        row = as_dict(search)
+        row.update(trials=len(opened.list_trials(search.id)), best_value=best.value if best else None)
+        rows.append(row)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    _table(rows, ["id", "name", "backbone", "status", "trials", "objective", "best_value", "created_at"])
+
+
+@main.command()
+@click.argument("search_ref", metavar="SEARCH")
+@STORE_OPTION
+@JSON_OPTION
+@click.option("--epochs", "with_epochs", is_flag=True, help="Include per-epoch metrics (with --json).")
+@handle_errors(needs_keras=False)
+def trials(search_ref: str, store: str, as_json: bool, with_epochs: bool) -> None:
+    """List the trials of SEARCH (a name or id) with their hyperparameters and results."""
+    from .store import Store, as_dict
+
+    opened = Store(store)
+    search = opened.get_search(search_ref)
+    rows = []
+    for trial in opened.list_trials(search.id):
+        row = as_dict(trial)
+        if with_epochs:
+            row["epochs"] = [{"phase": m.phase, "epoch": m.epoch, "name": m.name, "value": m.value}
+                             for m in opened.epoch_metrics(trial.id)]
+        rows.append(row)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = [{"trial": r["number"], "status": r["status"], search.objective: r["value"],
+              "best": f"{r['best_phase']}:{r['best_epoch']}" if r["best_phase"] else "",
+              "seconds": r["duration_s"], "hyperparameters": _format_hp(r["hyperparameters"])} for r in rows]
+    _table(table, ["trial", "status", search.objective, "best", "seconds", "hyperparameters"])
+
+
+@main.command()
+@click.argument("search_ref", metavar="SEARCH")
+@STORE_OPTION
+@JSON_OPTION
+@handle_errors(needs_keras=False)
+def best(search_ref: str, store: str, as_json: bool) -> None:
+    """Show the best completed trial of SEARCH."""
+    from .store import Store, as_dict
+
+    opened = Store(store)
+    search = opened.get_search(search_ref)
+    trial = opened.best_trial(search)
+    if trial is None:
+        raise AutotlError(f"search {search.name!r} has no completed trial yet")
+    if as_json:
+        click.echo(json.dumps({**as_dict(trial), "search": search.name, "objective": search.objective}, indent=2))
+        return
+    click.echo(f"search {search.name!r} ({search.backbone}): best trial {trial.number}")
+    click.echo(f"{search.objective}: {trial.value:.4f} at {trial.best_phase} epoch {trial.best_epoch}")
+    for key, value in trial.hyperparameters.items():
+        click.echo(f"  {key}: {value}")
+    for key, value in (trial.metrics or {}).items():
+        click.echo(f"  {key} = {value:.4f}" if isinstance(value, float) else f"  {key} = {value}")
+
+
+@main.command()
+@click.argument("search_ref", metavar="SEARCH")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder to write.")
+@click.option("--format", "formats", multiple=True, type=click.Choice(["keras", "savedmodel"]),
+              default=("keras", "savedmodel"), help="Format(s) to write (repeatable).")
+@STORE_OPTION
+@PLUGIN_OPTION
+@handle_errors
+def export(search_ref: str, out_dir: str, formats: tuple[str, ...], store: str, plugin_files: tuple[str, ...]) -> None:
+    """Export the best model of SEARCH, with its manifest autotl.json."""
+    from . import exporter
+    from .registry import load_registry
+    from .store import Store
+
+    opened = Store(store)
+    search = opened.get_search(search_ref)
+    registry = load_registry(list(plugin_files) or search.config.get("plugin_files", []))
+    result = exporter.export(opened, search_ref, out_dir, formats, registry)
+    click.echo(f"exported trial {result.manifest['search']['trial']} of {search.name!r} to {result.directory}")
+    for name in sorted(result.manifest["files"]):
+        click.echo(f"  {name}")
+
+
+@main.command()
+@click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--format", "model_format", type=click.Choice(["keras", "savedmodel"]), default="keras",
+              help="Which exported format to run.")
+@click.option("--text", "as_text", is_flag=True, help="Treat INPUTS as texts even if they name files.")
+@PLUGIN_OPTION
+@JSON_OPTION
+@handle_errors
+def predict(model_dir: str, inputs: tuple[str, ...], model_format: str, as_text: bool,
+            plugin_files: tuple[str, ...], as_json: bool) -> None:
+    """Predict INPUTS (image files, or texts) with an exported model in MODEL_DIR."""
+    from .exporter import LoadedModel
+    from .registry import load_registry
+
+    model = LoadedModel(model_dir, model_format, load_registry(plugin_files))
+    if model.manifest["modality"] == "image":
+        missing = [p for p in inputs if not Path(p).is_file()]
+        if missing:
+            raise AutotlError(f"image file not found: {missing[0]}")
+    elif not as_text:
+        inputs = tuple(_read_text_input(x) for x in inputs)
+    predictions = model.predict(list(inputs))
+    if as_json:
+        click.echo(json.dumps([p.__dict__ for p in predictions], indent=2))
+        return
+    for p in predictions:
+        top = sorted(p.probabilities.items(), key=lambda kv: -kv[1])[:3]
+        click.echo(f"{p.label}\t" + "  ".join(f"{k}={v:.4f}" for k, v in top) + f"\t{_clip(p.source)}")
+
+
+@main.command()
+@PLUGIN_OPTION
+@JSON_OPTION
+@handle_errors
+def plugins(plugin_files: tuple[str, ...], as_json: bool) -> None:
+    """List the backbone plugins autotl can use, and those that failed to load."""
+    from .registry import load_registry
+
+    registry = load_registry(plugin_files)
+    rows = [{"name": name, "modality": b.modality, "default_weights": b.default_weights,
+             "source": registry.sources[name], "description": b.description}
+            for name, b in sorted(registry.backbones.items())]
+    failures = [f.__dict__ for f in registry.failures]
+    if as_json:
+        click.echo(json.dumps({"backbones": rows, "failed": failures}, indent=2))
+        return
+    _table(rows, ["name", "modality", "default_weights", "source"])
+    for failure in failures:
+        click.echo(f"Warning: plugin {failure['name']!r} from {failure['source']} failed to load: "
+                   f"{failure['error']}", err=True)
+
+
+def _read_text_input(value: str) -> str:
+    """A text input is the string itself, or the contents of a .txt file it names."""
+    path = Path(value)
+    if path.suffix == ".txt" and path.is_file():
+        return path.read_text().strip()
+    return value
+
+
+def _format_hp(values: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                     for k, v in values.items() if not k.startswith("tuner/"))
+
+
+def _clip(text: str, width: int = 60) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str]) -> None:
+    if not rows:
+        click.echo("(none)")
+        return
+    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    click.echo("  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip())
+    for r in cells:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)

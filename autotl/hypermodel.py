@@ -1,0 +1,103 @@
+"""The KerasTuner HyperModel: a pretrained backbone plus a tunable head.
+
+The model is ``inputs -> backbone (inference mode) -> pooling -> [Dense, Dropout]*n
+-> Dense(softmax)``. The backbone is always called with ``training=False``, the
+recipe of Keras' transfer-learning guide: its BatchNormalization layers keep their
+ImageNet statistics even while the top blocks are fine-tuned, and the frozen part
+computes the same function in every trial.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import keras
+import keras_tuner as kt
+
+from . import space as space_module
+from .backbone import Backbone, Preprocessor
+from .layers import FirstTokenPooling, MaskedMeanPooling
+
+BACKBONE_LAYER = "backbone"
+
+
+class TransferHyperModel(kt.HyperModel):
+    def __init__(self, backbone: Backbone, weights: str, preprocessor: Preprocessor, num_classes: int,
+                 space: Mapping[str, Mapping[str, Any]]):
+        super().__init__(name=f"autotl_{backbone.name}")
+        self.backbone = backbone
+        self.weights = weights
+        self.preprocessor = preprocessor
+        self.num_classes = num_classes
+        self.space = space
+
+    def declare(self, hp: kt.HyperParameters) -> None:
+        space_module.declare(self.space, hp)
+
+    def build(self, hp: kt.HyperParameters) -> keras.Model:
+        """Build the untrained-head model for `hp`; the backbone is left frozen."""
+        self.declare(hp)
+        feature_model = self.backbone.build(self.weights, self.preprocessor)
+        feature_model.name = BACKBONE_LAYER
+        inputs = _fresh_inputs(feature_model)
+        features = feature_model(inputs, training=False)
+        x = pool(features, hp.get("pooling"), inputs)
+        for index in range(hp.get("head_layers")):
+            x = keras.layers.Dense(hp.get("head_units"), activation="relu", name=f"head_dense_{index}")(x)
+            x = keras.layers.Dropout(hp.get("dropout"), name=f"head_dropout_{index}")(x)
+        if hp.get("head_layers") == 0:
+            x = keras.layers.Dropout(hp.get("dropout"), name="head_dropout")(x)
+        outputs = keras.layers.Dense(self.num_classes, activation="softmax", dtype="float32", name="classes")(x)
+        model = keras.Model(inputs, outputs, name=f"autotl_{self.backbone.name}")
+        set_unfreeze_depth(feature_model, self.backbone.blocks(feature_model), 0)
+        return model
+
+
+def pool(features, pooling: str, inputs):
+    if pooling == "avg":
+        return keras.layers.GlobalAveragePooling2D(name="pool_avg")(features)
+    if pooling == "flatten":
+        return keras.layers.Flatten(name="pool_flatten")(features)
+    if pooling == "mean":
+        return MaskedMeanPooling(name="pool_mean")(features, inputs["padding_mask"])
+    if pooling == "cls":
+        return FirstTokenPooling(name="pool_cls")(features)
+    raise ValueError(f"unknown pooling {pooling!r}")
+
+
+def _fresh_inputs(feature_model: keras.Model):
+    """New Input tensors shaped like the feature model's (a tensor or a dict of them)."""
+    structure = feature_model.input
+    if isinstance(structure, dict):
+        return {name: keras.Input(shape=t.shape[1:], dtype=t.dtype, name=name) for name, t in structure.items()}
+    return keras.Input(shape=structure.shape[1:], dtype=structure.dtype, name="image")
+
+
+def set_unfreeze_depth(feature_model: keras.Model, blocks: list[list], depth: int) -> int:
+    """Make the layers of the top `depth` blocks trainable and freeze everything else.
+
+    BatchNormalization layers stay frozen wherever they are. Returns the depth
+    applied (capped at the number of blocks).
+    """
+    depth = max(0, min(int(depth), len(blocks)))
+    if depth == 0:
+        feature_model.trainable = False
+        return 0
+    feature_model.trainable = True  # sets every sub-layer; now switch off what is not on top
+    top = {id(layer) for block in blocks[len(blocks) - depth:] for top_layer in block
+           for layer in _self_and_sublayers(top_layer)}
+    for layer in _self_and_sublayers(feature_model)[1:]:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
+        elif id(layer) not in top and not _contains_any(layer, top):
+            layer.trainable = False
+    return depth
+
+
+def _self_and_sublayers(layer) -> list:
+    # Keras 3 has no public recursive walk; `_flatten_layers` is what Layer itself uses.
+    return list(layer._flatten_layers(include_self=True, recursive=True))
+
+
+def _contains_any(layer, ids: set[int]) -> bool:
+    return any(id(sub) in ids for sub in _self_and_sublayers(layer)[1:])

@@ -1,0 +1,73 @@
+"""Progress display for a running search.
+
+The tuner calls a `Reporter` at each trial and epoch; the CLI uses
+`ConsoleReporter` (one line per epoch on stderr, so stdout stays clean for
+results), the Python API a silent one unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, TextIO
+
+
+class Reporter:
+    """Receives progress events; the base class ignores them all."""
+
+    def search_started(self, name: str, store_url: str, max_trials: int) -> None: ...
+
+    def trial_started(self, number: int, max_trials: int, hyperparameters: dict[str, Any]) -> None: ...
+
+    def epoch_ended(self, trial_number: int, phase: str, epoch: int, epochs: int,
+                    metrics: dict[str, float]) -> None: ...
+
+    def trial_ended(self, trial: Any) -> None: ...
+
+
+class ConsoleReporter(Reporter):
+    def __init__(self, objective: str, stream: TextIO | None = None):
+        self.objective = objective
+        self.stream = stream or sys.stderr
+        self.best: float | None = None
+        self.direction = "min" if objective.endswith("loss") else "max"
+        self._trial_started = time.perf_counter()
+        self._max_trials = 0
+
+    def _print(self, text: str) -> None:
+        print(text, file=self.stream, flush=True)
+
+    def search_started(self, name, store_url, max_trials):
+        self._max_trials = max_trials
+        self._print(f"search {name!r}: up to {max_trials} trials, logging to {store_url}")
+
+    def trial_started(self, number, max_trials, hyperparameters):
+        self._trial_started = time.perf_counter()
+        shown = ", ".join(f"{k}={_fmt(v)}" for k, v in hyperparameters.items() if not k.startswith("tuner/"))
+        self._print(f"trial {number}/{max_trials}: {shown}")
+
+    def epoch_ended(self, trial_number, phase, epoch, epochs, metrics):
+        value = metrics.get(self.objective)
+        best = self.best if value is None else value if self.best is None else (
+            max(self.best, value) if self.direction == "max" else min(self.best, value))
+        shown = "  ".join(f"{k} {_fmt(v)}" for k, v in metrics.items() if k != "seconds")
+        best_text = f"  best so far {_fmt(best)}" if best is not None else ""
+        self._print(f"  trial {trial_number}/{self._max_trials} {phase:8s} epoch {epoch}/{epochs}  {shown}"
+                    f"  ({metrics.get('seconds', 0):.1f}s){best_text}")
+
+    def trial_ended(self, trial):
+        elapsed = time.perf_counter() - self._trial_started
+        if trial.value is not None and (self.best is None or (
+                trial.value > self.best if self.direction == "max" else trial.value < self.best)):
+            self.best = trial.value
+        if trial.status == "completed":
+            self._print(f"trial {trial.number} completed: {self.objective} {_fmt(trial.value)} "
+                        f"({trial.best_phase} epoch {trial.best_epoch}) in {elapsed:.0f}s; best so far {_fmt(self.best)}")
+        else:
+            self._print(f"trial {trial.number} {trial.status}: {trial.error}")
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)

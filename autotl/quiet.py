@@ -1,0 +1,38 @@
+"""Keep TensorFlow's native start-up chatter off the user's terminal.
+
+TensorFlow's C++ runtime logs a few INFO lines (oneDNN, CUDA stubs, CPU
+features) to file descriptor 2 while it is imported, before
+``TF_CPP_MIN_LOG_LEVEL`` takes effect. We point fd 2 at a temporary file during
+that import and replay the captured text only if the import fails.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+
+
+def import_keras_quietly() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if "keras" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            import keras  # noqa: F401 - the import is the point
+
+            try:
+                import tensorflow  # noqa: F401 - TF logs again when it is imported itself
+            except ImportError:
+                pass
+        except BaseException:
+            os.dup2(saved, 2)
+            capture.seek(0)
+            sys.stderr.write(capture.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)

@@ -1,0 +1,121 @@
+"""Finding backbone plugins: the ``autotl.backbones`` entry points and plugin files.
+
+A plugin is registered either by a package that declares an entry point::
+
+    [project.entry-points."autotl.backbones"]
+    my_net = "my_package.module:MyNet"
+
+or by a Python file given with ``--plugin path/to/file.py`` that defines one or
+more `Backbone` subclasses. A plugin that fails to import is recorded with its
+error and reported by name; the other plugins keep working.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import sys
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Iterable
+
+from .backbone import MODALITIES, Backbone
+from .errors import AutotlError
+
+ENTRY_POINT_GROUP = "autotl.backbones"
+
+
+@dataclass
+class PluginFailure:
+    name: str
+    source: str
+    error: str
+
+
+@dataclass
+class Registry:
+    backbones: dict[str, Backbone] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+    failures: list[PluginFailure] = field(default_factory=list)
+
+    def get(self, name: str) -> Backbone:
+        if name in self.backbones:
+            return self.backbones[name]
+        failed = next((f for f in self.failures if f.name == name), None)
+        if failed is not None:
+            raise AutotlError(f"backbone plugin {name!r} failed to load from {failed.source}: {failed.error}")
+        known = ", ".join(sorted(self.backbones)) or "none"
+        raise AutotlError(f"unknown backbone {name!r} (available: {known}; see `autotl plugins`)")
+
+    def add(self, backbone: Backbone, source: str) -> None:
+        problem = _check_backbone(backbone)
+        if problem:
+            self.failures.append(PluginFailure(getattr(backbone, "name", "?"), source, problem))
+            return
+        # A plugin file given explicitly wins over an installed plugin of the same name.
+        self.backbones[backbone.name] = backbone
+        self.sources[backbone.name] = source
+
+
+def load_registry(plugin_files: Iterable[str | Path] = ()) -> Registry:
+    registry = Registry()
+    for entry_point in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name):
+        source = f"entry point {entry_point.value}"
+        try:
+            plugin = entry_point.load()
+            registry.add(_instantiate(plugin), source)
+        except Exception as exc:  # noqa: BLE001 - any import error of a third-party plugin
+            registry.failures.append(PluginFailure(entry_point.name, source, _one_line(exc)))
+    for path in plugin_files:
+        for backbone in load_plugin_file(path):
+            registry.add(backbone, f"file {path}")
+    return registry
+
+
+def load_plugin_file(path: str | Path) -> list[Backbone]:
+    """Import a plugin file and return an instance of each `Backbone` subclass it defines."""
+    path = Path(path)
+    if not path.is_file():
+        raise AutotlError(f"plugin file not found: {path}")
+    module_name = f"autotl_plugin_file_{path.stem}_{abs(hash(str(path.resolve())))}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise AutotlError(f"cannot import plugin file {path}: not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # noqa: BLE001 - report any import-time failure in one line
+        del sys.modules[module_name]
+        raise AutotlError(f"plugin file {path} failed to import: {_one_line(exc)}") from None
+    found = [
+        obj() for obj in vars(module).values()
+        if inspect.isclass(obj) and issubclass(obj, Backbone) and not inspect.isabstract(obj)
+        and obj.__module__ == module_name
+    ]
+    if not found:
+        raise AutotlError(f"plugin file {path} defines no Backbone subclass")
+    return found
+
+
+def _instantiate(plugin) -> Backbone:
+    if inspect.isclass(plugin):
+        return plugin()
+    return plugin
+
+
+def _check_backbone(backbone) -> str | None:
+    if not isinstance(backbone, Backbone):
+        return f"{type(backbone).__name__} is not an autotl.backbone.Backbone"
+    name = getattr(backbone, "name", None)
+    if not isinstance(name, str) or not name or " " in name:
+        return "a backbone needs a `name` without spaces"
+    if getattr(backbone, "modality", None) not in MODALITIES:
+        return f"modality must be one of {MODALITIES}"
+    return None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__

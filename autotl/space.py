@@ -1,0 +1,136 @@
+"""The search space: which hyperparameters a search tunes, and over what ranges.
+
+Defaults depend on the modality; a plugin narrows or widens them
+(`Backbone.search_space`) and so can the user, with a YAML or JSON file whose
+keys are hyperparameter names::
+
+    unfreeze_depth: {min: 0, max: 2}
+    head_units: {values: [128, 256]}
+    head_lr: {min: 1.0e-4, max: 1.0e-2, sampling: log}
+    dropout: 0.2            # a single value fixes it
+
+The result is declared on a KerasTuner `HyperParameters` object, the form every
+KerasTuner oracle understands.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+import keras_tuner as kt
+import yaml
+
+from .backbone import IMAGE
+from .errors import UsageError
+
+# name -> spec. "values" is a choice; min/max with "step" or "sampling" is a range.
+# A spec's "type" ("int" or "float") says how a range is sampled.
+DEFAULT_SPACE: dict[str, dict[str, Any]] = {
+    "pooling": {"values": ["avg", "flatten"]},  # images; text uses mean / cls (below)
+    "head_layers": {"type": "int", "min": 0, "max": 2},
+    "head_units": {"values": [64, 128, 256, 512]},
+    "dropout": {"type": "float", "min": 0.0, "max": 0.5, "step": 0.1},
+    "unfreeze_depth": {"type": "int", "min": 0, "max": 2},
+    "head_lr": {"type": "float", "min": 1e-4, "max": 1e-2, "sampling": "log"},
+    "finetune_lr": {"type": "float", "min": 1e-6, "max": 1e-4, "sampling": "log"},
+}
+TEXT_POOLING = {"values": ["mean", "cls"]}
+IMAGE_POOLING = {"values": ["avg", "flatten"]}
+POOLINGS = {"avg", "flatten", "mean", "cls"}
+_SPEC_KEYS = {"values", "min", "max", "step", "sampling", "type"}
+
+
+def default_space(modality: str) -> dict[str, dict[str, Any]]:
+    space = copy.deepcopy(DEFAULT_SPACE)
+    space["pooling"] = copy.deepcopy(IMAGE_POOLING if modality == IMAGE else TEXT_POOLING)
+    return space
+
+
+def build_space(modality: str, plugin_overrides: Mapping[str, Any] | None = None,
+                user_overrides: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """Defaults, then the plugin's proposals, then the user's file, each merged by name."""
+    space = default_space(modality)
+    for overrides in (plugin_overrides or {}), (user_overrides or {}):
+        for name, spec in overrides.items():
+            if name not in space:
+                known = ", ".join(sorted(space))
+                raise UsageError(f"unknown hyperparameter {name!r} in search space (known: {known})")
+            space[name] = _merge(name, space[name], spec)
+    _validate(space)
+    return space
+
+
+def load_space_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise UsageError(f"cannot read search-space file {path}: {exc.strerror}") from None
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise UsageError(f"search-space file {path} does not parse: {first}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"search-space file {path} must map hyperparameter names to ranges")
+    return data
+
+
+def declare(space: Mapping[str, Mapping[str, Any]], hp: kt.HyperParameters) -> None:
+    """Declare every hyperparameter of `space` on `hp` (a no-op for those already there)."""
+    for name, spec in space.items():
+        if "values" in spec:
+            values = list(spec["values"])
+            if len(values) == 1:
+                hp.Fixed(name, values[0])
+            else:
+                hp.Choice(name, values)
+        elif spec["min"] == spec["max"]:
+            hp.Fixed(name, spec["min"])
+        elif spec.get("type") == "int":
+            hp.Int(name, int(spec["min"]), int(spec["max"]), step=int(spec.get("step", 1)))
+        else:
+            hp.Float(name, float(spec["min"]), float(spec["max"]), step=spec.get("step"),
+                     sampling=spec.get("sampling", "linear"))
+
+
+def _merge(name: str, base: dict[str, Any], spec: Any) -> dict[str, Any]:
+    if not isinstance(spec, Mapping):  # a single value fixes the hyperparameter
+        return {"values": [spec]}
+    unknown = set(spec) - _SPEC_KEYS
+    if unknown:
+        raise UsageError(f"hyperparameter {name!r}: unknown keys {sorted(unknown)} (use values, min, max, step, sampling)")
+    if "values" in spec:
+        return {"values": list(spec["values"])}
+    merged = {k: v for k, v in base.items() if k != "values"}
+    merged.update(spec)
+    if "type" not in merged:
+        merged["type"] = "float" if isinstance(merged.get("min"), float) else "int"
+    return merged
+
+
+def _validate(space: Mapping[str, Mapping[str, Any]]) -> None:
+    for name, spec in space.items():
+        if "values" in spec:
+            if not spec["values"]:
+                raise UsageError(f"hyperparameter {name!r}: `values` is empty")
+            continue
+        if "min" not in spec or "max" not in spec:
+            raise UsageError(f"hyperparameter {name!r}: give `values`, or `min` and `max`")
+        try:
+            low, high = float(spec["min"]), float(spec["max"])
+        except (TypeError, ValueError):
+            raise UsageError(f"hyperparameter {name!r}: min and max must be numbers") from None
+        if low > high:
+            raise UsageError(f"hyperparameter {name!r}: min {spec['min']} is above max {spec['max']}")
+        if spec.get("sampling") == "log" and low <= 0:
+            raise UsageError(f"hyperparameter {name!r}: log sampling needs min > 0")
+    bad_pooling = set(space["pooling"].get("values", [])) - POOLINGS
+    if bad_pooling:
+        raise UsageError(f"unknown pooling {sorted(bad_pooling)} (use avg/flatten for images, mean/cls for text)")
+    depth = space["unfreeze_depth"]
+    if "values" not in depth and int(depth["min"]) < 0:
+        raise UsageError("unfreeze_depth cannot be negative")

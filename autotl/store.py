@@ -1,0 +1,321 @@
+"""The SQL store: every search, trial, epoch metric and artifact, through SQLAlchemy.
+
+One row per search; one per trial, written when the trial starts and updated when
+it ends (so a crash keeps everything written before it); one per (trial, phase,
+epoch, metric name) like optuna's intermediate values; one per artifact (the best
+checkpoint, each export). Any SQLAlchemy URL works; a SQLite file is the default
+and is opened in WAL mode with a busy timeout so readers and a writer coexist.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+
+from .errors import AutotlError
+
+SCHEMA_VERSION = 1
+DEFAULT_STORE = "sqlite:///autotl.db"
+
+RUNNING, COMPLETED, FAILED, INTERRUPTED = "running", "completed", "failed", "interrupted"
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict: sa.JSON, list: sa.JSON}
+
+
+class Meta(Base):
+    __tablename__ = "autotl_meta"
+    key: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(sa.String(256))
+
+
+class Search(Base):
+    __tablename__ = "searches"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(200), unique=True)
+    backbone: Mapped[str] = mapped_column(sa.String(100))
+    weights: Mapped[str] = mapped_column(sa.Text)
+    modality: Mapped[str] = mapped_column(sa.String(16))
+    dataset_path: Mapped[str] = mapped_column(sa.Text)
+    dataset_fingerprint: Mapped[str] = mapped_column(sa.String(64))
+    labels: Mapped[list] = mapped_column()
+    config: Mapped[dict] = mapped_column()
+    objective: Mapped[str] = mapped_column(sa.String(100))
+    direction: Mapped[str] = mapped_column(sa.String(3))
+    status: Mapped[str] = mapped_column(sa.String(16), default=RUNNING)
+    error: Mapped[str | None] = mapped_column(sa.Text)
+    workdir: Mapped[str] = mapped_column(sa.Text)
+    created_at: Mapped[dt.datetime] = mapped_column(default=_now)
+    finished_at: Mapped[dt.datetime | None] = mapped_column()
+    trials: Mapped[list["Trial"]] = relationship(back_populates="search", order_by="Trial.number")
+
+
+class Trial(Base):
+    __tablename__ = "trials"
+    __table_args__ = (sa.UniqueConstraint("search_id", "number"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    search_id: Mapped[int] = mapped_column(sa.ForeignKey("searches.id", ondelete="CASCADE"), index=True)
+    number: Mapped[int] = mapped_column()
+    tuner_trial_id: Mapped[str] = mapped_column(sa.String(64))
+    status: Mapped[str] = mapped_column(sa.String(16), default=RUNNING)
+    hyperparameters: Mapped[dict] = mapped_column()
+    value: Mapped[float | None] = mapped_column()
+    best_phase: Mapped[str | None] = mapped_column(sa.String(16))
+    best_epoch: Mapped[int | None] = mapped_column()
+    metrics: Mapped[dict | None] = mapped_column()
+    error: Mapped[str | None] = mapped_column(sa.Text)
+    started_at: Mapped[dt.datetime] = mapped_column(default=_now)
+    finished_at: Mapped[dt.datetime | None] = mapped_column()
+    duration_s: Mapped[float | None] = mapped_column()
+    search: Mapped[Search] = relationship(back_populates="trials")
+
+
+class EpochMetric(Base):
+    __tablename__ = "epoch_metrics"
+    __table_args__ = (sa.UniqueConstraint("trial_id", "phase", "epoch", "name"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    trial_id: Mapped[int] = mapped_column(sa.ForeignKey("trials.id", ondelete="CASCADE"), index=True)
+    phase: Mapped[str] = mapped_column(sa.String(16))
+    epoch: Mapped[int] = mapped_column()
+    name: Mapped[str] = mapped_column(sa.String(100))
+    value: Mapped[float | None] = mapped_column()
+    logged_at: Mapped[dt.datetime] = mapped_column(default=_now)
+
+
+class Artifact(Base):
+    __tablename__ = "artifacts"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    search_id: Mapped[int] = mapped_column(sa.ForeignKey("searches.id", ondelete="CASCADE"), index=True)
+    trial_id: Mapped[int | None] = mapped_column(sa.ForeignKey("trials.id", ondelete="SET NULL"))
+    kind: Mapped[str] = mapped_column(sa.String(32))  # "checkpoint" | "export"
+    format: Mapped[str] = mapped_column(sa.String(32))
+    path: Mapped[str] = mapped_column(sa.Text)
+    sha256: Mapped[str | None] = mapped_column(sa.String(64))
+    size_bytes: Mapped[int | None] = mapped_column(sa.BigInteger)
+    created_at: Mapped[dt.datetime] = mapped_column(default=_now)
+
+
+def normalize_url(url_or_path: str) -> str:
+    """Accept a SQLAlchemy URL or a plain file path (taken as a SQLite file)."""
+    if "://" in url_or_path:
+        return url_or_path
+    return f"sqlite:///{Path(url_or_path).expanduser()}"
+
+
+def _configure_sqlite(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+class Store:
+    """The trial store. Open with any SQLAlchemy URL or a SQLite file path."""
+
+    def __init__(self, url: str = DEFAULT_STORE, *, create: bool = True):
+        self.url = normalize_url(url)
+        self.engine = self._open_engine(self.url)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        try:
+            if create:
+                Base.metadata.create_all(self.engine)
+                self._stamp_schema_version()
+            else:
+                with self.engine.connect() as conn:
+                    conn.execute(sa.text("SELECT 1"))
+        except SQLAlchemyError as exc:
+            raise AutotlError(f"cannot open store {self.display_url}: {_first_line(exc)}") from None
+
+    @property
+    def display_url(self) -> str:
+        """The URL with any password hidden."""
+        try:
+            return sa.make_url(self.url).render_as_string(hide_password=True)
+        except ArgumentError:
+            return self.url
+
+    @staticmethod
+    def _open_engine(url: str) -> sa.Engine:
+        try:
+            parsed = sa.make_url(url)
+        except ArgumentError:
+            raise AutotlError(f"not a valid store URL: {url!r} (expected e.g. sqlite:///autotl.db)") from None
+        kwargs: dict[str, Any] = {}
+        if parsed.get_backend_name() == "sqlite":
+            database = parsed.database
+            if database and database != ":memory:":
+                folder = Path(database).expanduser().resolve().parent
+                if not folder.is_dir():
+                    raise AutotlError(f"cannot open store {url}: folder {folder} does not exist")
+            kwargs["connect_args"] = {"timeout": 60}
+        try:
+            engine = sa.create_engine(parsed, **kwargs)
+        except (NoSuchModuleError, ArgumentError, ImportError) as exc:
+            raise AutotlError(f"cannot open store {url}: {_first_line(exc)}") from None
+        if parsed.get_backend_name() == "sqlite":
+            event.listen(engine, "connect", _configure_sqlite)
+        return engine
+
+    def _stamp_schema_version(self) -> None:
+        with self.session() as session:
+            if session.get(Meta, "schema_version") is None:
+                session.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
+
+    def session(self) -> "_Transaction":
+        return _Transaction(self._sessions)
+
+    # --- searches -------------------------------------------------------------------
+
+    def create_search(self, **fields: Any) -> Search:
+        with self.session() as session:
+            if session.scalar(sa.select(Search.id).where(Search.name == fields["name"])) is not None:
+                raise AutotlError(f"a search named {fields['name']!r} already exists in {self.display_url}; choose another --name")
+            search = Search(**fields)
+            session.add(search)
+            session.flush()
+            return search
+
+    def get_search(self, ref: str | int) -> Search:
+        """A search by name, or by id when `ref` is a number that names none."""
+        with self.session() as session:
+            search = session.scalar(sa.select(Search).where(Search.name == str(ref)))
+            if search is None and str(ref).isdigit():
+                search = session.get(Search, int(ref))
+            if search is None:
+                raise AutotlError(f"no search {ref!r} in {self.display_url} (see `autotl searches`)")
+            return search
+
+    def list_searches(self) -> list[Search]:
+        with self.session() as session:
+            return list(session.scalars(sa.select(Search).order_by(Search.id)))
+
+    def finish_search(self, search_id: int, status: str, error: str | None = None) -> None:
+        with self.session() as session:
+            search = session.get(Search, search_id)
+            search.status, search.error, search.finished_at = status, error, _now()
+
+    # --- trials ---------------------------------------------------------------------
+
+    def start_trial(self, search_id: int, tuner_trial_id: str, hyperparameters: dict) -> Trial:
+        with self.session() as session:
+            number = 1 + (session.scalar(
+                sa.select(sa.func.max(Trial.number)).where(Trial.search_id == search_id)) or 0)
+            trial = Trial(search_id=search_id, number=number, tuner_trial_id=tuner_trial_id,
+                          hyperparameters=hyperparameters, status=RUNNING)
+            session.add(trial)
+            session.flush()
+            return trial
+
+    def log_epoch(self, trial_id: int, phase: str, epoch: int, metrics: dict[str, float]) -> None:
+        with self.session() as session:
+            session.add_all(
+                EpochMetric(trial_id=trial_id, phase=phase, epoch=epoch, name=name, value=_finite_or_none(value))
+                for name, value in metrics.items()
+            )
+
+    def finish_trial(self, trial_id: int, status: str, *, value: float | None = None, best_phase: str | None = None,
+                     best_epoch: int | None = None, metrics: dict | None = None, error: str | None = None) -> Trial:
+        with self.session() as session:
+            trial = session.get(Trial, trial_id)
+            trial.status, trial.error = status, error
+            trial.value, trial.best_phase, trial.best_epoch = _finite_or_none(value), best_phase, best_epoch
+            trial.metrics = metrics
+            trial.finished_at = _now()
+            trial.duration_s = (trial.finished_at - trial.started_at).total_seconds()
+            return trial
+
+    def list_trials(self, search_id: int) -> list[Trial]:
+        with self.session() as session:
+            return list(session.scalars(sa.select(Trial).where(Trial.search_id == search_id).order_by(Trial.number)))
+
+    def best_trial(self, search: Search) -> Trial | None:
+        """The completed trial with the best objective value (ties: the earliest)."""
+        order = Trial.value.desc() if search.direction == "max" else Trial.value.asc()
+        with self.session() as session:
+            return session.scalar(
+                sa.select(Trial)
+                .where(Trial.search_id == search.id, Trial.status == COMPLETED, Trial.value.is_not(None))
+                .order_by(order, Trial.number)
+                .limit(1)
+            )
+
+    def epoch_metrics(self, trial_id: int) -> list[EpochMetric]:
+        with self.session() as session:
+            return list(session.scalars(
+                sa.select(EpochMetric).where(EpochMetric.trial_id == trial_id)
+                .order_by(EpochMetric.id)))
+
+    # --- artifacts ------------------------------------------------------------------
+
+    def add_artifact(self, **fields: Any) -> Artifact:
+        with self.session() as session:
+            artifact = Artifact(**fields)
+            session.add(artifact)
+            session.flush()
+            return artifact
+
+    def artifacts(self, search_id: int, kind: str | None = None, trial_id: int | None = None) -> list[Artifact]:
+        query = sa.select(Artifact).where(Artifact.search_id == search_id)
+        if kind is not None:
+            query = query.where(Artifact.kind == kind)
+        if trial_id is not None:
+            query = query.where(Artifact.trial_id == trial_id)
+        with self.session() as session:
+            return list(session.scalars(query.order_by(Artifact.id)))
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+class _Transaction:
+    """``with store.session() as s:`` commits on success and rolls back on error."""
+
+    def __init__(self, factory: sessionmaker):
+        self._session: Session = factory()
+
+    def __enter__(self) -> Session:
+        return self._session
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                self._session.commit()
+            else:
+                self._session.rollback()
+        finally:
+            self._session.close()
+        if exc_type is not None and issubclass(exc_type, SQLAlchemyError):
+            raise AutotlError(f"store error: {_first_line(exc)}") from exc
+
+
+def _finite_or_none(value: Any) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return value if value == value and abs(value) != float("inf") else None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def as_dict(row: Any) -> dict[str, Any]:
+    """A row's columns as a JSON-friendly dict (datetimes as ISO strings)."""
+    out = {}
+    for column in row.__table__.columns:
+        value = getattr(row, column.key)
+        out[column.key] = value.isoformat() if isinstance(value, dt.datetime) else value
+    return out
