@@ -83,7 +83,10 @@ def set_unfreeze_depth(feature_model: keras.Model, blocks: list[list], depth: in
     if depth == 0:
         feature_model.trainable = False
         return 0
-    feature_model.trainable = True  # sets every sub-layer; now switch off what is not on top
+    # Keras skips `trainable = True` on a layer already flagged True, leaving sub-layers an
+    # earlier call froze; going through False resets every sub-layer first.
+    feature_model.trainable = False
+    feature_model.trainable = True
     top = {id(layer) for block in blocks[len(blocks) - depth:] for top_layer in block
            for layer in _self_and_sublayers(top_layer)}
     for layer in _self_and_sublayers(feature_model)[1:]:

@@ -66,7 +66,7 @@ STAGE_REPEATS = (1, 2, 2, 3, 3, 4, 1)
 class EfficientNetLite0(Backbone):
     name = "efficientnet_lite0"
     modality = "image"
-    description = "EfficientNet-Lite0 (keras-hub), 4.7M parameters, ImageNet weights converted offline"
+    description = "EfficientNet-Lite0 (keras-hub), ImageNet weights converted offline from a pip package"
     default_weights = "imagenet"
     default_image_size = (224, 224)
 
@@ -287,7 +287,11 @@ def _sha256(path: Path) -> str:
 
 
 # efficientnet_pytorch names -> timm names: outside the blocks,
-_TOP_LEVEL_NAMES = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+_TOP_LEVEL_NAMES = {
+    "_conv_stem": "conv_stem", "_bn0": "bn1",
+    "_conv_head": "conv_head", "_bn1": "bn2",
+    "_fc": "classifier",
+}  # fmt: skip
 # inside a block with an expansion conv (all but the first),
 _EXPANDED_BLOCK_NAMES = {
     "_expand_conv": "conv_pw", "_bn0": "bn1",
@@ -319,14 +323,17 @@ def to_timm_names(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         parts = key.split(".")
         if parts[-1] == "num_batches_tracked":
             continue  # a training counter; keras-hub does not read it
-        if parts[0] == "_blocks":
-            block = int(parts[1])
-            expands = f"_blocks.{block}._expand_conv.weight" in state
-            names = _EXPANDED_BLOCK_NAMES if expands else _DEPTHWISE_BLOCK_NAMES
-            stage, index = stage_of[block]
-            new = ["blocks", str(stage), str(index), names[parts[2]], *parts[3:]]
-        else:
-            new = [_TOP_LEVEL_NAMES[parts[0]], *parts[1:]]
+        try:
+            if parts[0] == "_blocks":
+                block = int(parts[1])
+                expands = f"_blocks.{block}._expand_conv.weight" in state
+                names = _EXPANDED_BLOCK_NAMES if expands else _DEPTHWISE_BLOCK_NAMES
+                stage, index = stage_of[block]
+                new = ["blocks", str(stage), str(index), names[parts[2]], *parts[3:]]
+            else:
+                new = [_TOP_LEVEL_NAMES[parts[0]], *parts[1:]]
+        except (KeyError, IndexError):
+            raise AutotlError(f"efficientnet_lite0: unexpected parameter {key!r}; is this EfficientNet-Lite0?") from None
         renamed[".".join(new)] = np.ascontiguousarray(value)
     return renamed
 
@@ -365,7 +372,11 @@ class _Tensor:
 
 
 class _LegacyUnpickler(pickle.Unpickler):
-    """Unpickles a legacy state dict without torch, allowing only the classes it needs."""
+    """Unpickles a legacy state dict without torch, allowing only the classes it needs.
+
+    A pickle can run arbitrary code through the classes it names; refusing all
+    but these makes reading an untrusted ``.pth`` file safe.
+    """
 
     def __init__(self, file, storages: dict):
         super().__init__(file)
@@ -398,20 +409,24 @@ def read_legacy_torch_file(path: Path) -> dict[str, np.ndarray]:
     storages an 8-byte little-endian element count followed by its raw bytes.
     """
     storages: dict[str, _Storage] = {}
+
+    def unpickle(file):
+        return _LegacyUnpickler(file, storages).load()
+
     try:
         with open(path, "rb") as file:
             if file.read(4) == b"PK\x03\x04":
                 raise AutotlError(f"efficientnet_lite0: {path} is a zip-format .pth; save it with "
                                   "torch.save(..., _use_new_zipfile_serialization=False)")  # fmt: skip
             file.seek(0)
-            if pickle.load(file) != _LEGACY_MAGIC:
+            if unpickle(file) != _LEGACY_MAGIC:
                 raise AutotlError(f"efficientnet_lite0: {path} is not a PyTorch state dict")
-            pickle.load(file)  # protocol version
-            system = pickle.load(file)
+            unpickle(file)  # protocol version
+            system = unpickle(file)
             if not system.get("little_endian", True):
                 raise AutotlError(f"efficientnet_lite0: {path} was saved big-endian, which is not supported")
-            state = _LegacyUnpickler(file, storages).load()
-            for key in pickle.load(file):
+            state = unpickle(file)
+            for key in unpickle(file):
                 storage = storages[key]
                 (count,) = struct.unpack("<q", file.read(8))
                 raw = file.read(count * storage.dtype.itemsize)
