@@ -152,18 +152,19 @@ class Store:
             parsed = sa.make_url(url)
         except ArgumentError:
             raise AutotlError(f"not a valid store URL: {url!r} (expected e.g. sqlite:///autotl.db)") from None
+        shown = parsed.render_as_string(hide_password=True)  # never echo a password
         kwargs: dict[str, Any] = {}
         if parsed.get_backend_name() == "sqlite":
             database = parsed.database
             if database and database != ":memory:":
                 folder = Path(database).expanduser().resolve().parent
                 if not folder.is_dir():
-                    raise AutotlError(f"cannot open store {url}: folder {folder} does not exist")
+                    raise AutotlError(f"cannot open store {shown}: folder {folder} does not exist")
             kwargs["connect_args"] = {"timeout": 60}
         try:
             engine = sa.create_engine(parsed, **kwargs)
         except (NoSuchModuleError, ArgumentError, ImportError) as exc:
-            raise AutotlError(f"cannot open store {url}: {_first_line(exc)}") from None
+            raise AutotlError(f"cannot open store {shown}: {_first_line(exc)}") from None
         if parsed.get_backend_name() == "sqlite":
             event.listen(engine, "connect", _configure_sqlite)
         return engine

@@ -333,7 +333,7 @@ def to_timm_names(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             else:
                 new = [_TOP_LEVEL_NAMES[parts[0]], *parts[1:]]
         except (KeyError, IndexError):
-            raise AutotlError(f"efficientnet_lite0: unexpected parameter {key!r}; is this EfficientNet-Lite0?") from None
+            raise AutotlError(f"efficientnet_lite0: unexpected parameter {key!r} in the weights") from None
         renamed[".".join(new)] = np.ascontiguousarray(value)
     return renamed
 

