@@ -292,7 +292,11 @@ class _Transaction:
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
             if exc_type is None:
-                self._session.commit()
+                try:
+                    self._session.commit()
+                except SQLAlchemyError as commit_exc:  # e.g. a constraint only checked at commit
+                    self._session.rollback()
+                    raise AutotlError(f"store error: {_first_line(commit_exc)}") from commit_exc
             else:
                 self._session.rollback()
         finally:

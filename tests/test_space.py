@@ -1,0 +1,241 @@
+"""Tests of autotl.space: defaults, overrides, space files, and declaring on KerasTuner."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import keras_tuner as kt
+import pytest
+
+from autotl.errors import UsageError
+from autotl.space import DEFAULT_SPACE, build_space, declare, default_space, load_space_file
+
+HP_NAMES = {"pooling", "head_layers", "head_units", "dropout", "unfreeze_depth", "head_lr", "finetune_lr"}
+
+
+def usage_error(excinfo: pytest.ExceptionInfo, *fragments: str) -> str:
+    message = str(excinfo.value)
+    assert excinfo.type is UsageError or issubclass(excinfo.type, UsageError)
+    assert message and "\n" not in message and "\r" not in message, repr(message)
+    for fragment in fragments:
+        assert fragment in message, message
+    return message
+
+
+def declared(space) -> kt.HyperParameters:
+    hp = kt.HyperParameters()
+    declare(space, hp)
+    return hp
+
+
+def sample(space, n: int = 30, seed: int = 7) -> list[dict]:
+    """`n` value sets drawn by KerasTuner's own RandomSearchOracle from the declared space."""
+    oracle = kt.oracles.RandomSearchOracle(objective=kt.Objective("val_accuracy", "max"), max_trials=n, seed=seed,
+                                           hyperparameters=declared(space))
+    draws = []
+    for i in range(n):
+        result = oracle.populate_space(f"trial_{i}")
+        assert result["status"] == "RUNNING", result
+        draws.append(result["values"])
+    return draws
+
+
+# --------------------------------------------------------------------------- defaults and merging
+
+
+def test_defaults_per_modality():
+    image, text = default_space("image"), default_space("text")
+    assert set(image) == set(text) == HP_NAMES
+    assert image["pooling"] == {"values": ["avg", "flatten"]}
+    assert text["pooling"] == {"values": ["mean", "cls"]}
+    assert build_space("image")["pooling"]["values"] == ["avg", "flatten"]
+    assert build_space("text")["pooling"]["values"] == ["mean", "cls"]
+    for name in HP_NAMES - {"pooling"}:
+        assert image[name] == text[name] == DEFAULT_SPACE[name]
+
+
+def test_default_space_is_a_copy():
+    space = default_space("image")
+    space["head_units"]["values"].append(4096)
+    space["pooling"]["values"].clear()
+    assert 4096 not in default_space("image")["head_units"]["values"]
+    assert default_space("image")["pooling"]["values"] == ["avg", "flatten"]
+
+
+def test_plugin_overrides_then_user_overrides():
+    plugin = {"unfreeze_depth": {"min": 0, "max": 5}, "head_units": {"values": [32, 64]},
+              "finetune_lr": {"min": 1e-5, "max": 1e-3}}
+    user = {"unfreeze_depth": {"max": 3}, "head_units": {"values": [16]}}
+    space = build_space("image", plugin, user)
+    # The user's max is merged onto the plugin's range (plugin's min kept), not onto the default.
+    assert space["unfreeze_depth"] == {"type": "int", "min": 0, "max": 3}
+    assert space["head_units"] == {"values": [16]}  # the user wins
+    # Plugin-only overrides survive; the default's log sampling stays unless replaced.
+    assert space["finetune_lr"] == {"type": "float", "min": 1e-5, "max": 1e-3, "sampling": "log"}
+    assert space["dropout"] == DEFAULT_SPACE["dropout"]  # untouched
+    assert build_space("image", plugin)["unfreeze_depth"]["max"] == 5
+
+
+def test_a_range_over_a_choice_becomes_an_int_range():
+    space = build_space("image", user_overrides={"head_units": {"min": 32, "max": 96, "step": 32}})
+    assert space["head_units"] == {"type": "int", "min": 32, "max": 96, "step": 32}
+    hp = declared(space)
+    assert isinstance(hp._hps["head_units"][0], kt.engine.hyperparameters.Int)
+    assert {draw["head_units"] for draw in sample(space)} <= {32, 64, 96}
+
+
+def test_a_scalar_fixes_a_value():
+    space = build_space("text", user_overrides={"dropout": 0.2, "pooling": "cls", "head_layers": 1})
+    assert space["dropout"] == {"values": [0.2]}
+    hp = declared(space)
+    for name, value in (("dropout", 0.2), ("pooling", "cls"), ("head_layers", 1)):
+        [param] = hp._hps[name]
+        assert isinstance(param, kt.engine.hyperparameters.Fixed), (name, param)
+        assert param.value == value
+    for draw in sample(space, n=10):
+        assert (draw["dropout"], draw["pooling"], draw["head_layers"]) == (0.2, "cls", 1)
+
+
+def test_min_equal_max_is_fixed_too():
+    hp = declared(build_space("image", user_overrides={"unfreeze_depth": {"min": 1, "max": 1}}))
+    [param] = hp._hps["unfreeze_depth"]
+    assert isinstance(param, kt.engine.hyperparameters.Fixed) and param.value == 1
+
+
+@pytest.mark.parametrize("where", ["plugin", "user"])
+def test_unknown_hyperparameter_is_named(where):
+    overrides = {"learning_rate": {"min": 0.1, "max": 0.2}}
+    with pytest.raises(UsageError) as excinfo:
+        build_space("image", **{f"{where}_overrides": overrides})
+    usage_error(excinfo, "'learning_rate'", "head_lr")  # names it, and lists the known ones
+
+
+@pytest.mark.parametrize("overrides, fragments", [
+    ({"unfreeze_depth": {"min": 3, "max": 1}}, ["unfreeze_depth", "min 3", "max 1"]),
+    ({"dropout": {"min": 0.6, "max": 0.5}}, ["dropout"]),
+    ({"head_lr": {"min": 0.0, "max": 0.1}}, ["head_lr", "log"]),
+    ({"finetune_lr": {"min": -1e-5, "max": 1e-4, "sampling": "log"}}, ["finetune_lr", "log"]),
+    ({"head_units": {"values": []}}, ["head_units", "empty"]),
+    ({"head_units": {"max": 64}}, ["head_units", "min"]),  # a choice widened with only a max
+    ({"head_lr": {"min": "small", "max": 0.1}}, ["head_lr", "numbers"]),
+    ({"head_lr": {"lo": 0.1}}, ["head_lr", "lo"]),
+    ({"pooling": {"values": ["avg", "max"]}}, ["pooling", "max"]),
+    ({"unfreeze_depth": {"min": -1, "max": 1}}, ["unfreeze_depth"]),
+])
+def test_invalid_ranges_are_usage_errors(overrides, fragments):
+    with pytest.raises(UsageError) as excinfo:
+        build_space("image", user_overrides=overrides)
+    usage_error(excinfo, *fragments)
+
+
+# --------------------------------------------------------------------------- files
+
+
+def test_yaml_file_loads(tmp_path):
+    path = tmp_path / "space.yaml"
+    path.write_text("# narrow the search\nunfreeze_depth: {min: 0, max: 1}\nhead_units:\n  values: [128, 256]\n"
+                    "head_lr: {min: 1.0e-4, max: 1.0e-3, sampling: log}\ndropout: 0.3\n")
+    data = load_space_file(path)
+    assert data == {"unfreeze_depth": {"min": 0, "max": 1}, "head_units": {"values": [128, 256]},
+                    "head_lr": {"min": 1.0e-4, "max": 1.0e-3, "sampling": "log"}, "dropout": 0.3}
+    space = build_space("image", user_overrides=data)
+    assert space["head_lr"] == {"type": "float", "min": 1e-4, "max": 1e-3, "sampling": "log"}
+    assert space["dropout"] == {"values": [0.3]}
+
+
+def test_yml_suffix_and_json_file_load(tmp_path):
+    spec = {"head_layers": {"min": 1, "max": 2}, "pooling": {"values": ["mean"]}}
+    (tmp_path / "s.json").write_text(json.dumps(spec))
+    (tmp_path / "s.yml").write_text(json.dumps(spec))  # JSON is YAML too
+    assert load_space_file(tmp_path / "s.json") == spec
+    assert load_space_file(str(tmp_path / "s.yml")) == spec
+    space = build_space("text", user_overrides=load_space_file(tmp_path / "s.json"))
+    assert space["pooling"] == {"values": ["mean"]}
+    assert space["head_layers"] == {"type": "int", "min": 1, "max": 2}
+
+
+@pytest.mark.parametrize("name, text", [
+    ("bad.yaml", "head_units: {values: [64, 128\nhead_lr: 1\n"),
+    ("bad.yaml", "head_units:\n  - 1\n bad indent: [\n"),
+    ("bad.json", '{"head_units": {"values": [64, 128]},}'),
+    ("bad.json", "head_units: {values: [64]}"),  # YAML in a .json file
+])
+def test_a_file_that_does_not_parse_is_one_line(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(UsageError) as excinfo:
+        load_space_file(path)
+    usage_error(excinfo, str(path), "does not parse")
+
+
+@pytest.mark.parametrize("text", ["- head_units\n- dropout\n", "just a string\n", ""])
+def test_a_file_that_is_not_a_mapping_is_refused(tmp_path, text):
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    with pytest.raises(UsageError) as excinfo:
+        load_space_file(path)
+    usage_error(excinfo, str(path))
+
+
+def test_a_missing_file_is_one_line(tmp_path):
+    with pytest.raises(UsageError) as excinfo:
+        load_space_file(tmp_path / "nope.yaml")
+    usage_error(excinfo, "nope.yaml")
+
+
+# --------------------------------------------------------------------------- declare + sampling
+
+
+def test_declare_gives_keras_tuner_types():
+    hp = declared(build_space("image"))
+    params = {name: hp._hps[name][0] for name in HP_NAMES}
+    assert set(hp.values) == HP_NAMES
+    head_layers, head_lr, head_units = params["head_layers"], params["head_lr"], params["head_units"]
+    assert isinstance(head_layers, kt.engine.hyperparameters.Int)
+    assert (head_layers.min_value, head_layers.max_value) == (0, 2)
+    assert isinstance(head_lr, kt.engine.hyperparameters.Float)
+    assert (head_lr.min_value, head_lr.max_value, head_lr.sampling) == (1e-4, 1e-2, "log")
+    assert isinstance(head_units, kt.engine.hyperparameters.Choice)
+    assert list(head_units.values) == [64, 128, 256, 512]
+    assert isinstance(params["pooling"], kt.engine.hyperparameters.Choice)
+    assert isinstance(params["unfreeze_depth"], kt.engine.hyperparameters.Int)
+    assert isinstance(params["dropout"], kt.engine.hyperparameters.Float) and params["dropout"].step == 0.1
+
+
+def test_declare_twice_is_a_no_op():
+    space = build_space("image")
+    hp = declared(space)
+    declare(space, hp)
+    assert len(hp.space) == len(HP_NAMES)
+
+
+def test_random_search_oracle_samples_stay_in_range():
+    draws = sample(build_space("image"), n=30)
+    for v in draws:
+        assert set(v) == HP_NAMES
+        assert v["pooling"] in ("avg", "flatten")
+        assert isinstance(v["head_layers"], int) and 0 <= v["head_layers"] <= 2
+        assert v["head_units"] in (64, 128, 256, 512)
+        assert 0.0 <= v["dropout"] <= 0.5 and math.isclose(v["dropout"] * 10, round(v["dropout"] * 10), abs_tol=1e-9)
+        assert isinstance(v["unfreeze_depth"], int) and 0 <= v["unfreeze_depth"] <= 2
+        assert 1e-4 <= v["head_lr"] <= 1e-2
+        assert 1e-6 <= v["finetune_lr"] <= 1e-4
+    # The draws really vary (so the checks above looked at more than one point).
+    assert len({v["head_lr"] for v in draws}) > 10
+    assert {v["pooling"] for v in draws} == {"avg", "flatten"}
+    # Log sampling: a good share of head_lr draws fall in the lowest decade.
+    assert sum(v["head_lr"] < 1e-3 for v in draws) >= 5
+
+
+def test_overridden_space_is_what_the_oracle_samples():
+    user = {"head_units": {"values": [128, 256]}, "unfreeze_depth": {"min": 1, "max": 2},
+            "head_lr": {"min": 1e-3, "max": 2e-3}, "pooling": {"values": ["mean"]}}
+    draws = sample(build_space("text", {"unfreeze_depth": {"min": 0, "max": 4}}, user), n=30)
+    for v in draws:
+        assert v["head_units"] in (128, 256)
+        assert v["unfreeze_depth"] in (1, 2)
+        assert 1e-3 <= v["head_lr"] <= 2e-3
+        assert v["pooling"] == "mean"
+    assert {v["unfreeze_depth"] for v in draws} == {1, 2}

@@ -1,0 +1,292 @@
+"""Tests of autotl.store on real SQLite files (and real bad URLs)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from autotl.errors import AutotlError
+from autotl.store import COMPLETED, FAILED, INTERRUPTED, RUNNING, SCHEMA_VERSION, Store
+
+
+def search_fields(name: str = "s1", direction: str = "max", **extra) -> dict:
+    fields = dict(
+        name=name, backbone="tiny_cnn", weights="none", modality="image", dataset_path="/data/digits",
+        dataset_fingerprint="f" * 64, labels=["0", "1"], config={"max_trials": 3, "space": {"dropout": {"values": [0.1]}}},
+        objective="val_accuracy" if direction == "max" else "val_loss", direction=direction, workdir="/tmp/runs",
+    )
+    fields.update(extra)
+    return fields
+
+
+@pytest.fixture
+def db(tmp_path) -> Path:
+    return tmp_path / "store.db"
+
+
+@pytest.fixture
+def store(db):
+    opened = Store(f"sqlite:///{db}")
+    yield opened
+    opened.close()
+
+
+def raw(db: Path, sql: str, *params) -> list[tuple]:
+    """Read with a plain sqlite3 connection, independent of SQLAlchemy."""
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+
+
+def add_trial(store: Store, search_id: int, status: str | None, value: float | None, tid: str = "t") -> int:
+    """Start a trial and, unless `status` is None, finish it with `status` and `value`."""
+    trial = store.start_trial(search_id, tid, {"head_lr": 0.001})
+    if status is not None:
+        store.finish_trial(trial.id, status, value=value)
+    return trial.id
+
+
+def assert_one_line(message: str) -> None:
+    assert message.strip(), "empty error message"
+    assert "\n" not in message and "\r" not in message, repr(message)
+
+
+# --------------------------------------------------------------------------- file, WAL, schema
+
+
+def test_sqlite_file_is_created_in_wal_mode_with_schema_version(store, db):
+    assert db.is_file()
+    assert raw(db, "PRAGMA journal_mode") == [("wal",)]
+    assert raw(db, "SELECT value FROM autotl_meta WHERE key = 'schema_version'") == [(str(SCHEMA_VERSION),)]
+    tables = {row[0] for row in raw(db, "SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"searches", "trials", "epoch_metrics", "artifacts", "autotl_meta"} <= tables
+
+
+def test_reopening_keeps_one_schema_version_row(store, db):
+    Store(f"sqlite:///{db}").close()
+    Store(str(db)).close()
+    assert raw(db, "SELECT key, value FROM autotl_meta") == [("schema_version", str(SCHEMA_VERSION))]
+
+
+def test_plain_path_is_taken_as_a_sqlite_file(tmp_path):
+    path = tmp_path / "plain.db"
+    opened = Store(str(path))
+    try:
+        assert opened.url == f"sqlite:///{path}"
+        search = opened.create_search(**search_fields("plain"))
+    finally:
+        opened.close()
+    assert path.is_file()
+    assert raw(path, "SELECT id, name FROM searches") == [(search.id, "plain")]
+
+
+# --------------------------------------------------------------------------- searches
+
+
+def test_create_and_get_search_by_name_and_id(store):
+    first = store.create_search(**search_fields("alpha"))
+    second = store.create_search(**search_fields("beta", direction="min"))
+    assert first.id != second.id
+    assert store.get_search("alpha").id == first.id
+    assert store.get_search("beta").id == second.id
+    assert store.get_search(second.id).name == "beta"
+    assert store.get_search(str(first.id)).name == "alpha"
+    got = store.get_search("beta")
+    assert (got.direction, got.objective, got.labels, got.status) == ("min", "val_loss", ["0", "1"], RUNNING)
+    assert got.config == search_fields()["config"]  # JSON round trip
+    assert [s.name for s in store.list_searches()] == ["alpha", "beta"]
+
+
+def test_a_name_that_is_a_number_wins_over_an_id(store):
+    first = store.create_search(**search_fields("alpha"))
+    numbered = store.create_search(**search_fields(str(first.id)))  # a search named "1"
+    assert numbered.id != first.id
+    assert store.get_search(str(first.id)).id == numbered.id
+
+
+@pytest.mark.parametrize("ref", ["nope", "999", 999])
+def test_unknown_search_is_a_one_line_error(store, ref):
+    store.create_search(**search_fields("alpha"))
+    with pytest.raises(AutotlError) as excinfo:
+        store.get_search(ref)
+    assert_one_line(str(excinfo.value))
+    assert repr(str(ref)) in str(excinfo.value) or repr(ref) in str(excinfo.value)
+
+
+def test_duplicate_search_name_is_refused_and_keeps_the_first(store, db):
+    first = store.create_search(**search_fields("dup", backbone="resnet50"))
+    with pytest.raises(AutotlError) as excinfo:
+        store.create_search(**search_fields("dup", backbone="bert"))
+    assert_one_line(str(excinfo.value))
+    assert "dup" in str(excinfo.value)
+    assert raw(db, "SELECT id, name, backbone FROM searches") == [(first.id, "dup", "resnet50")]
+
+
+def test_finish_search_records_status_and_error(store, db):
+    search = store.create_search(**search_fields())
+    store.finish_search(search.id, FAILED, "boom")
+    assert raw(db, "SELECT status, error, finished_at IS NOT NULL FROM searches") == [("failed", "boom", 1)]
+
+
+# --------------------------------------------------------------------------- trials
+
+
+def test_trials_are_numbered_per_search(store):
+    a = store.create_search(**search_fields("a"))
+    b = store.create_search(**search_fields("b"))
+    numbers_a = [store.start_trial(a.id, f"t{i}", {}).number for i in range(3)]
+    numbers_b = [store.start_trial(b.id, "t0", {}).number]
+    assert numbers_a == [1, 2, 3]
+    assert numbers_b == [1]
+    assert [t.number for t in store.list_trials(a.id)] == [1, 2, 3]
+
+
+def test_a_started_trial_is_committed_at_once(store, db):
+    search = store.create_search(**search_fields())
+    trial = store.start_trial(search.id, "tuner-7", {"head_units": 128, "head_lr": 0.001})
+    # Another process (here: another Store and a raw sqlite3 connection) sees it already.
+    assert raw(db, "SELECT id, number, tuner_trial_id, status, value FROM trials") == [
+        (trial.id, 1, "tuner-7", "running", None)]
+    other = Store(f"sqlite:///{db}")
+    try:
+        [seen] = other.list_trials(search.id)
+    finally:
+        other.close()
+    assert (seen.status, seen.hyperparameters) == (RUNNING, {"head_units": 128, "head_lr": 0.001})
+
+
+def test_finish_trial_stores_result(store, db):
+    search = store.create_search(**search_fields())
+    trial = store.start_trial(search.id, "t", {})
+    store.finish_trial(trial.id, COMPLETED, value=0.75, best_phase="finetune", best_epoch=3,
+                       metrics={"val_loss": 0.5})
+    [row] = raw(db, "SELECT status, value, best_phase, best_epoch, duration_s >= 0, finished_at IS NOT NULL "
+                    "FROM trials")
+    assert row == ("completed", 0.75, "finetune", 3, 1, 1)
+    assert store.list_trials(search.id)[0].metrics == {"val_loss": 0.5}
+
+
+def test_epoch_metrics_are_stored_long_format(store, db):
+    search = store.create_search(**search_fields())
+    trial = store.start_trial(search.id, "t", {})
+    store.log_epoch(trial.id, "head", 1, {"loss": 2.0, "val_accuracy": 0.25})
+    store.log_epoch(trial.id, "head", 2, {"loss": 1.5, "val_accuracy": float("nan")})
+    store.log_epoch(trial.id, "finetune", 1, {"loss": 1.0})
+    rows = raw(db, "SELECT trial_id, phase, epoch, name, value FROM epoch_metrics ORDER BY id")
+    assert rows == [
+        (trial.id, "head", 1, "loss", 2.0),
+        (trial.id, "head", 1, "val_accuracy", 0.25),
+        (trial.id, "head", 2, "loss", 1.5),
+        (trial.id, "head", 2, "val_accuracy", None),  # NaN is stored as NULL
+        (trial.id, "finetune", 1, "loss", 1.0),
+    ]
+    got = [(m.phase, m.epoch, m.name, m.value) for m in store.epoch_metrics(trial.id)]
+    assert got == [row[1:] for row in rows]
+
+
+def test_logging_the_same_epoch_metric_twice_is_an_autotl_error(store, db):
+    search = store.create_search(**search_fields())
+    trial = store.start_trial(search.id, "t", {})
+    store.log_epoch(trial.id, "head", 1, {"loss": 2.0})
+    with pytest.raises(AutotlError) as excinfo:  # not a raw SQLAlchemy IntegrityError
+        store.log_epoch(trial.id, "head", 1, {"loss": 3.0})
+    assert_one_line(str(excinfo.value))
+    assert raw(db, "SELECT value FROM epoch_metrics") == [(2.0,)]
+    store.log_epoch(trial.id, "head", 2, {"loss": 1.0})  # the store still works afterwards
+    assert len(store.epoch_metrics(trial.id)) == 2
+
+
+# --------------------------------------------------------------------------- best trial
+
+
+def test_best_trial_max_ignores_unfinished_and_failed_and_prefers_earliest_tie(store):
+    search = store.create_search(**search_fields(direction="max"))
+    add_trial(store, search.id, COMPLETED, 0.5)                  # 1
+    add_trial(store, search.id, FAILED, 0.99)                    # 2: failed, higher value
+    tie_first = add_trial(store, search.id, COMPLETED, 0.8)      # 3
+    add_trial(store, search.id, INTERRUPTED, 0.95)               # 4: interrupted
+    add_trial(store, search.id, COMPLETED, 0.8)                  # 5: tie, later
+    add_trial(store, search.id, COMPLETED, None)                 # 6: no value
+    running = add_trial(store, search.id, None, None)            # 7: still running...
+    store.finish_trial(running, RUNNING, value=0.999)            # ...even with a value
+    best = store.best_trial(store.get_search(search.id))
+    assert (best.id, best.number, best.value) == (tie_first, 3, 0.8)
+
+
+def test_best_trial_min_direction_and_nan(store):
+    search = store.create_search(**search_fields(direction="min"))
+    add_trial(store, search.id, COMPLETED, 0.4)                  # 1
+    tie_first = add_trial(store, search.id, COMPLETED, 0.2)      # 2
+    add_trial(store, search.id, FAILED, 0.1)                     # 3: failed, lower value
+    add_trial(store, search.id, COMPLETED, float("nan"))         # 4: NaN is no value (NULL sorts first in SQLite)
+    add_trial(store, search.id, COMPLETED, 0.2)                  # 5: tie, later
+    add_trial(store, search.id, RUNNING, 0.05)                   # 6: running
+    best = store.best_trial(store.get_search(search.id))
+    assert (best.id, best.number, best.value) == (tie_first, 2, 0.2)
+
+
+def test_best_trial_is_none_without_a_completed_trial(store):
+    search = store.create_search(**search_fields())
+    add_trial(store, search.id, FAILED, 0.9)
+    add_trial(store, search.id, None, None)
+    assert store.best_trial(search) is None
+
+
+def test_best_trial_stays_within_its_search(store):
+    a = store.create_search(**search_fields("a"))
+    b = store.create_search(**search_fields("b"))
+    add_trial(store, a.id, COMPLETED, 0.3)
+    add_trial(store, b.id, COMPLETED, 0.9)
+    assert store.best_trial(a).value == 0.3
+
+
+# --------------------------------------------------------------------------- artifacts
+
+
+def test_artifacts_filter_by_kind_and_trial(store):
+    search = store.create_search(**search_fields("a"))
+    other = store.create_search(**search_fields("b"))
+    t1 = store.start_trial(search.id, "t1", {}).id
+    t2 = store.start_trial(search.id, "t2", {}).id
+    ids = {
+        "ck1": store.add_artifact(search_id=search.id, trial_id=t1, kind="checkpoint", format="keras", path="c1").id,
+        "ck2": store.add_artifact(search_id=search.id, trial_id=t2, kind="checkpoint", format="keras", path="c2").id,
+        "ex1": store.add_artifact(search_id=search.id, trial_id=t1, kind="export", format="savedmodel", path="e1",
+                                  sha256="a" * 64, size_bytes=123).id,
+    }
+    store.add_artifact(search_id=other.id, trial_id=None, kind="checkpoint", format="keras", path="other")
+
+    def paths(**kw):
+        return [a.path for a in store.artifacts(search.id, **kw)]
+
+    assert paths() == ["c1", "c2", "e1"]
+    assert paths(kind="checkpoint") == ["c1", "c2"]
+    assert paths(kind="export") == ["e1"]
+    assert paths(trial_id=t1) == ["c1", "e1"]
+    assert paths(kind="checkpoint", trial_id=t2) == ["c2"]
+    assert paths(kind="export", trial_id=t2) == []
+    [export] = store.artifacts(search.id, kind="export")
+    assert (export.id, export.sha256, export.size_bytes) == (ids["ex1"], "a" * 64, 123)
+
+
+# --------------------------------------------------------------------------- bad URLs
+
+
+@pytest.mark.parametrize("url, fragment", [
+    ("nosuchdriver://x", "nosuchdriver"),
+    ("not a url at all://", "not a url at all"),
+    ("sqlite:////nonexistent/dir/x.db", "/nonexistent/dir"),
+    ("postgresql://u:secret@127.0.0.1:1/db", "127.0.0.1"),
+])
+def test_bad_store_url_is_a_one_line_error(url, fragment):
+    with pytest.raises(AutotlError) as excinfo:
+        Store(url)
+    message = str(excinfo.value)
+    assert_one_line(message)
+    assert fragment in message
+    assert "secret" not in message  # the password is never shown
+
