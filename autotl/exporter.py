@@ -67,7 +67,7 @@ def export(store: Store, search_ref: str, out_dir: str | Path, formats: Sequence
 
     out = Path(out_dir).expanduser()
     _prepare_out_dir(out)
-    model = keras.saving.load_model(checkpoint)
+    model = keras.saving.load_model(checkpoint, compile=False)
     files: list[Path] = []
     if "keras" in formats:
         shutil.copyfile(checkpoint, out / KERAS_FILE)
@@ -145,7 +145,7 @@ class LoadedModel:
             path = self.directory / KERAS_FILE
             if not path.is_file():
                 raise AutotlError(f"{self.directory} holds no {KERAS_FILE}; export with --format keras")
-            model = keras.saving.load_model(path)
+            model = keras.saving.load_model(path, compile=False)
             return lambda x: np.asarray(model.predict_on_batch(x))
         if model_format == "savedmodel":
             import tensorflow as tf

@@ -29,13 +29,10 @@ class ConsoleReporter(Reporter):
     def __init__(self, objective: str, stream: TextIO | None = None):
         self.objective = objective
         self.stream = stream or sys.stderr
-        self.best: float | None = None
         self.direction = "min" if objective.endswith("loss") else "max"
+        self.best: float | None = None
         self._trial_started = time.perf_counter()
         self._max_trials = 0
-
-    def _print(self, text: str) -> None:
-        print(text, file=self.stream, flush=True)
 
     def search_started(self, name, store_url, max_trials):
         self._max_trials = max_trials
@@ -47,24 +44,31 @@ class ConsoleReporter(Reporter):
         self._print(f"trial {number}/{max_trials}: {shown}")
 
     def epoch_ended(self, trial_number, phase, epoch, epochs, metrics):
-        value = metrics.get(self.objective)
-        best = self.best if value is None else value if self.best is None else (
-            max(self.best, value) if self.direction == "max" else min(self.best, value))
+        self._update_best(metrics.get(self.objective))
         shown = "  ".join(f"{k} {_fmt(v)}" for k, v in metrics.items() if k != "seconds")
-        best_text = f"  best so far {_fmt(best)}" if best is not None else ""
+        best_text = f"  best so far {_fmt(self.best)}" if self.best is not None else ""
         self._print(f"  trial {trial_number}/{self._max_trials} {phase:8s} epoch {epoch}/{epochs}  {shown}"
                     f"  ({metrics.get('seconds', 0):.1f}s){best_text}")
 
     def trial_ended(self, trial):
         elapsed = time.perf_counter() - self._trial_started
-        if trial.value is not None and (self.best is None or (
-                trial.value > self.best if self.direction == "max" else trial.value < self.best)):
-            self.best = trial.value
+        self._update_best(trial.value)
         if trial.status == "completed":
             self._print(f"trial {trial.number} completed: {self.objective} {_fmt(trial.value)} "
-                        f"({trial.best_phase} epoch {trial.best_epoch}) in {elapsed:.0f}s; best so far {_fmt(self.best)}")
+                        f"({trial.best_phase} epoch {trial.best_epoch}) in {elapsed:.0f}s; "
+                        f"best so far {_fmt(self.best)}")
         else:
             self._print(f"trial {trial.number} {trial.status}: {trial.error}")
+
+    def _update_best(self, value: float | None) -> None:
+        """A trial's value is its best epoch, so the best epoch seen is the search's best so far."""
+        if value is None or value != value:
+            return
+        if self.best is None or (value > self.best if self.direction == "max" else value < self.best):
+            self.best = value
+
+    def _print(self, text: str) -> None:
+        print(text, file=self.stream, flush=True)
 
 
 def _fmt(value: Any) -> str:

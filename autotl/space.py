@@ -104,6 +104,8 @@ def _merge(name: str, base: dict[str, Any], spec: Any) -> dict[str, Any]:
     if unknown:
         raise UsageError(f"hyperparameter {name!r}: unknown keys {sorted(unknown)} (use values, min, max, step, sampling)")
     if "values" in spec:
+        if not isinstance(spec["values"], (list, tuple)):
+            raise UsageError(f"hyperparameter {name!r}: `values` must be a list, e.g. values: [64, 128]")
         return {"values": list(spec["values"])}
     merged = {k: v for k, v in base.items() if k != "values"}
     merged.update(spec)

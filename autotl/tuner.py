@@ -152,7 +152,7 @@ class TransferTuner(kt.Tuner):
         artifacts = self.store.artifacts(self.search_id, kind="checkpoint", trial_id=row.id) if row else []
         if not artifacts:
             raise ValueError(f"trial {trial.trial_id} has no checkpoint (only the best trial keeps one)")
-        return keras.saving.load_model(artifacts[-1].path)
+        return keras.saving.load_model(artifacts[-1].path, compile=False)
 
     # -- the two phases ----------------------------------------------------------------
 
@@ -187,7 +187,9 @@ class TransferTuner(kt.Tuner):
         trial_dir = self.workdir / f"trial_{row.number:03d}"
         trial_dir.mkdir(parents=True, exist_ok=True)
         path = trial_dir / CHECKPOINT_NAME
-        model.save(path)
+        # An uncompiled twin sharing the layers: the checkpoint is for inference and export,
+        # and an optimizer state saved with it would not match on reload.
+        keras.Model(model.inputs, model.outputs, name=model.name).save(path)
         np.save(trial_dir / VAL_PROBS_NAME, model.predict(data.x_val, batch_size=self.plan.batch_size, verbose=0))
         for old in self.store.artifacts(self.search_id, kind="checkpoint"):
             if old.trial_id != row.id:

@@ -120,3 +120,29 @@ def test_cli_reads_trials_and_best_from_the_store(finished_search):
     assert best["number"] == result.best.number and best["value"] == pytest.approx(result.best.value)
     table = run_cli("trials", "engine", "--store", store.url, check=True).stdout
     assert "unfreeze_depth=" in table and table.count("completed") == 3
+
+
+@pytest.mark.parametrize("tuner", ["bayesian", "hyperband"])
+def test_other_tuners_complete_and_respect_max_trials(tmp_path, mnist_dir, tuner):
+    store = Store(str(tmp_path / "autotl.db"))
+    config = api.SearchConfig(data=str(mnist_dir), backbone="tiny_cnn", plugin_files=[str(TINY_PLUGIN)],
+                              image_size=16, tuner=tuner, max_trials=2, epochs=3, finetune_epochs=1,
+                              batch_size=32, name=tuner, workdir=str(tmp_path / "runs"))
+    result = api.search(config, store)
+    trials = store.list_trials(result.search.id)
+    assert len(trials) == 2 and all(t.status == COMPLETED for t in trials)
+    if tuner == "hyperband":  # Hyperband sets each bracket's epoch budget
+        assert all("tuner/epochs" in t.hyperparameters for t in trials)
+        for trial in trials:
+            head_epochs = {m.epoch for m in store.epoch_metrics(trial.id) if m.phase == "head"}
+            assert max(head_epochs) <= trial.hyperparameters["tuner/epochs"]
+
+
+def test_a_given_validation_folder_is_used_instead_of_a_split(tmp_path, mnist_dir):
+    store = Store(str(tmp_path / "autotl.db"))
+    config = api.SearchConfig(data=str(mnist_dir), val_data=str(mnist_dir), backbone="tiny_cnn",
+                              plugin_files=[str(TINY_PLUGIN)], image_size=16, max_trials=1, epochs=1,
+                              finetune_epochs=0, name="given-val", workdir=str(tmp_path / "runs"))
+    result = api.search(config, store)
+    assert result.search.config["train_examples"] == 120 and result.search.config["val_examples"] == 120
+    assert {m.phase for m in store.epoch_metrics(result.best.id)} == {"head"}

@@ -118,6 +118,8 @@ def test_unknown_hyperparameter_is_named(where):
     ({"head_lr": {"min": 0.0, "max": 0.1}}, ["head_lr", "log"]),
     ({"finetune_lr": {"min": -1e-5, "max": 1e-4, "sampling": "log"}}, ["finetune_lr", "log"]),
     ({"head_units": {"values": []}}, ["head_units", "empty"]),
+    ({"head_units": {"values": 128}}, ["head_units", "list"]),  # was a raw TypeError
+    ({"pooling": {"values": "avg"}}, ["pooling", "list"]),  # was split into 'a', 'v', 'g'
     ({"head_units": {"max": 64}}, ["head_units", "min"]),  # a choice widened with only a max
     ({"head_lr": {"min": "small", "max": 0.1}}, ["head_lr", "numbers"]),
     ({"head_lr": {"lo": 0.1}}, ["head_lr", "lo"]),
