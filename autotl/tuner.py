@@ -189,7 +189,7 @@ class TransferTuner(kt.Tuner):
         path = trial_dir / CHECKPOINT_NAME
         # An uncompiled twin sharing the layers: the checkpoint is for inference and export,
         # and an optimizer state saved with it would not match on reload.
-        keras.Model(model.inputs, model.outputs, name=model.name).save(path)
+        keras.Model(model.input, model.output, name=model.name).save(path)
         np.save(trial_dir / VAL_PROBS_NAME, model.predict(data.x_val, batch_size=self.plan.batch_size, verbose=0))
         for old in self.store.artifacts(self.search_id, kind="checkpoint"):
             if old.trial_id != row.id:
