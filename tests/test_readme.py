@@ -1,0 +1,45 @@
+"""The README's plugin example is a working plugin, and CI runs the README's test command."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import keras
+
+from autotl.backbone import ImagePreprocessor
+from autotl.hypermodel import set_unfreeze_depth
+from autotl.registry import load_plugin_file
+
+from conftest import REPO, run_cli
+
+README = (REPO / "README.md").read_text()
+
+
+def readme_plugin(tmp_path):
+    match = re.search(r"<!-- plugin-example[^>]*-->\s*```python\n(.*?)```", README, re.S)
+    assert match, "README lost its plugin example"
+    path = tmp_path / "my_mobilenet.py"
+    path.write_text(match.group(1))
+    return path
+
+
+def test_readme_plugin_loads_builds_and_unfreezes(tmp_path):
+    path = readme_plugin(tmp_path)
+    listed = json.loads(run_cli("plugins", "--plugin", path, "--json", check=True).stdout)
+    assert "mobilenet_v2" in [b["name"] for b in listed["backbones"]]
+
+    (plugin,) = load_plugin_file(path)
+    model = plugin.build("none", ImagePreprocessor((32, 32)))
+    blocks = plugin.blocks(model)
+    in_blocks = {id(layer) for block in blocks for layer in block}
+    assert all(id(layer) in in_blocks for layer in model.layers if layer.weights)
+    assert set_unfreeze_depth(model, blocks, 1) == 1
+    assert {layer.name for layer in model.layers if layer.trainable and layer.weights} == {"Conv_1"}
+    assert not model.get_layer("Conv_1_bn").trainable and isinstance(model.get_layer("Conv_1_bn"),
+                                                                     keras.layers.BatchNormalization)
+
+
+def test_ci_runs_the_readme_test_command():
+    command = re.search(r"## Tests\n\n```bash\n(.*?)\n```", README).group(1)
+    assert command in (REPO / ".ci" / "run").read_text().replace("python3", "python")
