@@ -213,8 +213,8 @@ def export(search_ref: str, out_dir: str, formats: tuple[str, ...], store: str, 
 
     opened = Store(store)
     search = opened.get_search(search_ref)
-    registry = load_registry(list(plugin_files) or search.config.get("plugin_files", []))
-    result = exporter.export(opened, search_ref, out_dir, formats, registry)
+    plugin_files = list(plugin_files) or search.config.get("plugin_files", [])
+    result = exporter.export(opened, search_ref, out_dir, formats, load_registry(plugin_files), plugin_files)
     click.echo(f"exported trial {result.manifest['search']['trial']} of {search.name!r} to {result.directory}")
     for name in sorted(result.manifest["files"]):
         click.echo(f"  {name}")

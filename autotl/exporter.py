@@ -27,6 +27,7 @@ import numpy as np
 from .errors import AutotlError, UsageError
 from .registry import Registry
 from .store import Store
+from .tf_export import export_saved_model
 
 MANIFEST = "autotl.json"
 MANIFEST_VERSION = 1
@@ -44,7 +45,7 @@ class Export:
 
 
 def export(store: Store, search_ref: str, out_dir: str | Path, formats: Sequence[str] = FORMATS,
-           registry: Registry | None = None) -> Export:
+           registry: Registry | None = None, plugin_files: Sequence[str] | None = None) -> Export:
     """Write the best trial's model of `search_ref` to `out_dir` in each of `formats`."""
     import keras
 
@@ -62,19 +63,17 @@ def export(store: Store, search_ref: str, out_dir: str | Path, formats: Sequence
     if checkpoint is None or not checkpoint.is_file():
         raise AutotlError(f"the checkpoint of trial {best.number} of {search.name!r} is missing "
                           f"({checkpoint or 'never written'}); was the work folder moved?")
-    registry = registry or load_registry(search.config.get("plugin_files", []))
+    plugin_files = list(plugin_files or search.config.get("plugin_files", []))
+    registry = registry or load_registry(plugin_files)
     backbone = registry.get(search.backbone)
 
     out = Path(out_dir).expanduser()
     _prepare_out_dir(out)
     model = keras.saving.load_model(checkpoint, compile=False)
-    files: list[Path] = []
     if "keras" in formats:
         shutil.copyfile(checkpoint, out / KERAS_FILE)
-        files.append(out / KERAS_FILE)
     if "savedmodel" in formats:
-        model.export(str(out / SAVED_MODEL_DIR), format="tf_saved_model", verbose=False)
-        files.append(out / SAVED_MODEL_DIR)
+        export_saved_model(checkpoint, out / SAVED_MODEL_DIR, plugin_files or [])
     preprocessor = backbone.preprocessor(search.weights, _preprocessor_options(search.config["preprocessing"]))
     (out / PREPROCESSOR_DIR).mkdir()
     preprocessor.save(out / PREPROCESSOR_DIR)

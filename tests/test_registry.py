@@ -62,7 +62,7 @@ def test_a_plugin_file_may_define_several_backbones_but_not_import_them(tmp_path
     path = tmp_path / "two.py"
     path.write_text(
         "from autotl.backbone import Backbone\n"
-
+        "from autotl_plugins.resnet50 import ResNet50  # imported: not this file's plugin\n"
         "class A(Backbone):\n    name = 'net_a'\n    modality = 'image'\n"
         "    def build(self, weights, preprocessor): ...\n    def blocks(self, model): return []\n"
         "class B(A):\n    name = 'net_b'\n    modality = 'text'\n"
