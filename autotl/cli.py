@@ -168,7 +168,7 @@ def trials(search_ref: str, store: str, as_json: bool, with_epochs: bool) -> Non
         return
     table = [{"trial": r["number"], "status": r["status"], search.objective: r["value"],
               "best": f"{r['best_phase']}:{r['best_epoch']}" if r["best_phase"] else "",
-              "seconds": r["duration_s"], "hyperparameters": _format_hp(r["hyperparameters"])} for r in rows]
+              "seconds": None if r["duration_s"] is None else round(r["duration_s"], 1), "hyperparameters": _format_hp(r["hyperparameters"])} for r in rows]
     _table(table, ["trial", "status", search.objective, "best", "seconds", "hyperparameters"])
 
 
