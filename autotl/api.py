@@ -49,6 +49,7 @@ class SearchConfig:
     label_col: str = "label"
     space_file: str | None = None
     workdir: str = "autotl_runs"
+    trials_per_worker: int = 5
     strict: bool = False
     plugin_files: list[str] = field(default_factory=list)
 
@@ -59,6 +60,8 @@ class SearchConfig:
                               ("batch-size", self.batch_size)):
             if value < 1:
                 raise UsageError(f"--{option} must be at least 1")
+        if self.trials_per_worker < 0:
+            raise UsageError("--trials-per-worker cannot be negative (0 runs trials in the search process)")
         if self.finetune_epochs is not None and self.finetune_epochs < 0:
             raise UsageError("--finetune-epochs cannot be negative")
         if not 0 < self.val_split < 1:
@@ -90,7 +93,9 @@ def search(config: SearchConfig, store: Store | str = DEFAULT_STORE, reporter: R
     import keras_tuner as kt
 
     from .hypermodel import TransferHyperModel
-    from .tuner import TrainingPlan, TrialData, TransferTuner, make_oracle
+    from .plan import Objective, TrainingPlan, TrialData
+    from .tuner import TransferTuner, make_oracle
+    from .worker import TrialWorker, WorkerSpec, remove_trial_data, save_trial_data
 
     config.validate()
     store = store if isinstance(store, Store) else Store(store)
@@ -98,11 +103,11 @@ def search(config: SearchConfig, store: Store | str = DEFAULT_STORE, reporter: R
     registry = registry or load_registry(config.plugin_files)
     backbone = registry.get(config.backbone)
     weights = config.weights or backbone.default_weights
-    space = space_module.build_space(backbone.modality, backbone.search_space(),
-                                     space_module.load_space_file(config.space_file) if config.space_file else None)
-
+    user_space = space_module.load_space_file(config.space_file) if config.space_file else None
     options = {"image_size": _image_size(config.image_size), "sequence_length": config.sequence_length}
     preprocessor = backbone.preprocessor(weights, options)
+    # After the preprocessor: a plugin may size its proposals (e.g. BERT's layer count) by the weights.
+    space = space_module.build_space(backbone.modality, backbone.search_space(), user_space)
     train, val = load_split(config, backbone.modality, preprocessor)
     _check_build(backbone, weights, preprocessor)
 
@@ -124,9 +129,18 @@ def search(config: SearchConfig, store: Store | str = DEFAULT_STORE, reporter: R
     oracle = make_oracle(config.tuner, kt.Objective(config.objective, direction), config.max_trials,
                          config.epochs, config.seed)
     trial_data = TrialData(preprocessor(train.examples), train.labels, preprocessor(val.examples), val.labels)
+    worker = None
+    if config.trials_per_worker > 0:
+        save_trial_data(trial_data, workdir / "data")
+        worker = TrialWorker(WorkerSpec(
+            store_url=store.url, search_id=row.id, backbone=backbone.name, weights=weights,
+            plugin_files=[str(Path(p).resolve()) for p in config.plugin_files], preprocessor_options=options,
+            num_classes=len(train.class_names), space=space, plan=plan,
+            objective=Objective(config.objective, direction), workdir=str(workdir),
+            data_dir=str(workdir / "data")), config.trials_per_worker)
     try:
         tuner = TransferTuner(oracle, hypermodel, store=store, search_id=row.id, plan=plan, reporter=reporter,
-                              workdir=workdir, max_trials=config.max_trials, overwrite=True)
+                              workdir=workdir, max_trials=config.max_trials, worker=worker, overwrite=True)
         tuner.search(trial_data, verbose=0)
     except KeyboardInterrupt:
         store.finish_search(row.id, INTERRUPTED, "interrupted by the user")
@@ -136,6 +150,10 @@ def search(config: SearchConfig, store: Store | str = DEFAULT_STORE, reporter: R
         if isinstance(exc, AutotlError):
             raise
         raise AutotlError(f"search {name!r} failed: {_one_line(exc)}") from exc
+    finally:
+        if worker is not None:
+            worker.close()
+            remove_trial_data(workdir / "data")
     search_row = store.get_search(row.id)
     best = store.best_trial(search_row)
     if best is None:

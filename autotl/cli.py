@@ -97,6 +97,9 @@ def main() -> None:
 @click.option("--space", "space_file", type=click.Path(), help="YAML/JSON file narrowing or widening the space.")
 @click.option("--workdir", default="autotl_runs", help="Folder for checkpoints and KerasTuner state.")
 @click.option("--strict", is_flag=True, help="Fail on an unreadable image instead of skipping it.")
+@click.option("--trials-per-worker", type=click.IntRange(min=0), default=5,
+              help="Trials run in a worker process, replaced after this many so memory stays flat; "
+                   "0 runs them in this process.")
 @PLUGIN_OPTION
 @handle_errors
 def search(data: str, **options: Any) -> None:

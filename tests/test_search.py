@@ -13,7 +13,7 @@ import pytest
 from autotl import api
 from autotl.registry import load_registry
 from autotl.store import COMPLETED, Store
-from autotl.tuner import VAL_PROBS_NAME
+from autotl.trial import VAL_PROBS_NAME
 
 from conftest import TINY_PLUGIN, run_cli
 
@@ -146,3 +146,58 @@ def test_a_given_validation_folder_is_used_instead_of_a_split(tmp_path, mnist_di
     result = api.search(config, store)
     assert result.search.config["train_examples"] == 120 and result.search.config["val_examples"] == 120
     assert {m.phase for m in store.epoch_metrics(result.best.id)} == {"head"}
+
+
+CRASHING_PLUGIN = '''
+import multiprocessing
+import os
+import signal
+
+import keras
+
+from autotl.backbone import Backbone
+
+
+class Crashing(Backbone):
+    """Builds fine in the search process, kills its own process inside a trial worker."""
+
+    name = "crashing"
+    modality = "image"
+    default_image_size = (16, 16)
+
+    def build(self, weights, preprocessor):
+        if multiprocessing.parent_process() is not None:
+            os.kill(os.getpid(), signal.SIGKILL)
+        inputs = keras.Input((16, 16, 3))
+        return keras.Model(inputs, keras.layers.Conv2D(4, 3, name="conv")(inputs))
+
+    def blocks(self, model):
+        return [[model.get_layer("conv")]]
+'''
+
+
+def test_a_trial_whose_worker_process_dies_is_stored_as_failed(tmp_path, mnist_dir):
+    plugin = tmp_path / "crashing.py"
+    plugin.write_text(CRASHING_PLUGIN)
+    store_url = f"sqlite:///{tmp_path / 'autotl.db'}"
+    result = run_cli("search", mnist_dir, "--backbone", "crashing", "--plugin", plugin, "--max-trials", "2",
+                     "--epochs", "1", "--name", "crash", "--store", store_url, "--workdir", tmp_path / "runs")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == "Error: search 'crash': no trial completed (see `autotl trials crash`)"
+    assert "Traceback" not in result.stderr
+    store = Store(store_url)
+    search = store.get_search("crash")
+    assert search.status == "failed"
+    trials = store.list_trials(search.id)
+    assert [t.status for t in trials] == ["failed", "failed"]
+    assert all(t.error == "the trial worker process died (exit code -9)" for t in trials)
+
+
+def test_trials_can_run_in_the_search_process(tmp_path, mnist_dir):
+    store = Store(str(tmp_path / "autotl.db"))
+    config = api.SearchConfig(data=str(mnist_dir), backbone="tiny_cnn", plugin_files=[str(TINY_PLUGIN)],
+                              image_size=16, max_trials=2, epochs=1, finetune_epochs=1, trials_per_worker=0,
+                              name="in-process", workdir=str(tmp_path / "runs"))
+    result = api.search(config, store)
+    assert [t.status for t in store.list_trials(result.search.id)] == [COMPLETED, COMPLETED]
+    assert not (tmp_path / "runs" / "in-process" / "data").exists()

@@ -12,7 +12,7 @@ import pytest
 from autotl import api
 from autotl.registry import load_registry
 from autotl.store import COMPLETED, Store
-from autotl.tuner import VAL_PROBS_NAME
+from autotl.trial import VAL_PROBS_NAME
 
 from conftest import run_cli
 
@@ -41,10 +41,11 @@ def test_two_trial_text_search_runs_both_phases_on_minilm(text_search):
         assert 0.0 <= trial.value <= 1.0
 
 
-def test_text_export_predicts_the_search_probabilities_in_a_fresh_process(text_search):
+@pytest.mark.parametrize("model_format", ["keras", "savedmodel"])
+def test_text_export_predicts_the_search_probabilities_in_a_fresh_process(text_search, model_format):
     root, store, config, result = text_search
-    out = root / "export"
-    run_cli("export", "reviews", "--out", out, "--format", "keras", "--store", store.url, check=True)
+    out = root / f"export_{model_format}"
+    run_cli("export", "reviews", "--out", out, "--format", model_format, "--store", store.url, check=True)
     manifest = json.loads((out / "autotl.json").read_text())
     assert manifest["preprocessing"]["type"] == "text" and manifest["labels"] == ["fresh", "rotten"]
 
@@ -52,7 +53,8 @@ def test_text_export_predicts_the_search_probabilities_in_a_fresh_process(text_s
     preprocessor = backbone.preprocessor(backbone.default_weights, {"sequence_length": 32})
     _, val = api.load_split(config, "text", preprocessor)
     texts = list(val.examples[:12])
-    rows = json.loads(run_cli("predict", out, *texts, "--text", "--json", check=True).stdout)
+    rows = json.loads(run_cli("predict", out, *texts, "--text", "--json", "--format", model_format,
+                              check=True).stdout)
     probs = np.array([[r["probabilities"][label] for label in manifest["labels"]] for r in rows])
     checkpoint = [a for a in store.artifacts(result.search.id, kind="checkpoint") if a.trial_id == result.best.id][0]
     expected = np.load(Path(checkpoint.path).parent / VAL_PROBS_NAME)[:12]

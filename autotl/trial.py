@@ -1,0 +1,174 @@
+"""One trial: build the model for a set of hyperparameters and train it in two phases.
+
+1. ``head``: the head on the frozen backbone, at the head learning rate;
+2. ``finetune`` (when ``unfreeze_depth`` k > 0): the best head restored, the top k
+   blocks made trainable, recompiled at the (lower) fine-tuning rate.
+
+Both phases are monitored on the validation split with early stopping. The
+weights of the best epoch over both phases are restored at the end: that model
+is what the trial reports, and what is checkpointed when it is the best of the
+search so far. Each epoch is written to the store as it ends.
+
+`TrialRunner` runs in the search process or in a trial worker process
+(`autotl.worker`); it needs nothing from KerasTuner but hyperparameter values.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import keras
+import keras_tuner as kt
+import numpy as np
+
+from .hypermodel import BACKBONE_LAYER, TransferHyperModel, set_unfreeze_depth
+from .plan import Objective, TrainingPlan, TrialData, TrialFailed, TrialOutcome
+from .store import Store
+
+HEAD, FINETUNE = "head", "finetune"
+CHECKPOINT_NAME = "model.keras"
+VAL_PROBS_NAME = "val_probs.npy"
+
+EpochCallback = Callable[[int, str, int, int, dict], None]
+
+
+class TrialRunner:
+    def __init__(self, hypermodel: TransferHyperModel, plan: TrainingPlan, objective: Objective, store: Store,
+                 search_id: int, workdir: Path):
+        self.hypermodel = hypermodel
+        self.plan = plan
+        self.objective = objective
+        self.store = store
+        self.search_id = search_id
+        self.workdir = Path(workdir)
+
+    def run(self, trial_id: int, trial_number: int, values: dict[str, Any], data: TrialData,
+            on_epoch: EpochCallback) -> TrialOutcome:
+        release_memory()
+        keras.utils.set_random_seed(self.plan.seed * 1000 + trial_number)
+        hp = self._hyperparameters(values)
+        model = self.hypermodel.build(hp)
+        tracker = BestEpoch(self.objective)
+        epochs, finetune_epochs = self._epoch_budget(values)
+
+        def fit(learning_rate: float, phase: str, phase_epochs: int) -> None:
+            logger = _EpochLogger(self.store, trial_id, trial_number, phase, phase_epochs, on_epoch)
+            self._fit(model, data, learning_rate, phase_epochs, [tracker.callback(phase), logger])
+
+        fit(hp.get("head_lr"), HEAD, epochs)
+        depth = 0
+        if hp.get("unfreeze_depth") > 0 and finetune_epochs > 0:
+            tracker.restore(model)  # fine-tune from the best head, not the last one
+            feature_model = model.get_layer(BACKBONE_LAYER)
+            depth = set_unfreeze_depth(feature_model, self.hypermodel.backbone.blocks(feature_model),
+                                       hp.get("unfreeze_depth"))
+            fit(hp.get("finetune_lr"), FINETUNE, finetune_epochs)
+        tracker.restore(model)
+        if tracker.best is None:
+            raise TrialFailed(f"no finite {self.objective.name} in any epoch")
+        outcome = TrialOutcome(tracker.best_value, tracker.best[0], tracker.best[1],
+                               {**tracker.best_logs, "unfreeze_depth_applied": depth})
+        self._checkpoint_if_best(model, data, trial_id, trial_number, outcome)
+        return outcome
+
+    def _hyperparameters(self, values: dict[str, Any]) -> kt.HyperParameters:
+        hp = kt.HyperParameters()
+        self.hypermodel.declare(hp)
+        hp.values.update(values)
+        return hp
+
+    def _epoch_budget(self, values: dict[str, Any]) -> tuple[int, int]:
+        if "tuner/epochs" in values:  # Hyperband decides the budget of each bracket
+            budget = int(values["tuner/epochs"])
+            return budget, budget
+        return self.plan.epochs, self.plan.finetune_epochs
+
+    def _fit(self, model: keras.Model, data: TrialData, learning_rate: float, epochs: int, callbacks: list) -> None:
+        model.compile(optimizer=keras.optimizers.Adam(learning_rate),
+                      loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        callbacks = [
+            keras.callbacks.TerminateOnNaN(),
+            keras.callbacks.EarlyStopping(monitor=self.objective.name, mode=self.objective.direction,
+                                          patience=self.plan.patience),
+            *callbacks,
+        ]
+        model.fit(data.x_train, data.y_train, validation_data=(data.x_val, data.y_val), epochs=epochs,
+                  batch_size=self.plan.batch_size, shuffle=True, callbacks=callbacks, verbose=0)
+
+    def _checkpoint_if_best(self, model: keras.Model, data: TrialData, trial_id: int, trial_number: int,
+                            outcome: TrialOutcome) -> None:
+        """Keep the model of the best trial so far (only that one: backbones are large)."""
+        best = self.store.best_trial(self.store.get_search(self.search_id))
+        if best is not None and not self.objective.better(outcome.value, best.value):
+            return
+        trial_dir = self.workdir / f"trial_{trial_number:03d}"
+        trial_dir.mkdir(parents=True, exist_ok=True)
+        path = trial_dir / CHECKPOINT_NAME
+        # An uncompiled twin sharing the layers: the checkpoint is for inference and export,
+        # and an optimizer state saved with it would not match on reload.
+        keras.Model(model.input, model.output, name=model.name).save(path)
+        np.save(trial_dir / VAL_PROBS_NAME, model.predict(data.x_val, batch_size=self.plan.batch_size, verbose=0))
+        for old in self.store.artifacts(self.search_id, kind="checkpoint"):
+            if old.trial_id != trial_id:
+                shutil.rmtree(Path(old.path).parent, ignore_errors=True)
+        self.store.add_artifact(search_id=self.search_id, trial_id=trial_id, kind="checkpoint", format="keras",
+                                path=str(path.resolve()), sha256=None, size_bytes=path.stat().st_size)
+
+
+class BestEpoch:
+    """Tracks the best epoch of the objective across both phases and keeps its weights."""
+
+    def __init__(self, objective: Objective):
+        self.objective = objective
+        self.best: tuple[str, int] | None = None
+        self.best_value: float | None = None
+        self.best_logs: dict[str, float] = {}
+        self._weights: list | None = None
+
+    def callback(self, phase: str) -> keras.callbacks.Callback:
+        tracker = self
+
+        class _Track(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                value = (logs or {}).get(tracker.objective.name)
+                if value is None or not math.isfinite(value):
+                    return
+                if tracker.objective.better(value, tracker.best_value):
+                    tracker.best, tracker.best_value = (phase, epoch + 1), float(value)
+                    tracker.best_logs = {k: float(v) for k, v in logs.items()}
+                    tracker._weights = [np.array(w) for w in self.model.get_weights()]
+
+        return _Track()
+
+    def restore(self, model: keras.Model) -> None:
+        if self._weights is not None:
+            model.set_weights(self._weights)
+
+
+class _EpochLogger(keras.callbacks.Callback):
+    def __init__(self, store: Store, trial_id: int, trial_number: int, phase: str, epochs: int,
+                 on_epoch: EpochCallback):
+        super().__init__()
+        self.store, self.trial_id, self.trial_number = store, trial_id, trial_number
+        self.phase, self.epochs, self.on_epoch = phase, epochs, on_epoch
+        self._started = time.perf_counter()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        metrics = {k: float(v) for k, v in (logs or {}).items()}
+        metrics["seconds"] = time.perf_counter() - self._started
+        self.store.log_epoch(self.trial_id, self.phase, epoch + 1, metrics)
+        self.on_epoch(self.trial_number, self.phase, epoch + 1, self.epochs, metrics)
+
+
+def release_memory() -> None:
+    """Drop the previous trial's graph and weights before building the next model."""
+    keras.utils.clear_session(free_memory=True)
+    gc.collect()

@@ -1,0 +1,181 @@
+"""Trial workers: trials run in a child process that is replaced every few trials.
+
+Why a process: on Keras' TensorFlow backend each ``model.fit`` leaves memory
+behind that ``keras.utils.clear_session()`` does not return (about 4 MB for a
+tiny model, about 75 MB per trial for EfficientNet-Lite0; see
+``results/trial_memory*.md``; the torch backend does not leak). A process gives
+all of it back when it exits, so a long search stays flat. It also confines a
+crash that takes the interpreter down (a segfault, the kernel's OOM killer) to
+the trial that caused it.
+
+The worker opens the store itself and writes its epochs and checkpoints there;
+it sends progress events and the trial's outcome back through a pipe. The
+training data travel once per worker, as ``.npy`` files it memory-maps.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import shutil
+import traceback
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .plan import Objective, TrainingPlan, TrialData, TrialFailed, TrialOutcome
+
+_SPLITS = ("x_train", "y_train", "x_val", "y_val")
+
+
+@dataclass
+class WorkerSpec:
+    """What a fresh process needs to run trials of a search (all picklable)."""
+
+    store_url: str
+    search_id: int
+    backbone: str
+    weights: str
+    plugin_files: list[str]
+    preprocessor_options: dict[str, Any]
+    num_classes: int
+    space: dict[str, Any]
+    plan: TrainingPlan
+    objective: Objective
+    workdir: str
+    data_dir: str
+
+
+def save_trial_data(data: TrialData, directory: Path) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    for split in _SPLITS:
+        value = getattr(data, split)
+        if isinstance(value, dict):
+            for key, array in value.items():
+                np.save(directory / f"{split}.{key}.npy", np.asarray(array))
+        else:
+            np.save(directory / f"{split}.npy", np.asarray(value))
+
+
+def load_trial_data(directory: Path) -> TrialData:
+    def load(split: str):
+        single = directory / f"{split}.npy"
+        if single.exists():
+            return np.load(single, mmap_mode="r")
+        return {path.name.split(".")[1]: np.load(path, mmap_mode="r")
+                for path in sorted(directory.glob(f"{split}.*.npy"))}
+
+    return TrialData(*(load(split) for split in _SPLITS))
+
+
+class TrialWorker:
+    """The search process's handle on a worker process; starts and recycles it."""
+
+    def __init__(self, spec: WorkerSpec, trials_per_worker: int):
+        self.spec = spec
+        self.trials_per_worker = max(1, trials_per_worker)
+        self._context = multiprocessing.get_context("spawn")  # never fork a process that holds TensorFlow
+        self._process = None
+        self._connection = None
+        self._trials_done = 0
+
+    def run(self, trial_id: int, trial_number: int, values: dict[str, Any], on_epoch: Callable) -> TrialOutcome:
+        if self._process is not None and self._trials_done >= self.trials_per_worker:
+            self.close()
+        if self._process is None:
+            self._start()
+        self._trials_done += 1
+        self._connection.send(("trial", trial_id, trial_number, values))
+        while True:
+            try:
+                kind, payload = self._connection.recv()
+            except (EOFError, ConnectionError, OSError):
+                code = self._reap()
+                raise TrialFailed(f"the trial worker process died (exit code {code})") from None
+            if kind == "epoch":
+                on_epoch(*payload)
+            elif kind == "done":
+                return TrialOutcome(**payload)
+            elif kind == "failed":
+                raise TrialFailed(payload)
+
+    def close(self) -> None:
+        if self._process is None:
+            return
+        try:
+            self._connection.send(("stop",))
+        except (OSError, ValueError):
+            pass
+        self._process.join(timeout=30)
+        self._reap()
+
+    def _start(self) -> None:
+        self._connection, child = self._context.Pipe()
+        self._process = self._context.Process(target=worker_main, args=(self.spec, child), daemon=True,
+                                              name="autotl-trial-worker")
+        self._process.start()
+        child.close()
+        self._trials_done = 0
+
+    def _reap(self) -> int | None:
+        process, self._process = self._process, None
+        if process.is_alive():
+            process.terminate()
+        process.join(timeout=10)
+        self._connection.close()
+        return process.exitcode
+
+
+def worker_main(spec: WorkerSpec, connection) -> None:
+    """Entry point of the worker process: set up once, then run trials until told to stop."""
+    try:
+        runner, data = _set_up(spec)
+        while True:
+            message = connection.recv()
+            if message[0] == "stop":
+                return
+            _, trial_id, trial_number, values = message
+            try:
+                outcome = runner.run(trial_id, trial_number, values, data,
+                                     on_epoch=lambda *event: connection.send(("epoch", event)))
+            except Exception as exc:  # noqa: BLE001 - any failure of one trial is that trial's result
+                connection.send(("failed", _describe(exc)))
+            else:
+                connection.send(("done", asdict(outcome)))
+    except KeyboardInterrupt:  # Ctrl-C reaches the whole process group; the search process reports it
+        return
+    except Exception as exc:  # noqa: BLE001 - setup failed: fail the pending trial with the reason
+        try:
+            connection.recv()
+            connection.send(("failed", f"trial worker could not start: {_describe(exc)}"))
+        except (EOFError, OSError):
+            pass
+
+
+def _set_up(spec: WorkerSpec):
+    from .quiet import import_keras_quietly
+
+    import_keras_quietly()
+    from .hypermodel import TransferHyperModel
+    from .registry import load_registry
+    from .store import Store
+    from .trial import TrialRunner
+
+    backbone = load_registry(spec.plugin_files).get(spec.backbone)
+    preprocessor = backbone.preprocessor(spec.weights, spec.preprocessor_options)
+    hypermodel = TransferHyperModel(backbone, spec.weights, preprocessor, spec.num_classes, spec.space)
+    runner = TrialRunner(hypermodel, spec.plan, spec.objective, Store(spec.store_url), spec.search_id,
+                         Path(spec.workdir))
+    return runner, load_trial_data(Path(spec.data_dir))
+
+
+def _describe(exc: BaseException) -> str:
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+    at = f" (at {Path(where.filename).name}:{where.lineno})" if where else ""
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}{at}"
+
+
+def remove_trial_data(directory: Path) -> None:
+    shutil.rmtree(directory, ignore_errors=True)
