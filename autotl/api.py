@@ -17,12 +17,16 @@ from typing import Any
 
 from . import data as data_module
 from . import space as space_module
+from .backbone import Backbone, Preprocessor
 from .errors import AutotlError, UsageError
+from .plan import Objective, TrainingPlan, TrialData
 from .progress import Reporter
 from .registry import Registry, load_registry
 from .store import COMPLETED, DEFAULT_STORE, FAILED, INTERRUPTED, Search, Store, Trial
+from .worker import TrialWorker, WorkerSpec, remove_trial_data, save_trial_data
 
 TUNERS = ("random", "bayesian", "hyperband")
+TRIAL_DATA_DIR = "data"  # inside the search's work folder, while trial workers run
 
 
 @dataclass
@@ -88,19 +92,44 @@ def objective_direction(objective: str) -> str:
 def search(config: SearchConfig, store: Store | str = DEFAULT_STORE, reporter: Reporter | None = None,
            registry: Registry | None = None) -> SearchResult:
     """Run a whole search and return what the store holds about it."""
-    # Keras and KerasTuner are imported here, not at module level, so that
-    # `autotl --help` and the listing commands stay fast.
-    import keras_tuner as kt
-
-    from .hypermodel import TransferHyperModel
-    from .plan import Objective, TrainingPlan, TrialData
-    from .tuner import TransferTuner, make_oracle
-    from .worker import TrialWorker, WorkerSpec, remove_trial_data, save_trial_data
-
     config.validate()
     store = store if isinstance(store, Store) else Store(store)
     reporter = reporter or Reporter()
-    registry = registry or load_registry(config.plugin_files)
+    prepared = _prepare(config, registry or load_registry(config.plugin_files))
+    row = _create_search_row(store, config, prepared)
+    reporter.search_started(row.name, store.display_url, config.max_trials)
+    try:
+        _run_tuner(config, store, row, prepared, reporter)
+    except KeyboardInterrupt:
+        store.finish_search(row.id, INTERRUPTED, "interrupted by the user")
+        raise
+    except Exception as exc:
+        store.finish_search(row.id, FAILED, _one_line(exc))
+        if isinstance(exc, AutotlError):
+            raise
+        raise AutotlError(f"search {row.name!r} failed: {_one_line(exc)}") from exc
+    best = store.best_trial(row)
+    if best is None:
+        store.finish_search(row.id, FAILED, "no trial completed")
+        raise AutotlError(f"search {row.name!r}: no trial completed (see `autotl trials {row.name}`)")
+    store.finish_search(row.id, COMPLETED)
+    return SearchResult(store, store.get_search(row.id), best, store.list_trials(row.id))
+
+
+@dataclass
+class _Prepared:
+    """What a search needs once the user's input has been checked and loaded."""
+
+    backbone: Backbone
+    weights: str
+    preprocessor_options: dict[str, Any]
+    preprocessor: Preprocessor
+    space: dict[str, Any]
+    train: data_module.Dataset
+    val: data_module.Dataset
+
+
+def _prepare(config: SearchConfig, registry: Registry) -> _Prepared:
     backbone = registry.get(config.backbone)
     weights = config.weights or backbone.default_weights
     user_space = space_module.load_space_file(config.space_file) if config.space_file else None
@@ -110,57 +139,63 @@ def search(config: SearchConfig, store: Store | str = DEFAULT_STORE, reporter: R
     space = space_module.build_space(backbone.modality, backbone.search_space(), user_space)
     train, val = load_split(config, backbone.modality, preprocessor)
     _check_build(backbone, weights, preprocessor)
+    return _Prepared(backbone, weights, options, preprocessor, space, train, val)
 
+
+def _create_search_row(store: Store, config: SearchConfig, prepared: _Prepared) -> Search:
     name = config.name or _default_name(config.backbone)
-    workdir = Path(config.workdir).expanduser().resolve() / name
-    direction = objective_direction(config.objective)
-    row = store.create_search(
-        name=name, backbone=backbone.name, weights=weights, modality=backbone.modality,
+    return store.create_search(
+        name=name, backbone=prepared.backbone.name, weights=prepared.weights, modality=prepared.backbone.modality,
         dataset_path=str(Path(config.data).resolve()),
-        dataset_fingerprint=_split_fingerprint(train, val),
-        labels=list(train.class_names), config=_config_record(config, weights, space, preprocessor, train, val),
-        objective=config.objective, direction=direction, workdir=str(workdir),
+        dataset_fingerprint=_split_fingerprint(prepared.train, prepared.val),
+        labels=list(prepared.train.class_names), config=_config_record(config, prepared),
+        objective=config.objective, direction=objective_direction(config.objective),
+        workdir=str(Path(config.workdir).expanduser().resolve() / name),
     )
-    reporter.search_started(name, store.display_url, config.max_trials)
+
+
+def _run_tuner(config: SearchConfig, store: Store, row: Search, prepared: _Prepared, reporter: Reporter) -> None:
+    # Keras and KerasTuner are imported here, not at module level, so that
+    # `autotl --help` and the listing commands stay fast.
+    import keras_tuner as kt
+
+    from .hypermodel import TransferHyperModel
+    from .tuner import TransferTuner, make_oracle
+
     plan = TrainingPlan(epochs=config.epochs,
                         finetune_epochs=config.epochs if config.finetune_epochs is None else config.finetune_epochs,
                         batch_size=config.batch_size, patience=config.patience, seed=config.seed)
-    hypermodel = TransferHyperModel(backbone, weights, preprocessor, len(train.class_names), space)
-    oracle = make_oracle(config.tuner, kt.Objective(config.objective, direction), config.max_trials,
+    num_classes = len(prepared.train.class_names)
+    hypermodel = TransferHyperModel(prepared.backbone, prepared.weights, prepared.preprocessor, num_classes,
+                                    prepared.space)
+    oracle = make_oracle(config.tuner, kt.Objective(row.objective, row.direction), config.max_trials,
                          config.epochs, config.seed)
-    trial_data = TrialData(preprocessor(train.examples), train.labels, preprocessor(val.examples), val.labels)
-    worker = None
-    if config.trials_per_worker > 0:
-        save_trial_data(trial_data, workdir / "data")
-        worker = TrialWorker(WorkerSpec(
-            store_url=store.url, search_id=row.id, backbone=backbone.name, weights=weights,
-            plugin_files=[str(Path(p).resolve()) for p in config.plugin_files], preprocessor_options=options,
-            num_classes=len(train.class_names), space=space, plan=plan,
-            objective=Objective(config.objective, direction), workdir=str(workdir),
-            data_dir=str(workdir / "data")), config.trials_per_worker)
+    preprocess = prepared.preprocessor
+    data = TrialData(preprocess(prepared.train.examples), prepared.train.labels,
+                     preprocess(prepared.val.examples), prepared.val.labels)
+    workdir = Path(row.workdir)
+    worker = _start_worker(config, store, row, prepared, plan, data) if config.trials_per_worker > 0 else None
     try:
         tuner = TransferTuner(oracle, hypermodel, store=store, search_id=row.id, plan=plan, reporter=reporter,
                               workdir=workdir, max_trials=config.max_trials, worker=worker, overwrite=True)
-        tuner.search(trial_data, verbose=0)
-    except KeyboardInterrupt:
-        store.finish_search(row.id, INTERRUPTED, "interrupted by the user")
-        raise
-    except Exception as exc:
-        store.finish_search(row.id, FAILED, _one_line(exc))
-        if isinstance(exc, AutotlError):
-            raise
-        raise AutotlError(f"search {name!r} failed: {_one_line(exc)}") from exc
+        tuner.search(data, verbose=0)
     finally:
         if worker is not None:
             worker.close()
-            remove_trial_data(workdir / "data")
-    search_row = store.get_search(row.id)
-    best = store.best_trial(search_row)
-    if best is None:
-        store.finish_search(row.id, FAILED, "no trial completed")
-        raise AutotlError(f"search {name!r}: no trial completed (see `autotl trials {name}`)")
-    store.finish_search(row.id, COMPLETED)
-    return SearchResult(store, store.get_search(row.id), best, store.list_trials(row.id))
+            remove_trial_data(workdir / TRIAL_DATA_DIR)
+
+
+def _start_worker(config: SearchConfig, store: Store, row: Search, prepared: _Prepared, plan: TrainingPlan,
+                  data: TrialData) -> TrialWorker:
+    data_dir = Path(row.workdir) / TRIAL_DATA_DIR
+    save_trial_data(data, data_dir)
+    spec = WorkerSpec(
+        store_url=store.url, search_id=row.id, backbone=prepared.backbone.name, weights=prepared.weights,
+        plugin_files=[str(Path(p).resolve()) for p in config.plugin_files],
+        preprocessor_options=prepared.preprocessor_options, num_classes=len(prepared.train.class_names),
+        space=prepared.space, plan=plan, objective=Objective(row.objective, row.direction),
+        workdir=row.workdir, data_dir=str(data_dir))
+    return TrialWorker(spec, config.trials_per_worker)
 
 
 def load_split(config: SearchConfig, modality: str, preprocessor):
@@ -206,11 +241,11 @@ def _default_name(backbone: str) -> str:
     return f"{backbone}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
-def _config_record(config: SearchConfig, weights, space, preprocessor, train, val) -> dict[str, Any]:
+def _config_record(config: SearchConfig, prepared: _Prepared) -> dict[str, Any]:
     record = asdict(config)
-    record.update(weights=weights, space=space, preprocessing=preprocessor.config(),
-                  train_examples=len(train), val_examples=len(val),
-                  skipped_examples=[list(s) for s in (train.skipped or [])][:100])
+    record.update(weights=prepared.weights, space=prepared.space, preprocessing=prepared.preprocessor.config(),
+                  train_examples=len(prepared.train), val_examples=len(prepared.val),
+                  skipped_examples=[list(s) for s in (prepared.train.skipped or [])][:100])
     return json.loads(json.dumps(record, default=str))
 
 

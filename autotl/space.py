@@ -20,7 +20,6 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
-import keras_tuner as kt
 import yaml
 
 from .backbone import IMAGE
@@ -79,8 +78,9 @@ def load_space_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def declare(space: Mapping[str, Mapping[str, Any]], hp: kt.HyperParameters) -> None:
-    """Declare every hyperparameter of `space` on `hp` (a no-op for those already there)."""
+def declare(space: Mapping[str, Mapping[str, Any]], hp) -> None:
+    """Declare every hyperparameter of `space` on `hp`, a `keras_tuner.HyperParameters`
+    (a no-op for those already there)."""
     for name, spec in space.items():
         if "values" in spec:
             values = list(spec["values"])
