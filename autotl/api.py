@@ -101,6 +101,7 @@ def search(config: SearchConfig, store: Store | str = DEFAULT_STORE, reporter: R
     try:
         _run_tuner(config, store, row, prepared, reporter)
     except KeyboardInterrupt:
+        store.interrupt_running_trials(row.id, "interrupted by the user")
         store.finish_search(row.id, INTERRUPTED, "interrupted by the user")
         raise
     except Exception as exc:

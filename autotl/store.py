@@ -219,6 +219,16 @@ class Store:
             session.flush()
             return trial
 
+    def interrupt_running_trials(self, search_id: int, reason: str) -> int:
+        """Mark the search's trials still `running` as interrupted; returns how many."""
+        with self.session() as session:
+            running = list(session.scalars(
+                sa.select(Trial).where(Trial.search_id == search_id, Trial.status == RUNNING)))
+            for trial in running:
+                trial.status, trial.error, trial.finished_at = INTERRUPTED, reason, _now()
+                trial.duration_s = (trial.finished_at - trial.started_at).total_seconds()
+            return len(running)
+
     def log_epoch(self, trial_id: int, phase: str, epoch: int, metrics: dict[str, float]) -> None:
         with self.session() as session:
             session.add_all(

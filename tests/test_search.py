@@ -201,3 +201,37 @@ def test_trials_can_run_in_the_search_process(tmp_path, mnist_dir):
     result = api.search(config, store)
     assert [t.status for t in store.list_trials(result.search.id)] == [COMPLETED, COMPLETED]
     assert not (tmp_path / "runs" / "in-process" / "data").exists()
+
+
+def test_ctrl_c_marks_the_search_and_its_running_trial_interrupted(tmp_path, mnist_dir):
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from conftest import autotl_command
+
+    store_url = f"sqlite:///{tmp_path / 'autotl.db'}"
+    process = subprocess.Popen(
+        [*autotl_command(), "search", str(mnist_dir), "--backbone", "tiny_cnn", "--plugin", str(TINY_PLUGIN),
+         "--image-size", "16", "--max-trials", "3", "--epochs", "200", "--patience", "200", "--name", "stop-me",
+         "--store", store_url, "--workdir", str(tmp_path / "runs")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    store = Store(store_url)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # wait until the first trial has logged an epoch
+        searches = store.list_searches()
+        trials = store.list_trials(searches[0].id) if searches else []
+        if trials and store.epoch_metrics(trials[0].id):
+            break
+        time.sleep(0.5)
+    else:
+        process.kill()
+        pytest.fail("the search never started training")
+    os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C does: the whole process group
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert "Traceback" not in stderr and stderr.strip().splitlines()[-1] == "Interrupted."
+    search = store.get_search("stop-me")
+    assert search.status == "interrupted"
+    assert [t.status for t in store.list_trials(search.id)] == ["interrupted"]
