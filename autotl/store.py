@@ -107,10 +107,21 @@ class Artifact(Base):
 
 
 def normalize_url(url_or_path: str) -> str:
-    """Accept a SQLAlchemy URL or a plain file path (taken as a SQLite file)."""
-    if "://" in url_or_path:
-        return url_or_path
-    return f"sqlite:///{Path(url_or_path).expanduser()}"
+    """Accept a SQLAlchemy URL or a plain file path (taken as a SQLite file).
+
+    A SQLite file is made absolute, so the URL still names the same file from
+    another folder (a trial worker, a manifest read elsewhere).
+    """
+    if "://" not in url_or_path:
+        return f"sqlite:///{Path(url_or_path).expanduser().resolve()}"
+    try:
+        url = sa.make_url(url_or_path)
+    except ArgumentError:
+        return url_or_path  # reported by the engine, in one line
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:" \
+            and not url.database.startswith("file:"):
+        return url.set(database=str(Path(url.database).expanduser().resolve())).render_as_string(hide_password=False)
+    return url_or_path
 
 
 def _configure_sqlite(dbapi_connection, _record) -> None:
