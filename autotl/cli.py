@@ -90,8 +90,8 @@ def main() -> None:
 @click.option("--val-split", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2,
               help="Fraction of DATA held out for validation (stratified, seeded).")
 @click.option("--val-data", type=click.Path(), help="A separate validation set (same format as DATA).")
-@click.option("--image-size", type=click.IntRange(min=8), help="Square input size for image backbones.")
-@click.option("--sequence-length", type=click.IntRange(min=4), help="Token length for text backbones.")
+@click.option("--image-size", type=click.IntRange(min=8), help="Square input size for image backbones  [default: the backbone's own]")
+@click.option("--sequence-length", type=click.IntRange(min=4), help="Token length for text backbones  [default: the backbone's own]")
 @click.option("--text-col", default="text", help="Text column of a CSV/JSONL dataset.")
 @click.option("--label-col", default="label", help="Label column of a CSV/JSONL dataset.")
 @click.option("--space", "space_file", type=click.Path(), help="YAML/JSON file narrowing or widening the space.")
