@@ -68,6 +68,8 @@ class SearchConfig:
             raise UsageError("--trials-per-worker cannot be negative (0 runs trials in the search process)")
         if self.finetune_epochs is not None and self.finetune_epochs < 0:
             raise UsageError("--finetune-epochs cannot be negative")
+        if self.seed < 0:
+            raise UsageError("--seed cannot be negative")
         if not 0 < self.val_split < 1:
             raise UsageError("--val-split must be between 0 and 1")
         if not (self.objective.startswith("val_")):

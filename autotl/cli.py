@@ -85,7 +85,8 @@ def main() -> None:
               help="Epochs of the fine-tuning phase (at most)  [default: --epochs]")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32)
 @click.option("--patience", type=click.IntRange(min=1), default=3, help="Early-stopping patience, in epochs.")
-@click.option("--seed", type=int, default=0)
+@click.option("--seed", type=click.IntRange(min=0), default=0,
+              help="Seeds the split, the tuner's choices and each trial's initialisation.")
 @click.option("--objective", type=click.Choice(["val_accuracy", "val_loss"]), default="val_accuracy")
 @click.option("--val-split", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2,
               help="Fraction of DATA held out for validation (stratified, seeded).")

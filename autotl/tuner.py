@@ -25,6 +25,7 @@ from .worker import TrialWorker
 
 
 def make_oracle(kind: str, objective: kt.Objective, max_trials: int, max_epochs: int, seed: int) -> kt.Oracle:
+    seed = seed + 1  # KerasTuner takes seed 0 to mean "pick one at random"; autotl's --seed 0 is a seed
     if kind == "random":
         return kt.oracles.RandomSearchOracle(objective=objective, max_trials=max_trials, seed=seed)
     if kind == "bayesian":

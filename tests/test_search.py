@@ -235,3 +235,16 @@ def test_ctrl_c_marks_the_search_and_its_running_trial_interrupted(tmp_path, mni
     search = store.get_search("stop-me")
     assert search.status == "interrupted"
     assert [t.status for t in store.list_trials(search.id)] == ["interrupted"]
+
+
+def test_the_same_seed_tries_the_same_hyperparameters(tmp_path, mnist_dir):
+    def tried(name: str, seed: int) -> list[dict]:
+        config = api.SearchConfig(data=str(mnist_dir), backbone="tiny_cnn", plugin_files=[str(TINY_PLUGIN)],
+                                  image_size=16, max_trials=3, epochs=1, finetune_epochs=0, seed=seed,
+                                  trials_per_worker=0, name=name, workdir=str(tmp_path / "runs"))
+        result = api.search(config, Store(str(tmp_path / "autotl.db")))
+        return [t.hyperparameters for t in result.trials]
+
+    first = tried("seed-0-a", 0)
+    assert tried("seed-0-b", 0) == first
+    assert tried("seed-1", 1) != first
