@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import multiprocessing
 import shutil
+import signal
 import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -86,6 +87,15 @@ class TrialWorker:
         if self._process is None:
             self._start()
         self._trials_done += 1
+        try:
+            return self._await_outcome(trial_id, trial_number, values, on_epoch)
+        except BaseException:  # Ctrl-C or a bug here: the trial in flight is abandoned with its worker
+            if self._process is not None:
+                self._reap()
+            raise
+
+    def _await_outcome(self, trial_id: int, trial_number: int, values: dict[str, Any],
+                       on_epoch: Callable) -> TrialOutcome:
         self._connection.send(("trial", trial_id, trial_number, values))
         while True:
             try:
@@ -129,6 +139,9 @@ class TrialWorker:
 
 def worker_main(spec: WorkerSpec, connection) -> None:
     """Entry point of the worker process: set up once, then run trials until told to stop."""
+    # Ctrl-C reaches the whole process group; the search process decides what it means
+    # (it stops this worker), so a half-handled KeyboardInterrupt here cannot stall the exit.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         runner, data = _set_up(spec)
         while True:
@@ -143,8 +156,6 @@ def worker_main(spec: WorkerSpec, connection) -> None:
                 connection.send(("failed", _describe(exc)))
             else:
                 connection.send(("done", asdict(outcome)))
-    except KeyboardInterrupt:  # Ctrl-C reaches the whole process group; the search process reports it
-        return
     except Exception as exc:  # noqa: BLE001 - setup failed: fail the pending trial with the reason
         try:
             connection.recv()
