@@ -15,11 +15,15 @@ training data travel once per worker, as ``.npy`` files it memory-maps.
 
 from __future__ import annotations
 
-import multiprocessing
+import os
 import shutil
 import signal
+import socket
+import subprocess
+import sys
 import traceback
 from dataclasses import asdict, dataclass
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Callable
 
@@ -71,14 +75,19 @@ def load_trial_data(directory: Path) -> TrialData:
 
 
 class TrialWorker:
-    """The search process's handle on a worker process; starts and recycles it."""
+    """The search process's handle on a worker process; starts and recycles it.
+
+    The worker is a fresh interpreter (``python -m autotl.worker FD``) talking over a
+    private socket pair: never a fork of a process that holds TensorFlow, and, unlike
+    multiprocessing's spawn, it does not re-import the caller's ``__main__`` (a script
+    without a main guard, ``python -`` or a notebook all work).
+    """
 
     def __init__(self, spec: WorkerSpec, trials_per_worker: int):
         self.spec = spec
         self.trials_per_worker = max(1, trials_per_worker)
-        self._context = multiprocessing.get_context("spawn")  # never fork a process that holds TensorFlow
-        self._process = None
-        self._connection = None
+        self._process: subprocess.Popen | None = None
+        self._connection: Connection | None = None
         self._trials_done = 0
 
     def run(self, trial_id: int, trial_number: int, values: dict[str, Any], on_epoch: Callable) -> TrialOutcome:
@@ -96,9 +105,11 @@ class TrialWorker:
 
     def _await_outcome(self, trial_id: int, trial_number: int, values: dict[str, Any],
                        on_epoch: Callable) -> TrialOutcome:
-        self._connection.send(("trial", trial_id, trial_number, values))
         while True:
             try:
+                if trial_id is not None:
+                    self._connection.send(("trial", trial_id, trial_number, values))
+                    trial_id = None
                 kind, payload = self._connection.recv()
             except (EOFError, ConnectionError, OSError):
                 code = self._reap()
@@ -115,26 +126,36 @@ class TrialWorker:
             return
         try:
             self._connection.send(("stop",))
-        except (OSError, ValueError):
+            self._process.wait(timeout=30)
+        except (OSError, ValueError, subprocess.TimeoutExpired):
             pass
-        self._process.join(timeout=30)
         self._reap()
 
     def _start(self) -> None:
-        self._connection, child = self._context.Pipe()
-        self._process = self._context.Process(target=worker_main, args=(self.spec, child), daemon=True,
-                                              name="autotl-trial-worker")
-        self._process.start()
-        child.close()
+        ours, theirs = socket.socketpair()
+        package_root = str(Path(__file__).resolve().parent.parent)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+        with ours, theirs:
+            self._process = subprocess.Popen([sys.executable, "-m", "autotl.worker", str(theirs.fileno())],
+                                             pass_fds=[theirs.fileno()], env=env)
+            self._connection = Connection(ours.detach())
         self._trials_done = 0
+        try:
+            self._connection.send(self.spec)
+        except OSError:
+            pass  # it died at once: the first trial's recv reports it
 
     def _reap(self) -> int | None:
         process, self._process = self._process, None
-        if process.is_alive():
+        if process.poll() is None:
             process.terminate()
-        process.join(timeout=10)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
         self._connection.close()
-        return process.exitcode
+        return process.returncode
 
 
 def worker_main(spec: WorkerSpec, connection) -> None:
@@ -190,3 +211,8 @@ def _describe(exc: BaseException) -> str:
 
 def remove_trial_data(directory: Path) -> None:
     shutil.rmtree(directory, ignore_errors=True)
+
+
+if __name__ == "__main__":  # python -m autotl.worker FD, started by TrialWorker
+    _connection = Connection(int(sys.argv[1]))
+    worker_main(_connection.recv(), _connection)
