@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,6 +22,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from common import write_mnist_digits  # noqa: E402
 
 
 def main() -> None:
@@ -42,9 +43,7 @@ def main() -> None:
     from autotl.trial import VAL_PROBS_NAME
 
     with tempfile.TemporaryDirectory() as tmp:
-        data = Path(tmp) / "digits"
-        subprocess.run([sys.executable, str(REPO / "examples" / "make_datasets.py"), "mnist5k", str(data),
-                        "--per-class", str(args.per_class)], check=True, capture_output=True)
+        data = write_mnist_digits(Path(tmp) / "digits", args.per_class)
         store = Store(str(Path(tmp) / "autotl.db"))
         config = api.SearchConfig(data=str(data), backbone="efficientnet_lite0", image_size=args.image_size,
                                   max_trials=args.trials, epochs=4, finetune_epochs=2, name="smoke",

@@ -13,7 +13,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -22,6 +21,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from common import write_mnist_digits  # noqa: E402
 
 from autotl import api  # noqa: E402
 from autotl.progress import Reporter  # noqa: E402
@@ -67,9 +68,7 @@ def main() -> None:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        data = Path(tmp) / "digits"
-        subprocess.run([sys.executable, str(REPO / "examples" / "make_datasets.py"), "mnist5k", str(data),
-                        "--per-class", str(args.per_class)], check=True, capture_output=True)
+        data = write_mnist_digits(Path(tmp) / "digits", args.per_class)
         reporter = MemoryReporter()
         config = api.SearchConfig(data=str(data), backbone=args.backbone, image_size=args.image_size,
                                   max_trials=args.trials,
