@@ -18,7 +18,7 @@ from typing import Any
 from . import data as data_module
 from . import space as space_module
 from .backbone import Backbone, Preprocessor
-from .errors import AutotlError, UsageError
+from .errors import AutotlError, UsageError, first_line
 from .plan import Objective, TrainingPlan, TrialData
 from .progress import Reporter
 from .registry import Registry, load_registry
@@ -107,10 +107,10 @@ def search(config: SearchConfig, store: Store | str = DEFAULT_STORE, reporter: R
         store.finish_search(row.id, INTERRUPTED, "interrupted by the user")
         raise
     except Exception as exc:
-        store.finish_search(row.id, FAILED, _one_line(exc))
+        store.finish_search(row.id, FAILED, first_line(exc))
         if isinstance(exc, AutotlError):
             raise
-        raise AutotlError(f"search {row.name!r} failed: {_one_line(exc)}") from exc
+        raise AutotlError(f"search {row.name!r} failed: {first_line(exc)}") from exc
     best = store.best_trial(row)
     if best is None:
         store.finish_search(row.id, FAILED, "no trial completed")
@@ -222,7 +222,7 @@ def _check_build(backbone, weights, preprocessor) -> None:
         raise
     except Exception as exc:  # noqa: BLE001 - a plugin's failure, reported in one line
         raise AutotlError(f"backbone {backbone.name!r} failed to build from weights {weights!r}: "
-                          f"{_one_line(exc)}") from None
+                          f"{first_line(exc)}") from None
     if not blocks:
         raise AutotlError(f"backbone {backbone.name!r} reports no blocks to fine-tune")
     del model
@@ -250,8 +250,3 @@ def _config_record(config: SearchConfig, prepared: _Prepared) -> dict[str, Any]:
                   train_examples=len(prepared.train), val_examples=len(prepared.val),
                   skipped_examples=[list(s) for s in (prepared.train.skipped or [])][:100])
     return json.loads(json.dumps(record, default=str))
-
-
-def _one_line(exc: BaseException) -> str:
-    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__

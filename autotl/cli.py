@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import click
 
-from .errors import AutotlError
+from .errors import AutotlError, first_line
 from .quiet import import_keras_quietly
 
 
@@ -54,8 +54,7 @@ def handle_errors(command: Callable | None = None, *, needs_keras: bool = True) 
         except Exception as exc:  # noqa: BLE001 - a bug: one line, traceback on request
             if os.environ.get("AUTOTL_DEBUG"):
                 raise
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            click.echo(f"Error: internal error ({type(exc).__name__}: {first}); "
+            click.echo(f"Error: internal error ({type(exc).__name__}: {first_line(exc, default='')}); "
                        "rerun with AUTOTL_DEBUG=1 for the traceback", err=True)
             sys.exit(1)
 

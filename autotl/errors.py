@@ -15,3 +15,14 @@ class UsageError(AutotlError):
     """A wrong argument or option value: exit code 2, as click uses."""
 
     exit_code = 2
+
+
+def first_line(exc: BaseException, default: str | None = None) -> str:
+    """The first non-blank line of an exception's message, for one-line error reports.
+
+    Falls back to `default`, or to the exception's type name when none is given.
+    """
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(exc).__name__ if default is None else default

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Iterable
 
 from .backbone import MODALITIES, Backbone
-from .errors import AutotlError
+from .errors import AutotlError, first_line
 
 ENTRY_POINT_GROUP = "autotl.backbones"
 
@@ -117,5 +117,6 @@ def _check_backbone(backbone) -> str | None:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+    """An import failure with its exception type, which often says more than the message."""
+    message = first_line(exc, default="")
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__

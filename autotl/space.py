@@ -23,7 +23,7 @@ from typing import Any, Mapping
 import yaml
 
 from .backbone import IMAGE
-from .errors import UsageError
+from .errors import UsageError, first_line
 
 # name -> spec. "values" is a choice; min/max with "step" or "sampling" is a range.
 # A spec's "type" ("int" or "float") says how a range is sampled.
@@ -71,8 +71,7 @@ def load_space_file(path: str | Path) -> dict[str, Any]:
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise UsageError(f"search-space file {path} does not parse: {first}") from None
+        raise UsageError(f"search-space file {path} does not parse: {first_line(exc)}") from None
     if not isinstance(data, dict):
         raise UsageError(f"search-space file {path} must map hyperparameter names to ranges")
     return data

@@ -18,7 +18,7 @@ from sqlalchemy import event
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
-from .errors import AutotlError
+from .errors import AutotlError, first_line
 
 SCHEMA_VERSION = 1
 DEFAULT_STORE = "sqlite:///autotl.db"
@@ -334,8 +334,8 @@ def _finite_or_none(value: Any) -> float | None:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(getattr(exc, "orig", None) or exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    """SQLAlchemy wraps the driver's error, whose own message is the informative one."""
+    return first_line(getattr(exc, "orig", None) or exc)
 
 
 def as_dict(row: Any) -> dict[str, Any]:

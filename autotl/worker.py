@@ -29,6 +29,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .errors import first_line
 from .plan import Objective, TrainingPlan, TrialData, TrialFailed, TrialOutcome
 
 _SPLITS = ("x_train", "y_train", "x_val", "y_val")
@@ -203,10 +204,9 @@ def _set_up(spec: WorkerSpec):
 
 
 def _describe(exc: BaseException) -> str:
-    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
     where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
     at = f" (at {Path(where.filename).name}:{where.lineno})" if where else ""
-    return f"{type(exc).__name__}: {lines[0] if lines else ''}{at}"
+    return f"{type(exc).__name__}: {first_line(exc, default='')}{at}"
 
 
 def remove_trial_data(directory: Path) -> None:

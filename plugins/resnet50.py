@@ -18,7 +18,7 @@ from pathlib import Path
 import keras
 
 from autotl.backbone import Backbone
-from autotl.errors import AutotlError
+from autotl.errors import AutotlError, first_line
 from autotl.layers import PixelNormalization
 
 # keras.applications' ResNet50 takes Caffe-style input: BGR, ImageNet mean removed, no scaling.
@@ -43,8 +43,7 @@ class ResNet50(Backbone):
         try:
             return keras.applications.ResNet50(include_top=False, weights=source, input_tensor=normalized)
         except Exception as exc:  # noqa: BLE001 - a download or file error, reported in one line
-            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise AutotlError(f"resnet50: cannot load weights {weights!r}: {detail}") from None
+            raise AutotlError(f"resnet50: cannot load weights {weights!r}: {first_line(exc)}") from None
 
     def blocks(self, model):
         stem, residual = [], {}
