@@ -73,11 +73,12 @@ def export(store: Store, search_ref: str, out_dir: str | Path, formats: Sequence
     if "keras" in formats:
         shutil.copyfile(checkpoint, out / KERAS_FILE)
     if "savedmodel" in formats:
-        export_saved_model(checkpoint, out / SAVED_MODEL_DIR, plugin_files or [])
+        export_saved_model(model, checkpoint, out / SAVED_MODEL_DIR, plugin_files)
     preprocessor = backbone.preprocessor(search.weights, _preprocessor_options(search.config["preprocessing"]))
     (out / PREPROCESSOR_DIR).mkdir()
     preprocessor.save(out / PREPROCESSOR_DIR)
 
+    checksums = {p.relative_to(out).as_posix(): _checksum(p) for p in _all_files(out)}
     manifest = {
         "autotl_manifest_version": MANIFEST_VERSION,
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -93,14 +94,16 @@ def export(store: Store, search_ref: str, out_dir: str | Path, formats: Sequence
         "search": {"name": search.name, "id": search.id, "trial": best.number, "store": store.display_url,
                    "dataset": search.dataset_path, "dataset_fingerprint": search.dataset_fingerprint},
         "inputs": _input_description(model),
-        "files": {str(p.relative_to(out)): _checksum(p) for p in _all_files(out)},
+        "files": checksums,
         "versions": _versions(),
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
-    for path, fmt in ((out / KERAS_FILE, "keras"), (out / SAVED_MODEL_DIR, "savedmodel")):
+    for name, fmt in ((KERAS_FILE, "keras"), (SAVED_MODEL_DIR, "savedmodel")):
+        path = out / name
         if path.exists():
             store.add_artifact(search_id=search.id, trial_id=best.id, kind="export", format=fmt,
-                               path=str(path.resolve()), sha256=_tree_checksum(path), size_bytes=_size(path))
+                               path=str(path.resolve()), sha256=_tree_checksum(name, checksums),
+                               size_bytes=_size(path))
     return Export(out, manifest)
 
 
@@ -227,13 +230,15 @@ def _checksum(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _tree_checksum(path: Path) -> str:
-    if path.is_file():
-        return _checksum(path)
+def _tree_checksum(name: str, checksums: dict[str, str]) -> str:
+    """A file's checksum, or a folder's: over its files' relative paths and checksums, in order."""
+    if name in checksums:
+        return checksums[name]
     digest = hashlib.sha256()
-    for file in _all_files(path):
-        digest.update(str(file.relative_to(path)).encode())
-        digest.update(_checksum(file).encode())
+    for relative, checksum in sorted(checksums.items()):
+        if relative.startswith(f"{name}/"):
+            digest.update(relative[len(name) + 1:].encode())
+            digest.update(checksum.encode())
     return digest.hexdigest()
 
 

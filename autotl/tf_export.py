@@ -18,11 +18,12 @@ from pathlib import Path
 from .errors import AutotlError
 
 
-def export_saved_model(keras_file: Path, out_dir: Path, plugin_files: list[str]) -> None:
+def export_saved_model(model, keras_file: Path, out_dir: Path, plugin_files: list[str]) -> None:
+    """Write `model` (loaded from `keras_file`) as a SavedModel in `out_dir`."""
     import keras
 
     if keras.backend.backend() == "tensorflow":
-        _export_here(keras_file, out_dir, plugin_files)
+        model.export(str(out_dir), format="tf_saved_model", verbose=False)
         return
     env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"}
     args = [sys.executable, "-m", "autotl.tf_export", str(keras_file), str(out_dir)]
