@@ -106,21 +106,23 @@ class TrialWorker:
 
     def _await_outcome(self, trial_id: int, trial_number: int, values: dict[str, Any],
                        on_epoch: Callable) -> TrialOutcome:
+        self._talk(self._connection.send, ("trial", trial_id, trial_number, values))
         while True:
-            try:
-                if trial_id is not None:
-                    self._connection.send(("trial", trial_id, trial_number, values))
-                    trial_id = None
-                kind, payload = self._connection.recv()
-            except (EOFError, ConnectionError, OSError):
-                code = self._reap()
-                raise TrialFailed(f"the trial worker process died (exit code {code})") from None
+            kind, payload = self._talk(self._connection.recv)
             if kind == "epoch":
                 on_epoch(*payload)
             elif kind == "done":
                 return TrialOutcome(**payload)
             elif kind == "failed":
                 raise TrialFailed(payload)
+
+    def _talk(self, operation: Callable, *args: Any) -> Any:
+        """Send to or receive from the worker; a broken connection means the worker died."""
+        try:
+            return operation(*args)
+        except (EOFError, ConnectionError, OSError):
+            code = self._reap()
+            raise TrialFailed(f"the trial worker process died (exit code {code})") from None
 
     def close(self) -> None:
         if self._process is None:
