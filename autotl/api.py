@@ -246,7 +246,8 @@ def _default_name(backbone: str) -> str:
 
 def _config_record(config: SearchConfig, prepared: _Prepared) -> dict[str, Any]:
     record = asdict(config)
-    record.update(weights=prepared.weights, space=prepared.space, preprocessing=prepared.preprocessor.config(),
+    record.update(weights=prepared.weights, weights_identity=prepared.backbone.describe_weights(prepared.weights),
+                  space=prepared.space, preprocessing=prepared.preprocessor.config(),
                   train_examples=len(prepared.train), val_examples=len(prepared.val),
                   skipped_examples=[list(s) for s in (prepared.train.skipped or [])][:100])
     return json.loads(json.dumps(record, default=str))

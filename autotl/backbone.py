@@ -132,15 +132,16 @@ class Backbone(abc.ABC):
 
     def search_space(self) -> dict:
         """Overrides of the default search space (see `autotl.space`), e.g.
-        ``{"unfreeze_depth": {"min": 0, "max": 3}}``. The maximum unfreeze depth
-        defaults to the number of blocks, capped at 4."""
+        ``{"unfreeze_depth": {"min": 0, "max": 3}}``. Without one, unfreeze depth
+        ranges over 0 to 2 (see `autotl.space.DEFAULT_SPACE`)."""
         return {}
 
     def describe_weights(self, weights: str) -> str:
-        """A stable identity for a weights source, used in dataset/model fingerprints.
+        """A stable identity for a weights source, recorded with each search
+        (``weights_identity`` in its config).
 
-        Local files and folders are identified by their content, so a changed
-        file yields a new identity.
+        Local files and folders are identified by their path and their files'
+        names, sizes and modification times, so a changed file yields a new identity.
         """
         return describe_weights_source(weights)
 

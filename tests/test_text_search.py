@@ -36,6 +36,8 @@ def test_two_trial_text_search_runs_both_phases_on_minilm(text_search):
     assert len(trials) == 2 and all(t.status == COMPLETED for t in trials)
     assert result.search.labels == ["fresh", "rotten"]
     assert result.search.config["preprocessing"]["sequence_length"] == 32
+    minilm_folder = load_registry().get("bert").describe_weights("all-minilm-l6-v2")
+    assert result.search.config["weights_identity"] == minilm_folder and "#" in minilm_folder
     for trial in trials:
         assert {m.phase for m in store.epoch_metrics(trial.id)} == {"head", "finetune"}
         assert 0.0 <= trial.value <= 1.0
