@@ -59,17 +59,19 @@ class Preprocessor(abc.ABC):
 
 
 class ImagePreprocessor(Preprocessor):
-    """Images arrive already decoded and resized by `autotl.data`; this casts them.
+    """Images arrive already decoded and resized by `autotl.data`, as uint8 arrays.
 
-    Resizing happens when images are read (see `autotl.data.read_image`) so the
-    search keeps small uint8 arrays in memory; normalisation is part of the model.
+    Resizing happens when images are read (see `autotl.data.read_image`) and
+    they stay uint8: the model's float32 input casts each batch, so the search
+    never holds (or writes for its trial workers) a float copy four times the
+    size. Normalisation is part of the model.
     """
 
     def __init__(self, image_size: tuple[int, int]):
         self.image_size = (int(image_size[0]), int(image_size[1]))
 
     def __call__(self, examples):
-        return np.asarray(examples, dtype="float32")
+        return np.asarray(examples)
 
     def config(self) -> dict:
         return {
