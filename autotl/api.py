@@ -26,6 +26,8 @@ from .store import COMPLETED, DEFAULT_STORE, FAILED, INTERRUPTED, Search, Store,
 from .worker import TrialWorker, WorkerSpec, remove_trial_data, save_trial_data
 
 TUNERS = ("random", "bayesian", "hyperband")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+CACHE_DTYPES = ("auto", "float32", "float16")
 TRIAL_DATA_DIR = "data"  # inside the search's work folder, while trial workers run
 
 
@@ -54,12 +56,20 @@ class SearchConfig:
     space_file: str | None = None
     workdir: str = "autotl_runs"
     trials_per_worker: int = 5
+    precision: str = "float32"
+    cache: bool = True
+    cache_dir: str | None = None
+    cache_dtype: str = "auto"
     strict: bool = False
     plugin_files: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
         if self.tuner not in TUNERS:
             raise UsageError(f"unknown tuner {self.tuner!r} (use one of {', '.join(TUNERS)})")
+        if self.precision not in PRECISIONS:
+            raise UsageError(f"unknown precision {self.precision!r} (use one of {', '.join(PRECISIONS)})")
+        if self.cache_dtype not in CACHE_DTYPES:
+            raise UsageError(f"unknown cache dtype {self.cache_dtype!r} (use one of {', '.join(CACHE_DTYPES)})")
         for option, value in (("max-trials", self.max_trials), ("epochs", self.epochs),
                               ("batch-size", self.batch_size)):
             if value < 1:
@@ -142,6 +152,7 @@ def _prepare(config: SearchConfig, registry: Registry) -> _Prepared:
     space = space_module.build_space(backbone.modality, backbone.search_space(), user_space)
     train, val = load_split(config, backbone.modality, preprocessor)
     _check_build(backbone, weights, preprocessor)
+    _check_precision(config.precision)
     return _Prepared(backbone, weights, options, preprocessor, space, train, val)
 
 
@@ -167,7 +178,10 @@ def _run_tuner(config: SearchConfig, store: Store, row: Search, prepared: _Prepa
 
     plan = TrainingPlan(epochs=config.epochs,
                         finetune_epochs=config.epochs if config.finetune_epochs is None else config.finetune_epochs,
-                        batch_size=config.batch_size, patience=config.patience, seed=config.seed)
+                        batch_size=config.batch_size, patience=config.patience, seed=config.seed,
+                        precision=config.precision, cache=config.cache,
+                        cache_dir=str(Path(config.cache_dir).expanduser().resolve()) if config.cache_dir else None,
+                        cache_storage=config.cache_dtype)
     num_classes = len(prepared.train.class_names)
     hypermodel = TransferHyperModel(prepared.backbone, prepared.weights, prepared.preprocessor, num_classes,
                                     prepared.space)
@@ -229,6 +243,24 @@ def _check_build(backbone, weights, preprocessor) -> None:
     import keras
 
     keras.utils.clear_session()
+
+
+def _check_precision(precision: str) -> None:
+    """Run one small layer under the dtype policy, so an unsupported one fails before any trial."""
+    if precision == "float32":
+        return
+    import keras
+    import numpy as np
+
+    previous = keras.config.dtype_policy()
+    try:
+        keras.config.set_dtype_policy(precision)
+        keras.ops.convert_to_numpy(keras.layers.Dense(2)(np.ones((1, 2), "float32")))
+    except Exception as exc:  # noqa: BLE001 - the backend's refusal, in one line
+        raise UsageError(f"precision {precision} does not run on the {keras.backend.backend()} backend here: "
+                         f"{first_line(exc)}") from None
+    finally:
+        keras.config.set_dtype_policy(previous)
 
 
 def _split_fingerprint(train, val) -> str:

@@ -1,10 +1,14 @@
 """The KerasTuner HyperModel: a pretrained backbone plus a tunable head.
 
-The model is ``inputs -> backbone (inference mode) -> pooling -> [Dense, Dropout]*n
--> Dense(softmax)``. The backbone is always called with ``training=False``, the
-recipe of Keras' transfer-learning guide: its BatchNormalization layers keep their
-ImageNet statistics even while the top blocks are fine-tuned, and the frozen part
-computes the same function in every trial.
+The model is ``inputs -> [augmentation] -> backbone -> pooling -> [Dense, Dropout]*n
+-> Dense(softmax)``. The backbone's BatchNormalization layers are always frozen
+(a frozen BatchNormalization runs in inference mode in Keras 3), so they keep
+their ImageNet statistics even while the top blocks are fine-tuned, the recipe
+of Keras' transfer-learning guide. The backbone is called with
+``training=False``, but Keras 3 passes `fit`'s training flag through to a
+nested model's layers regardless, so dropout inside a backbone is active while
+it trains end to end; on the cached path (`autotl.feed`) the frozen part is
+computed once, in inference mode.
 """
 
 from __future__ import annotations
@@ -40,7 +44,8 @@ class TransferHyperModel(kt.HyperModel):
         feature_model = self.backbone.build(self.weights, self.preprocessor)
         feature_model.name = BACKBONE_LAYER
         inputs = _fresh_inputs(feature_model)
-        features = feature_model(inputs, training=False)
+        augment = "augment" in hp.values and hp.get("augment")
+        features = feature_model(augmentation(inputs) if augment else inputs, training=False)
         x = pool(features, hp.get("pooling"), inputs)
         for index in range(hp.get("head_layers")):
             x = keras.layers.Dense(hp.get("head_units"), activation="relu", name=f"head_dense_{index}")(x)
@@ -51,6 +56,13 @@ class TransferHyperModel(kt.HyperModel):
         model = keras.Model(inputs, outputs, name=f"autotl_{self.backbone.name}")
         set_unfreeze_depth(feature_model, self.backbone.blocks(feature_model), 0)
         return model
+
+
+def augmentation(images):
+    """Random flips, shifts and zooms, active in training only (the exported model ignores them)."""
+    x = keras.layers.RandomFlip("horizontal", name="augment_flip")(images)
+    x = keras.layers.RandomTranslation(0.1, 0.1, name="augment_shift")(x)
+    return keras.layers.RandomZoom(0.1, name="augment_zoom")(x)
 
 
 def pool(features, pooling: str, inputs):

@@ -36,6 +36,10 @@ DEFAULT_SPACE: dict[str, dict[str, Any]] = {
     "head_lr": {"type": "float", "min": 1e-4, "max": 1e-2, "sampling": "log"},
     "finetune_lr": {"type": "float", "min": 1e-6, "max": 1e-4, "sampling": "log"},
 }
+# Images only: random flips, shifts and zooms before the backbone. Off unless a space
+# file asks (``augment: {values: [false, true]}``): a trial that augments sees new
+# inputs every epoch, so it cannot train on cached activations (see `autotl.cache`).
+AUGMENT = {"values": [False]}
 TEXT_POOLING = {"values": ["mean", "cls"]}
 IMAGE_POOLING = {"values": ["avg", "flatten"]}
 POOLINGS = {"avg", "flatten", "mean", "cls"}
@@ -45,7 +49,17 @@ _SPEC_KEYS = {"values", "min", "max", "step", "sampling", "type"}
 def default_space(modality: str) -> dict[str, dict[str, Any]]:
     space = copy.deepcopy(DEFAULT_SPACE)
     space["pooling"] = copy.deepcopy(IMAGE_POOLING if modality == IMAGE else TEXT_POOLING)
+    if modality == IMAGE:
+        space["augment"] = copy.deepcopy(AUGMENT)
     return space
+
+
+def depth_choices(space: Mapping[str, Mapping[str, Any]]) -> list[int]:
+    """Every unfreeze depth a trial of this space can ask for, ascending."""
+    spec = space["unfreeze_depth"]
+    if "values" in spec:
+        return sorted({int(v) for v in spec["values"]})
+    return list(range(int(spec["min"]), int(spec["max"]) + 1, int(spec.get("step", 1))))
 
 
 def build_space(modality: str, plugin_overrides: Mapping[str, Any] | None = None,
@@ -132,6 +146,8 @@ def _validate(space: Mapping[str, Mapping[str, Any]]) -> None:
     bad_pooling = set(space["pooling"].get("values", [])) - POOLINGS
     if bad_pooling:
         raise UsageError(f"unknown pooling {sorted(bad_pooling)} (use avg/flatten for images, mean/cls for text)")
-    depth = space["unfreeze_depth"]
-    if "values" not in depth and int(depth["min"]) < 0:
+    if min(depth_choices(space)) < 0:
         raise UsageError("unfreeze_depth cannot be negative")
+    bad_augment = [v for v in space.get("augment", {}).get("values", []) if not isinstance(v, bool)]
+    if bad_augment:
+        raise UsageError(f"augment takes true or false, not {bad_augment}")

@@ -15,6 +15,7 @@ search so far. Each epoch is written to the store as it ends.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import math
 import shutil
@@ -26,6 +27,9 @@ import keras
 import keras_tuner as kt
 import numpy as np
 
+from . import space as space_module
+from .cache import ActivationCache
+from .feed import ActivationSource, Phase, batches
 from .hypermodel import BACKBONE_LAYER, TransferHyperModel, set_unfreeze_depth
 from .plan import Objective, TrainingPlan, TrialData, TrialFailed, TrialOutcome
 from .store import Store
@@ -46,34 +50,45 @@ class TrialRunner:
         self.store = store
         self.search_id = search_id
         self.workdir = Path(workdir)
+        self.activations = ActivationSource(
+            ActivationCache(plan.cache_dir) if plan.cache else None, hypermodel.backbone,
+            hypermodel.preprocessor.config(), space_module.depth_choices(hypermodel.space),
+            storage=plan.cache_storage, batch_size=plan.inference_batch_size,
+            memory_budget_bytes=plan.cache_memory_mb * 2**20)
 
     def run(self, trial_id: int, trial_number: int, values: dict[str, Any], data: TrialData,
             on_epoch: EpochCallback) -> TrialOutcome:
         release_memory()
+        with dtype_policy(self.plan.precision):
+            return self._run(trial_id, trial_number, values, data, on_epoch)
+
+    def _run(self, trial_id: int, trial_number: int, values: dict[str, Any], data: TrialData,
+             on_epoch: EpochCallback) -> TrialOutcome:
         keras.utils.set_random_seed(self.plan.seed * 1000 + trial_number)
         hp = self._hyperparameters(values)
         model = self.hypermodel.build(hp)
-        tracker = BestEpoch(self.objective)
+        feed = self.activations.feed(model, data, values)
+        tracker = BestEpoch(self.objective, model)
         epochs, finetune_epochs = self._epoch_budget(values)
 
-        def fit(learning_rate: float, phase: str, phase_epochs: int) -> None:
+        def fit(learning_rate: float, phase: str, phase_epochs: int, depth: int) -> None:
             logger = _EpochLogger(self.store, trial_id, trial_number, phase, phase_epochs, on_epoch)
-            self._fit(model, data, learning_rate, phase_epochs, [tracker.callback(phase), logger])
+            self._fit(feed.phase(depth), data, learning_rate, phase_epochs, [tracker.callback(phase), logger])
 
-        fit(hp.get("head_lr"), HEAD, epochs)
+        fit(hp.get("head_lr"), HEAD, epochs, 0)
         depth = 0
         if hp.get("unfreeze_depth") > 0 and finetune_epochs > 0:
-            tracker.restore(model)  # fine-tune from the best head, not the last one
+            tracker.restore()  # fine-tune from the best head, not the last one
             feature_model = model.get_layer(BACKBONE_LAYER)
             depth = set_unfreeze_depth(feature_model, self.hypermodel.backbone.blocks(feature_model),
                                        hp.get("unfreeze_depth"))
-            fit(hp.get("finetune_lr"), FINETUNE, finetune_epochs)
-        tracker.restore(model)
+            fit(hp.get("finetune_lr"), FINETUNE, finetune_epochs, depth)
+        tracker.restore()
         if tracker.best is None:
             raise TrialFailed(f"no finite {self.objective.name} in any epoch")
         outcome = TrialOutcome(tracker.best_value, tracker.best[0], tracker.best[1],
-                               {**tracker.best_logs, "unfreeze_depth_applied": depth})
-        self._checkpoint_if_best(model, data, trial_id, trial_number, outcome)
+                               {**tracker.best_logs, "unfreeze_depth_applied": depth}, feed.report())
+        self._checkpoint_if_best(model, feed.phase(0), trial_id, trial_number, outcome)
         return outcome
 
     def _hyperparameters(self, values: dict[str, Any]) -> kt.HyperParameters:
@@ -88,19 +103,21 @@ class TrialRunner:
             return budget, budget
         return self.plan.epochs, self.plan.finetune_epochs
 
-    def _fit(self, model: keras.Model, data: TrialData, learning_rate: float, epochs: int, callbacks: list) -> None:
-        model.compile(optimizer=keras.optimizers.Adam(learning_rate),
-                      loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    def _fit(self, phase: Phase, data: TrialData, learning_rate: float, epochs: int, callbacks: list) -> None:
+        phase.model.compile(optimizer=keras.optimizers.Adam(learning_rate),
+                            loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         callbacks = [
             keras.callbacks.TerminateOnNaN(),
             keras.callbacks.EarlyStopping(monitor=self.objective.name, mode=self.objective.direction,
                                           patience=self.plan.patience),
             *callbacks,
         ]
-        model.fit(data.x_train, data.y_train, validation_data=(data.x_val, data.y_val), epochs=epochs,
-                  batch_size=self.plan.batch_size, shuffle=True, callbacks=callbacks, verbose=0)
+        train = batches(phase.x_train, data.y_train, self.plan.batch_size, shuffle=True, seed=self.plan.seed)
+        val = batches(phase.x_val, data.y_val, self.plan.batch_size)
+        phase.model.fit(train.x, train.y, validation_data=val.as_validation(), epochs=epochs,
+                        batch_size=train.batch_size, shuffle=train.shuffle, callbacks=callbacks, verbose=0)
 
-    def _checkpoint_if_best(self, model: keras.Model, data: TrialData, trial_id: int, trial_number: int,
+    def _checkpoint_if_best(self, model: keras.Model, head_phase: Phase, trial_id: int, trial_number: int,
                             outcome: TrialOutcome) -> None:
         """Keep the model of the best trial so far (only that one: backbones are large)."""
         best = self.store.best_trial(self.store.get_search(self.search_id))
@@ -112,7 +129,10 @@ class TrialRunner:
         # An uncompiled twin sharing the layers: the checkpoint is for inference and export,
         # and an optimizer state saved with it would not match on reload.
         keras.Model(model.input, model.output, name=model.name).save(path)
-        np.save(trial_dir / VAL_PROBS_NAME, model.predict(data.x_val, batch_size=self.plan.batch_size, verbose=0))
+        # The validation predictions as the search computed them (on the cached path, from
+        # the cached activations): an export must reproduce them.
+        val = batches(head_phase.x_val, None, self.plan.batch_size)
+        np.save(trial_dir / VAL_PROBS_NAME, head_phase.model.predict(val.x, batch_size=val.batch_size, verbose=0))
         for old in self.store.artifacts(self.search_id, kind="checkpoint"):
             if old.trial_id != trial_id:
                 shutil.rmtree(Path(old.path).parent, ignore_errors=True)
@@ -123,8 +143,9 @@ class TrialRunner:
 class BestEpoch:
     """Tracks the best epoch of the objective across both phases and keeps its weights."""
 
-    def __init__(self, objective: Objective):
+    def __init__(self, objective: Objective, model: keras.Model):
         self.objective = objective
+        self.model = model  # the whole trial model, whichever part of it a phase fits
         self.best: tuple[str, int] | None = None
         self.best_value: float | None = None
         self.best_logs: dict[str, float] = {}
@@ -141,13 +162,13 @@ class BestEpoch:
                 if tracker.objective.better(value, tracker.best_value):
                     tracker.best, tracker.best_value = (phase, epoch + 1), float(value)
                     tracker.best_logs = {k: float(v) for k, v in logs.items()}
-                    tracker._weights = [np.array(w) for w in self.model.get_weights()]
+                    tracker._weights = [np.array(w) for w in tracker.model.get_weights()]
 
         return _Track()
 
-    def restore(self, model: keras.Model) -> None:
+    def restore(self) -> None:
         if self._weights is not None:
-            model.set_weights(self._weights)
+            self.model.set_weights(self._weights)
 
 
 class _EpochLogger(keras.callbacks.Callback):
@@ -166,6 +187,17 @@ class _EpochLogger(keras.callbacks.Callback):
         metrics["seconds"] = time.perf_counter() - self._started
         self.store.log_epoch(self.trial_id, self.phase, epoch + 1, metrics)
         self.on_epoch(self.trial_number, self.phase, epoch + 1, self.epochs, metrics)
+
+
+@contextlib.contextmanager
+def dtype_policy(name: str):
+    """Build and train under Keras' dtype policy `name` (float32, mixed_float16, mixed_bfloat16)."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
 
 
 def release_memory() -> None:

