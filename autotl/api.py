@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,11 +56,13 @@ class SearchConfig:
     label_col: str = "label"
     space_file: str | None = None
     workdir: str = "autotl_runs"
-    trials_per_worker: int = 5
+    trials_per_worker: int = 25
+    worker_memory_growth_mb: int = 1024
     precision: str = "float32"
     cache: bool = True
     cache_dir: str | None = None
     cache_dtype: str = "auto"
+    cache_memory_mb: int | None = None  # None: a quarter of this machine's memory
     strict: bool = False
     plugin_files: list[str] = field(default_factory=list)
 
@@ -74,6 +77,10 @@ class SearchConfig:
                               ("batch-size", self.batch_size)):
             if value < 1:
                 raise UsageError(f"--{option} must be at least 1")
+        if self.cache_memory_mb is not None and self.cache_memory_mb < 0:
+            raise UsageError("--cache-memory cannot be negative")
+        if self.worker_memory_growth_mb < 1:
+            raise UsageError("--worker-memory-growth must be at least 1 (MB)")
         if self.trials_per_worker < 0:
             raise UsageError("--trials-per-worker cannot be negative (0 runs trials in the search process)")
         if self.finetune_epochs is not None and self.finetune_epochs < 0:
@@ -181,7 +188,8 @@ def _run_tuner(config: SearchConfig, store: Store, row: Search, prepared: _Prepa
                         batch_size=config.batch_size, patience=config.patience, seed=config.seed,
                         precision=config.precision, cache=config.cache,
                         cache_dir=str(Path(config.cache_dir).expanduser().resolve()) if config.cache_dir else None,
-                        cache_storage=config.cache_dtype)
+                        cache_storage=config.cache_dtype,
+                        cache_memory_mb=_cache_memory_mb(config.cache_memory_mb))
     num_classes = len(prepared.train.class_names)
     hypermodel = TransferHyperModel(prepared.backbone, prepared.weights, prepared.preprocessor, num_classes,
                                     prepared.space)
@@ -212,7 +220,7 @@ def _start_worker(config: SearchConfig, store: Store, row: Search, prepared: _Pr
         preprocessor_options=prepared.preprocessor_options, num_classes=len(prepared.train.class_names),
         space=prepared.space, plan=plan, objective=Objective(row.objective, row.direction),
         workdir=row.workdir, data_dir=str(data_dir))
-    return TrialWorker(spec, config.trials_per_worker)
+    return TrialWorker(spec, config.trials_per_worker, config.worker_memory_growth_mb)
 
 
 def load_split(config: SearchConfig, modality: str, preprocessor):
@@ -243,6 +251,15 @@ def _check_build(backbone, weights, preprocessor) -> None:
     import keras
 
     keras.utils.clear_session()
+
+
+def _cache_memory_mb(requested: int | None) -> int:
+    if requested is not None:
+        return requested
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 4 / 2**20)
+    except (ValueError, OSError, AttributeError):  # no sysconf (Windows)
+        return 4096
 
 
 def _check_precision(precision: str) -> None:

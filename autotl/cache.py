@@ -126,17 +126,19 @@ class EntryWriter:
         self.array = np.lib.format.open_memmap(self._tmp / ARRAY_FILE, mode="w+", dtype=dtype, shape=shape)
         self._filled = 0
 
-    def write(self, batch: np.ndarray) -> None:
+    def write(self, batch: np.ndarray, rows: np.ndarray | None = None) -> None:
+        """Write `batch` to the next rows, or to the given `rows` (each row exactly once)."""
         if self.array.dtype == np.float16 and not fits_float16(batch):
             self._widen()
-        end = self._filled + len(batch)
-        self.array[self._filled:end] = batch
-        self._filled = end
+        if rows is None:
+            rows = slice(self._filled, self._filled + len(batch))
+        self.array[rows] = batch
+        self._filled += len(batch)
 
     def _widen(self) -> None:
         """Values beyond float16's range turned up: keep this entry in float32 after all."""
         wide = np.lib.format.open_memmap(self._tmp / "wide.npy", mode="w+", dtype="float32", shape=self.array.shape)
-        wide[:self._filled] = self.array[:self._filled]
+        wide[:] = self.array
         del self.array
         os.replace(self._tmp / "wide.npy", self._tmp / ARRAY_FILE)
         self.array = wide

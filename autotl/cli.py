@@ -27,6 +27,9 @@ PLUGIN_OPTION = click.option(
     "--plugin", "plugin_files", multiple=True, type=click.Path(dir_okay=False),
     help="A Python file defining Backbone plugins (repeatable).")
 JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+CACHE_DIR_OPTION = click.option(
+    "--cache-dir", type=click.Path(file_okay=False), envvar="AUTOTL_CACHE_DIR", show_envvar=True,
+    help="Where cached activations live  [default: ~/.cache/autotl]")
 
 
 def handle_errors(command: Callable | None = None, *, needs_keras: bool = True) -> Callable:
@@ -97,9 +100,21 @@ def main() -> None:
 @click.option("--space", "space_file", type=click.Path(), help="YAML/JSON file narrowing or widening the space.")
 @click.option("--workdir", default="autotl_runs", help="Folder for checkpoints and KerasTuner state.")
 @click.option("--strict", is_flag=True, help="Fail on an unreadable image instead of skipping it.")
-@click.option("--trials-per-worker", type=click.IntRange(min=0), default=5,
+@click.option("--trials-per-worker", type=click.IntRange(min=0), default=25,
               help="Trials run in a worker process, replaced after this many so memory stays flat; "
                    "0 runs them in this process.")
+@click.option("--worker-memory-growth", "worker_memory_growth_mb", type=click.IntRange(min=1), default=1024,
+              help="Replace the worker sooner once its memory grew by this many MB since its first trial.")
+@click.option("--precision", type=click.Choice(["float32", "mixed_float16", "mixed_bfloat16"]), default="float32",
+              help="Keras dtype policy for training (mixed precision pays off on GPUs).")
+@click.option("--cache/--no-cache", default=True,
+              help="Train each trial on cached activations of the frozen part of the backbone.")
+@CACHE_DIR_OPTION
+@click.option("--cache-dtype", type=click.Choice(["auto", "float32", "float16"]), default="auto",
+              help="How cached activations are kept; auto: float32, or float16 when they would not fit in memory.")
+@click.option("--cache-memory", "cache_memory_mb", type=click.IntRange(min=0),
+              help="MB of cached activations a trial loads into memory; beyond it, it reads them from disk  "
+                   "[default: a quarter of this machine's memory]")
 @PLUGIN_OPTION
 @handle_errors
 def search(data: str, **options: Any) -> None:
@@ -171,8 +186,10 @@ def trials(search_ref: str, store: str, as_json: bool, with_epochs: bool) -> Non
         return
     table = [{"trial": r["number"], "status": r["status"], search.objective: r["value"],
               "best": f"{r['best_phase']}:{r['best_epoch']}" if r["best_phase"] else "",
-              "seconds": None if r["duration_s"] is None else round(r["duration_s"], 1), "hyperparameters": _format_hp(r["hyperparameters"])} for r in rows]
-    _table(table, ["trial", "status", search.objective, "best", "seconds", "hyperparameters"])
+              "seconds": None if r["duration_s"] is None else round(r["duration_s"], 1),
+              "data": (r["data_path"] or {}).get("status", ""),
+              "hyperparameters": _format_hp(r["hyperparameters"])} for r in rows]
+    _table(table, ["trial", "status", search.objective, "best", "seconds", "data", "hyperparameters"])
 
 
 @main.command()
@@ -274,6 +291,51 @@ def plugins(plugin_files: tuple[str, ...], as_json: bool) -> None:
     for failure in failures:
         click.echo(f"Warning: plugin {failure['name']!r} from {failure['source']} failed to load: "
                    f"{failure['error']}", err=True)
+
+
+@main.group()
+def cache() -> None:
+    """Inspect or empty the activation cache (what the frozen backbones computed)."""
+
+
+@cache.command("ls")
+@CACHE_DIR_OPTION
+@JSON_OPTION
+@handle_errors(needs_keras=False)
+def cache_ls(cache_dir: str | None, as_json: bool) -> None:
+    """List the cached activations: one entry per backbone cut and dataset split."""
+    from .cache import ActivationCache
+
+    activations = ActivationCache(cache_dir)
+    rows = [{"key": e.key, "backbone": e.meta.get("backbone"), "tensor": e.meta.get("tensor"),
+             "split": e.meta.get("split"), "examples": e.meta.get("examples"),
+             "shape": "x".join(str(d) for d in e.meta.get("shape", [])), "dtype": e.meta.get("dtype"),
+             "size_mb": round(e.size_bytes / 2**20, 2), "created_at": e.meta.get("created_at")}
+            for e in activations.entries()]
+    total = sum(r["size_mb"] for r in rows)
+    if as_json:
+        click.echo(json.dumps({"directory": str(activations.directory), "entries": rows,
+                               "total_mb": round(total, 2)}, indent=2))
+        return
+    click.echo(f"cache: {activations.directory}  ({len(rows)} entries, {total:.1f} MB)")
+    if rows:
+        _table(rows, ["key", "backbone", "tensor", "split", "examples", "shape", "dtype", "size_mb", "created_at"])
+
+
+@cache.command("clear")
+@click.argument("keys", nargs=-1)
+@CACHE_DIR_OPTION
+@handle_errors(needs_keras=False)
+def cache_clear(keys: tuple[str, ...], cache_dir: str | None) -> None:
+    """Remove the entries KEYS (see `autotl cache ls`), or every entry when none is given."""
+    from .cache import ActivationCache
+
+    activations = ActivationCache(cache_dir)
+    unknown = [k for k in keys if activations.get(k) is None]
+    if unknown:
+        raise AutotlError(f"no cache entry {unknown[0]!r} in {activations.directory} (see `autotl cache ls`)")
+    count, size = activations.clear(list(keys) or None)
+    click.echo(f"removed {count} entries ({size / 2**20:.1f} MB) from {activations.directory}")
 
 
 def _read_text_input(value: str) -> str:

@@ -29,6 +29,8 @@ from .hypermodel import BACKBONE_LAYER
 from .plan import TrialData
 
 HIT, COMPUTED, BYPASSED = "hit", "computed", "bypassed"
+PADDING_MASK = "padding_mask"  # the text input that says which positions are real (`autotl.backbone`)
+LENGTH_STEP = 8
 
 
 @dataclass
@@ -97,6 +99,7 @@ class ActivationSource:
         self.storage = storage
         self.batch_size = batch_size
         self.memory_budget_bytes = memory_budget_bytes
+        self._fingerprints: dict[int, str] = {}
         self._split_fingerprints: dict[str, str] = {}
         self._loaded: dict[str, Any] = {}
 
@@ -136,13 +139,21 @@ class ActivationSource:
     def _model_fingerprint(self, graph, model) -> str:
         """Architecture, weights and numerics of the frozen part: what its outputs depend on.
 
-        The weights are hashed from their values in every trial (not from the
-        weights source), so random or changed weights never match an old entry.
+        The weights are hashed from their values (not named by their source), so
+        random or changed weights never match an old entry. Once per process:
+        every trial resets the same backbone to the same values
+        (`autotl.hypermodel.ReusableBackbone`).
         """
+        backbone = model.get_layer(BACKBONE_LAYER)
+        if id(backbone) not in self._fingerprints:
+            self._fingerprints[id(backbone)] = self._hash_model(graph, backbone)
+        return self._fingerprints[id(backbone)]
+
+    def _hash_model(self, graph, backbone) -> str:
         architecture = [[type(node.layer).__name__, _layer_config(node.layer)]
                         for node in graph.nodes if node.in_backbone]
         hasher = hashlib.blake2b(digest_size=32)
-        for variable in model.get_layer(BACKBONE_LAYER).weights:
+        for variable in backbone.weights:
             hasher.update(np.ascontiguousarray(keras.ops.convert_to_numpy(variable.value)).data)
         return digest({"backbone": self.backbone.name, "architecture": architecture,
                        "weights": hasher.hexdigest(), "preprocessing": self.preprocessing,
@@ -170,16 +181,27 @@ class ActivationSource:
         prefix = graph_module.prefix_model(graph, tensors)
         names = list(tensors)
         count = len(_model_input(x, prefix.inputs[0].name))
+        lengths = sequence_lengths(x)
+        # Text goes through in order of length, each batch cropped to its longest sequence:
+        # most of a padded batch is padding, and the outputs at real positions do not change.
+        order = np.arange(count) if lengths is None else np.argsort(lengths, kind="stable")
+        croppable = [_variable_length(t) for t in prefix.inputs]
         writers = {}
         try:
             for start in range(0, count, self.batch_size):
-                batch = [np.asarray(_model_input(x, t.name)[start:start + self.batch_size]) for t in prefix.inputs]
+                rows = order[start:start + self.batch_size]
+                crop = None if lengths is None else cropped_length(lengths[rows])
+                batch = [_take(_model_input(x, t.name), rows, crop if can else None)
+                         for t, can in zip(prefix.inputs, croppable)]
                 outputs = prefix.predict_on_batch(batch)
                 outputs = [np.asarray(o) for o in (outputs if isinstance(outputs, (list, tuple)) else [outputs])]
+                if crop is not None:
+                    full = _model_input(x, PADDING_MASK).shape[1]
+                    outputs = [_pad_sequence(o, crop, full) for o in outputs]
                 if not writers:
                     writers = self._writers(keys, names, outputs, count, split)
                 for name, output in zip(names, outputs):
-                    writers[name].write(output)
+                    writers[name].write(output, rows)
             for writer in writers.values():
                 writer.commit()
         except BaseException:
@@ -213,6 +235,38 @@ class ActivationSource:
         return arrays, size
 
 
+def sequence_lengths(x: Any) -> np.ndarray | None:
+    """The real length of each example of text inputs (from their padding mask); None for others."""
+    if isinstance(x, Mapping) and PADDING_MASK in x:
+        return np.asarray(x[PADDING_MASK]).astype(bool).sum(axis=1)
+    return None
+
+
+def cropped_length(lengths: np.ndarray) -> int:
+    """The longest of `lengths`, rounded up so that few distinct shapes need tracing."""
+    return int(-(-max(int(lengths.max()), 1) // LENGTH_STEP) * LENGTH_STEP)
+
+
+def _variable_length(tensor) -> bool:
+    return len(tensor.shape) >= 2 and tensor.shape[1] is None
+
+
+def _take(array, rows: np.ndarray, crop: int | None) -> np.ndarray:
+    taken = np.asarray(array[np.sort(rows)] if isinstance(array, np.memmap) else array[rows])
+    if isinstance(array, np.memmap):  # read in file order, then put back in the order asked
+        taken = taken[np.argsort(np.argsort(rows))]
+    return taken if crop is None else taken[:, :crop]
+
+
+def _pad_sequence(output: np.ndarray, crop: int, full: int) -> np.ndarray:
+    """Back to the full length (zeros at padding positions, which nothing reads)."""
+    if output.ndim < 2 or output.shape[1] != crop or crop >= full:
+        return output
+    padding = [(0, 0)] * output.ndim
+    padding[1] = (0, full - crop)
+    return np.pad(output, padding)
+
+
 def _model_input(x: Any, name: str):
     return x[name] if isinstance(x, Mapping) else x
 
@@ -237,37 +291,66 @@ class Batches:
         return self.x if self.y is None else (self.x, self.y)
 
 
-def batches(x: Any, y: np.ndarray | None, batch_size: int, *, shuffle: bool = False, seed: int = 0) -> Batches:
-    """In-memory inputs go to Keras as they are; memory-mapped ones are read a batch at a time.
+def batches(x: Any, y: np.ndarray | None, batch_size: int, *, shuffle: bool = False, seed: int = 0,
+            lengths: np.ndarray | None = None, croppable: Any = None) -> Batches:
+    """What `fit` / `predict` get: the arrays themselves, or a `keras.utils.PyDataset` over them.
 
-    Keras would copy a memory-mapped array whole into memory before its first
-    batch, which is exactly what keeping a large cache entry on disk avoids.
+    Arrays in memory go to Keras as they are. A dataset reads batches instead
+    when inputs are memory-mapped (Keras would first copy a memory-mapped array
+    whole into memory, exactly what keeping a large cache entry on disk avoids),
+    or when text can be cropped: given each example's real length and which
+    inputs take any length (`croppable`, shaped like `x`), batches are formed of
+    examples of similar length and cut to the longest of them.
     """
-    if not any(isinstance(a, np.memmap) for a in _leaves(x)):
+    crop = lengths is not None and any(_leaves(croppable))
+    if not crop and not any(isinstance(a, np.memmap) for a in _leaves(x)):
         return Batches(x, y, batch_size, shuffle)
-    return Batches(_DiskBatches(x, y, batch_size, shuffle, seed), None, None, False)
+    dataset = _Batches(x, y, batch_size, shuffle, seed, lengths if crop else None, croppable)
+    return Batches(dataset, None, None, False)
 
 
-class _DiskBatches(keras.utils.PyDataset):
-    def __init__(self, x, y, batch_size: int, shuffle: bool, seed: int):
+def variable_length_inputs(model: keras.Model, x: Any) -> Any:
+    """For each input in `x` (same structure), whether `model` takes it at any length on axis 1."""
+    if isinstance(x, Mapping):
+        by_name = {t.name: _variable_length(t) for t in model.inputs}
+        return {name: by_name.get(name, False) for name in x}
+    return [_variable_length(t) for t in model.inputs]
+
+
+class _Batches(keras.utils.PyDataset):
+    def __init__(self, x, y, batch_size: int, shuffle: bool, seed: int, lengths: np.ndarray | None, croppable):
         super().__init__(workers=2, use_multiprocessing=False)  # threads read ahead while the model trains
         self.x, self.y, self.batch_size, self.shuffle = x, y, batch_size, shuffle
+        self.lengths, self.croppable = lengths, croppable
         self._count = len(_leaves(x)[0])
         self._rng = np.random.default_rng(seed)
-        self._order = np.arange(self._count)
+        self._batches: list[np.ndarray] = []
         self.on_epoch_end()
 
     def __len__(self) -> int:
-        return -(-self._count // self.batch_size)
+        return len(self._batches)
 
     def __getitem__(self, index: int):
-        rows = np.sort(self._order[index * self.batch_size:(index + 1) * self.batch_size])  # sorted: sequential reads
-        x = _map_leaves(self.x, lambda a: np.asarray(a[rows]))
+        rows = self._batches[index]
+        crop = None if self.lengths is None else cropped_length(self.lengths[rows])
+        x = _map_leaves(self.x, lambda a, can: _take(a, rows, crop if can else None), self.croppable)
         return x if self.y is None else (x, self.y[rows])
 
     def on_epoch_end(self) -> None:
+        order = self._rng.permutation(self._count) if self.shuffle else np.arange(self._count)
+        if self.lengths is None:
+            self._batches = [order[i:i + self.batch_size] for i in range(0, self._count, self.batch_size)]
+            return
+        # Sort by length within pools of a few dozen batches, then shuffle the batches:
+        # batches of similar lengths, in a new order and composition every epoch.
+        pool = self.batch_size * 32 if self.shuffle else self._count
+        self._batches = []
+        for start in range(0, self._count, pool):
+            part = order[start:start + pool]
+            part = part[np.argsort(self.lengths[part], kind="stable")]
+            self._batches += [part[i:i + self.batch_size] for i in range(0, len(part), self.batch_size)]
         if self.shuffle:
-            self._rng.shuffle(self._order)
+            self._batches = [self._batches[i] for i in self._rng.permutation(len(self._batches))]
 
 
 def _leaves(x: Any) -> list:
@@ -276,9 +359,11 @@ def _leaves(x: Any) -> list:
     return list(x) if isinstance(x, (list, tuple)) else [x]
 
 
-def _map_leaves(x: Any, fn):
+def _map_leaves(x: Any, fn, flags: Any = None):
+    """`fn(leaf, flag)` over the inputs `x` (an array, a list or a dict), with `flags` shaped like `x`."""
     if isinstance(x, Mapping):
-        return {k: fn(v) for k, v in x.items()}
+        return {k: fn(v, (flags or {}).get(k, False)) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [fn(v) for v in x]
-    return fn(x)
+        flags = flags if flags is not None else [False] * len(x)
+        return tuple(fn(v, f) for v, f in zip(x, flags))  # tf.data takes a tuple of inputs, not a list
+    return fn(x, (flags or [False])[0])

@@ -17,6 +17,7 @@ from typing import Any, Mapping
 
 import keras
 import keras_tuner as kt
+import numpy as np
 
 from . import space as space_module
 from .backbone import Backbone, Preprocessor
@@ -38,11 +39,11 @@ class TransferHyperModel(kt.HyperModel):
     def declare(self, hp: kt.HyperParameters) -> None:
         space_module.declare(self.space, hp)
 
-    def build(self, hp: kt.HyperParameters) -> keras.Model:
-        """Build the untrained-head model for `hp`; the backbone is left frozen."""
+    def build(self, hp: kt.HyperParameters, feature_model: keras.Model | None = None) -> keras.Model:
+        """Build the untrained-head model for `hp` around `feature_model` (default: a new
+        backbone); the backbone is left frozen."""
         self.declare(hp)
-        feature_model = self.backbone.build(self.weights, self.preprocessor)
-        feature_model.name = BACKBONE_LAYER
+        feature_model = feature_model or self.build_backbone()
         inputs = _fresh_inputs(feature_model)
         augment = "augment" in hp.values and hp.get("augment")
         features = feature_model(augmentation(inputs) if augment else inputs, training=False)
@@ -56,6 +57,37 @@ class TransferHyperModel(kt.HyperModel):
         model = keras.Model(inputs, outputs, name=f"autotl_{self.backbone.name}")
         set_unfreeze_depth(feature_model, self.backbone.blocks(feature_model), 0)
         return model
+
+    def build_backbone(self) -> keras.Model:
+        feature_model = self.backbone.build(self.weights, self.preprocessor)
+        feature_model.name = BACKBONE_LAYER
+        return feature_model
+
+
+class ReusableBackbone:
+    """One backbone per process, reset to its pretrained weights for each trial.
+
+    Loading pretrained weights takes seconds (converting a checkpoint, building
+    a keras-hub model), while a trial on cached activations takes about as
+    long; resetting the values of the variables takes milliseconds. The build
+    is seeded, so randomly initialised weights (``none``) are the same in every
+    process of a search, as the activation cache requires.
+    """
+
+    def __init__(self, hypermodel: TransferHyperModel, seed: int):
+        self.hypermodel = hypermodel
+        self.seed = seed
+        self._model: keras.Model | None = None
+        self._pretrained: list | None = None
+
+    def fresh(self) -> keras.Model:
+        if self._model is None:
+            keras.utils.set_random_seed(self.seed)
+            self._model = self.hypermodel.build_backbone()
+            self._pretrained = [np.array(w) for w in self._model.get_weights()]
+        else:
+            self._model.set_weights(self._pretrained)
+        return self._model
 
 
 def augmentation(images):

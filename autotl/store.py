@@ -20,7 +20,12 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, rela
 
 from .errors import AutotlError, first_line
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Upgrades of an existing store, by the version they bring it to. Each adds what that
+# version added; rows are never rewritten. A fresh store is created at SCHEMA_VERSION.
+MIGRATIONS: dict[int, list[str]] = {
+    2: ["ALTER TABLE trials ADD COLUMN data_path JSON"],
+}
 DEFAULT_STORE = "sqlite:///autotl.db"
 
 RUNNING, COMPLETED, FAILED, INTERRUPTED = "running", "completed", "failed", "interrupted"
@@ -74,6 +79,7 @@ class Trial(Base):
     best_phase: Mapped[str | None] = mapped_column(sa.String(16))
     best_epoch: Mapped[int | None] = mapped_column()
     metrics: Mapped[dict | None] = mapped_column()
+    data_path: Mapped[dict | None] = mapped_column()  # how the data reached the model (cache hit, ...)
     error: Mapped[str | None] = mapped_column(sa.Text)
     started_at: Mapped[dt.datetime] = mapped_column(default=_now)
     finished_at: Mapped[dt.datetime | None] = mapped_column()
@@ -106,12 +112,13 @@ class Artifact(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=_now)
 
 
-def normalize_url(url_or_path: str) -> str:
+def normalize_url(url_or_path: str | Path) -> str:
     """Accept a SQLAlchemy URL or a plain file path (taken as a SQLite file).
 
     A SQLite file is made absolute, so the URL still names the same file from
     another folder (a trial worker, a manifest read elsewhere).
     """
+    url_or_path = str(url_or_path)
     if "://" not in url_or_path:
         return f"sqlite:///{Path(url_or_path).expanduser().resolve()}"
     try:
@@ -135,7 +142,7 @@ def _configure_sqlite(dbapi_connection, _record) -> None:
 class Store:
     """The trial store. Open with any SQLAlchemy URL or a SQLite file path."""
 
-    def __init__(self, url: str = DEFAULT_STORE, *, create: bool = True):
+    def __init__(self, url: str | Path = DEFAULT_STORE, *, create: bool = True):
         self.url = normalize_url(url)
         self.engine = self._open_engine(self.url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
@@ -181,9 +188,26 @@ class Store:
         return engine
 
     def _stamp_schema_version(self) -> None:
+        """Stamp a new store, or upgrade an older one in place (one transaction per step)."""
         with self.session() as session:
-            if session.get(Meta, "schema_version") is None:
+            stamp = session.get(Meta, "schema_version")
+            if stamp is None:
                 session.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
+                return
+            version = int(stamp.value)
+        if version > SCHEMA_VERSION:
+            raise AutotlError(f"store {self.display_url} has schema version {version}, newer than this autotl "
+                              f"understands ({SCHEMA_VERSION}): upgrade autotl")
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            with self.engine.begin() as connection:
+                for statement in MIGRATIONS[target]:
+                    connection.execute(sa.text(statement))
+                connection.execute(sa.update(Meta).where(Meta.key == "schema_version").values(value=str(target)))
+
+    @property
+    def schema_version(self) -> int:
+        with self.session() as session:
+            return int(session.get(Meta, "schema_version").value)
 
     def session(self) -> "_Transaction":
         return _Transaction(self._sessions)
@@ -248,10 +272,11 @@ class Store:
             )
 
     def finish_trial(self, trial_id: int, status: str, *, value: float | None = None, best_phase: str | None = None,
-                     best_epoch: int | None = None, metrics: dict | None = None, error: str | None = None) -> Trial:
+                     best_epoch: int | None = None, metrics: dict | None = None, data_path: dict | None = None,
+                     error: str | None = None) -> Trial:
         with self.session() as session:
             trial = session.get(Trial, trial_id)
-            trial.status, trial.error = status, error
+            trial.status, trial.error, trial.data_path = status, error, data_path
             trial.value, trial.best_phase, trial.best_epoch = _finite_or_none(value), best_phase, best_epoch
             trial.metrics = metrics
             trial.finished_at = _now()

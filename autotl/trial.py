@@ -29,8 +29,8 @@ import numpy as np
 
 from . import space as space_module
 from .cache import ActivationCache
-from .feed import ActivationSource, Phase, batches
-from .hypermodel import BACKBONE_LAYER, TransferHyperModel, set_unfreeze_depth
+from .feed import ActivationSource, Phase, batches, sequence_lengths, variable_length_inputs
+from .hypermodel import BACKBONE_LAYER, ReusableBackbone, TransferHyperModel, set_unfreeze_depth
 from .plan import Objective, TrainingPlan, TrialData, TrialFailed, TrialOutcome
 from .store import Store
 
@@ -50,6 +50,7 @@ class TrialRunner:
         self.store = store
         self.search_id = search_id
         self.workdir = Path(workdir)
+        self.backbone = ReusableBackbone(hypermodel, plan.seed)
         self.activations = ActivationSource(
             ActivationCache(plan.cache_dir) if plan.cache else None, hypermodel.backbone,
             hypermodel.preprocessor.config(), space_module.depth_choices(hypermodel.space),
@@ -64,9 +65,10 @@ class TrialRunner:
 
     def _run(self, trial_id: int, trial_number: int, values: dict[str, Any], data: TrialData,
              on_epoch: EpochCallback) -> TrialOutcome:
+        feature_model = self.backbone.fresh()
         keras.utils.set_random_seed(self.plan.seed * 1000 + trial_number)
         hp = self._hyperparameters(values)
-        model = self.hypermodel.build(hp)
+        model = self.hypermodel.build(hp, feature_model)
         feed = self.activations.feed(model, data, values)
         tracker = BestEpoch(self.objective, model)
         epochs, finetune_epochs = self._epoch_budget(values)
@@ -105,15 +107,20 @@ class TrialRunner:
 
     def _fit(self, phase: Phase, data: TrialData, learning_rate: float, epochs: int, callbacks: list) -> None:
         phase.model.compile(optimizer=keras.optimizers.Adam(learning_rate),
-                            loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+                            loss="sparse_categorical_crossentropy", metrics=["accuracy"],
+                            steps_per_execution=steps_per_execution())
         callbacks = [
             keras.callbacks.TerminateOnNaN(),
             keras.callbacks.EarlyStopping(monitor=self.objective.name, mode=self.objective.direction,
                                           patience=self.plan.patience),
             *callbacks,
         ]
-        train = batches(phase.x_train, data.y_train, self.plan.batch_size, shuffle=True, seed=self.plan.seed)
-        val = batches(phase.x_val, data.y_val, self.plan.batch_size)
+        croppable = variable_length_inputs(phase.model, phase.x_train)
+        shuffle_seed = int(np.random.randint(2**31))  # numpy is seeded per trial
+        train = batches(phase.x_train, data.y_train, self.plan.batch_size, shuffle=True, seed=shuffle_seed,
+                        lengths=sequence_lengths(data.x_train), croppable=croppable)
+        val = batches(phase.x_val, data.y_val, self.plan.batch_size, lengths=sequence_lengths(data.x_val),
+                      croppable=croppable)
         phase.model.fit(train.x, train.y, validation_data=val.as_validation(), epochs=epochs,
                         batch_size=train.batch_size, shuffle=train.shuffle, callbacks=callbacks, verbose=0)
 
@@ -187,6 +194,13 @@ class _EpochLogger(keras.callbacks.Callback):
         metrics["seconds"] = time.perf_counter() - self._started
         self.store.log_epoch(self.trial_id, self.phase, epoch + 1, metrics)
         self.on_epoch(self.trial_number, self.phase, epoch + 1, self.epochs, metrics)
+
+
+def steps_per_execution() -> int:
+    """Batches per call into the compiled train step. On cached activations a step takes
+    about as long as Python's trip into it; batching calls removes most of that (the torch
+    backend only takes 1)."""
+    return 1 if keras.backend.backend() == "torch" else 32
 
 
 @contextlib.contextmanager

@@ -97,7 +97,7 @@ class TransferTuner(kt.Tuner):
         if trial.status == kt.engine.trial.TrialStatus.COMPLETED and outcome is not None:
             finished = self.store.finish_trial(row.id, store_module.COMPLETED, value=outcome.value,
                                                best_phase=outcome.phase, best_epoch=outcome.epoch,
-                                               metrics=outcome.metrics)
+                                               metrics=outcome.metrics, data_path=outcome.data_path)
         else:
             finished = self.store.finish_trial(row.id, store_module.FAILED, error=_last_line(trial.message))
         self.reporter.trial_ended(finished)

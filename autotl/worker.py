@@ -1,4 +1,4 @@
-"""Trial workers: trials run in a child process that is replaced every few trials.
+"""Trial workers: trials run in a child process that is replaced every so often.
 
 Why a process: on Keras' TensorFlow backend each ``model.fit`` leaves memory
 behind that ``keras.utils.clear_session()`` does not return (about 4 MB for a
@@ -6,7 +6,10 @@ tiny model, about 75 MB per trial for EfficientNet-Lite0; see
 ``results/trial_memory*.md``; the torch backend does not leak). A process gives
 all of it back when it exits, so a long search stays flat. It also confines a
 crash that takes the interpreter down (a segfault, the kernel's OOM killer) to
-the trial that caused it.
+the trial that caused it. A worker is replaced after a number of trials, or
+sooner once its memory has grown by a set amount since its first trial; trials
+on cached activations leak little, so one worker often serves a whole search
+and its start-up (importing TensorFlow, loading the backbone) is paid once.
 
 The worker opens the store itself and writes its epochs and checkpoints there;
 it sends progress events and the trial's outcome back through a pipe. The
@@ -84,25 +87,40 @@ class TrialWorker:
     without a main guard, ``python -`` or a notebook all work).
     """
 
-    def __init__(self, spec: WorkerSpec, trials_per_worker: int):
+    def __init__(self, spec: WorkerSpec, trials_per_worker: int, max_growth_mb: float | None = None):
         self.spec = spec
         self.trials_per_worker = max(1, trials_per_worker)
+        self.max_growth_mb = max_growth_mb
         self._process: subprocess.Popen | None = None
         self._connection: Connection | None = None
         self._trials_done = 0
+        self._baseline_mb: float | None = None
 
     def run(self, trial_id: int, trial_number: int, values: dict[str, Any], on_epoch: Callable) -> TrialOutcome:
-        if self._process is not None and self._trials_done >= self.trials_per_worker:
+        if self._process is not None and self._due_for_replacement():
             self.close()
         if self._process is None:
             self._start()
         self._trials_done += 1
         try:
-            return self._await_outcome(trial_id, trial_number, values, on_epoch)
+            outcome = self._await_outcome(trial_id, trial_number, values, on_epoch)
         except BaseException:  # Ctrl-C or a bug here: the trial in flight is abandoned with its worker
             if self._process is not None:
                 self._reap()
             raise
+        finally:
+            if self._trials_done == 1 and self._process is not None:
+                self._baseline_mb = resident_mb(self._process.pid)  # set up, first trial's model built
+        return outcome
+
+    def _due_for_replacement(self) -> bool:
+        """After `trials_per_worker` trials, or once its memory grew by `max_growth_mb` since the first."""
+        if self._trials_done >= self.trials_per_worker:
+            return True
+        if self.max_growth_mb is None or self._baseline_mb is None:
+            return False
+        now = resident_mb(self._process.pid)
+        return now is not None and now - self._baseline_mb > self.max_growth_mb
 
     def _await_outcome(self, trial_id: int, trial_number: int, values: dict[str, Any],
                        on_epoch: Callable) -> TrialOutcome:
@@ -143,6 +161,7 @@ class TrialWorker:
                                              pass_fds=[theirs.fileno()], env=env)
             self._connection = Connection(ours.detach())
         self._trials_done = 0
+        self._baseline_mb = None
         try:
             self._connection.send(self.spec)
         except OSError:
@@ -159,6 +178,15 @@ class TrialWorker:
             process.wait()
         self._connection.close()
         return process.returncode
+
+
+def resident_mb(pid: int) -> float | None:
+    """Resident memory of process `pid` in MB (Linux /proc; None elsewhere or once it exited)."""
+    try:
+        with open(f"/proc/{pid}/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def worker_main(spec: WorkerSpec, connection) -> None:

@@ -251,3 +251,26 @@ def test_the_same_seed_tries_the_same_hyperparameters(tmp_path, mnist_dir):
     first = tried("seed-0-a", 0)
     assert tried("seed-0-b", 0) == first
     assert tried("seed-1", 1) != first
+
+
+def test_a_worker_is_replaced_once_its_memory_grew_past_the_limit():
+    import subprocess
+    import sys
+
+    from autotl.worker import TrialWorker, resident_mb
+
+    worker = TrialWorker(spec=None, trials_per_worker=10, max_growth_mb=50)
+    worker._process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        worker._trials_done = 1
+        worker._baseline_mb = resident_mb(worker._process.pid)
+        assert worker._baseline_mb > 0
+        assert not worker._due_for_replacement()
+        worker._baseline_mb -= 51  # as if it had grown by 51 MB since its first trial
+        assert worker._due_for_replacement()
+        worker._baseline_mb += 51
+        worker._trials_done = 10
+        assert worker._due_for_replacement()
+    finally:
+        worker._process.kill()
+        worker._process.wait()

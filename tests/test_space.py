@@ -10,9 +10,10 @@ import keras_tuner as kt
 import pytest
 
 from autotl.errors import UsageError
-from autotl.space import DEFAULT_SPACE, build_space, declare, default_space, load_space_file
+from autotl.space import DEFAULT_SPACE, build_space, declare, default_space, depth_choices, load_space_file
 
 HP_NAMES = {"pooling", "head_layers", "head_units", "dropout", "unfreeze_depth", "head_lr", "finetune_lr"}
+IMAGE_HP_NAMES = HP_NAMES | {"augment"}
 
 
 def usage_error(excinfo: pytest.ExceptionInfo, *fragments: str) -> str:
@@ -47,13 +48,31 @@ def sample(space, n: int = 30, seed: int = 7) -> list[dict]:
 
 def test_defaults_per_modality():
     image, text = default_space("image"), default_space("text")
-    assert set(image) == set(text) == HP_NAMES
+    assert set(text) == HP_NAMES
+    assert set(image) == HP_NAMES | {"augment"}
+    assert image["augment"] == {"values": [False]}  # off unless a space file asks: it bypasses the cache
     assert image["pooling"] == {"values": ["avg", "flatten"]}
     assert text["pooling"] == {"values": ["mean", "cls"]}
     assert build_space("image")["pooling"]["values"] == ["avg", "flatten"]
     assert build_space("text")["pooling"]["values"] == ["mean", "cls"]
     for name in HP_NAMES - {"pooling"}:
         assert image[name] == text[name] == DEFAULT_SPACE[name]
+
+
+def test_augment_takes_booleans_and_only_for_images():
+    assert build_space("image", None, {"augment": {"values": [False, True]}})["augment"] == {"values": [False, True]}
+    with pytest.raises(UsageError) as excinfo:
+        build_space("image", None, {"augment": {"values": ["yes"]}})
+    usage_error(excinfo, "augment takes true or false")
+    with pytest.raises(UsageError) as excinfo:
+        build_space("text", None, {"augment": True})
+    usage_error(excinfo, "unknown hyperparameter 'augment'")
+
+
+def test_depth_choices_lists_every_depth_a_trial_can_ask_for():
+    assert depth_choices(build_space("image", None, {"unfreeze_depth": {"min": 0, "max": 3}})) == [0, 1, 2, 3]
+    assert depth_choices(build_space("image", None, {"unfreeze_depth": {"values": [2, 0, 2]}})) == [0, 2]
+    assert depth_choices(build_space("image", None, {"unfreeze_depth": 1})) == [1]
 
 
 def test_default_space_is_a_copy():
@@ -193,7 +212,7 @@ def test_a_missing_file_is_one_line(tmp_path):
 def test_declare_gives_keras_tuner_types():
     hp = declared(build_space("image"))
     params = {name: hp._hps[name][0] for name in HP_NAMES}
-    assert set(hp.values) == HP_NAMES
+    assert set(hp.values) == IMAGE_HP_NAMES
     head_layers, head_lr, head_units = params["head_layers"], params["head_lr"], params["head_units"]
     assert isinstance(head_layers, kt.engine.hyperparameters.Int)
     assert (head_layers.min_value, head_layers.max_value) == (0, 2)
@@ -210,13 +229,13 @@ def test_declare_twice_is_a_no_op():
     space = build_space("image")
     hp = declared(space)
     declare(space, hp)
-    assert len(hp.space) == len(HP_NAMES)
+    assert len(hp.space) == len(IMAGE_HP_NAMES)
 
 
 def test_random_search_oracle_samples_stay_in_range():
     draws = sample(build_space("image"), n=30)
     for v in draws:
-        assert set(v) == HP_NAMES
+        assert set(v) == IMAGE_HP_NAMES
         assert v["pooling"] in ("avg", "flatten")
         assert isinstance(v["head_layers"], int) and 0 <= v["head_layers"] <= 2
         assert v["head_units"] in (64, 128, 256, 512)

@@ -290,3 +290,53 @@ def test_bad_store_url_is_a_one_line_error(url, fragment):
     assert fragment in message
     assert "secret" not in message  # the password is never shown
 
+
+
+# --------------------------------------------------------------------------- upgrades
+
+
+def downgrade_to_version_1(db: Path) -> None:
+    """Make `db` exactly what schema version 1 wrote: trials without `data_path`."""
+    conn = sqlite3.connect(db)
+    try:
+        conn.execute("ALTER TABLE trials DROP COLUMN data_path")
+        conn.execute("UPDATE autotl_meta SET value = '1' WHERE key = 'schema_version'")
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def test_a_version_1_store_is_upgraded_in_place_without_losing_rows(db):
+    old = Store(f"sqlite:///{db}")
+    search = old.create_search(**search_fields())
+    done = add_trial(old, search.id, COMPLETED, 0.75, tid="a")
+    running = add_trial(old, search.id, None, None, tid="b")
+    old.log_epoch(done, "head", 1, {"val_accuracy": 0.75})
+    old.close()
+    downgrade_to_version_1(db)
+    assert "data_path" not in [row[1] for row in raw(db, "PRAGMA table_info(trials)")]
+
+    upgraded = Store(f"sqlite:///{db}")
+    assert upgraded.schema_version == SCHEMA_VERSION == 2
+    assert "data_path" in [row[1] for row in raw(db, "PRAGMA table_info(trials)")]
+    trials = upgraded.list_trials(search.id)
+    assert [(t.id, t.status, t.value, t.data_path) for t in trials] == [
+        (done, COMPLETED, 0.75, None), (running, RUNNING, None, None)]
+    assert [(m.name, m.value) for m in upgraded.epoch_metrics(done)] == [("val_accuracy", 0.75)]
+    upgraded.finish_trial(running, COMPLETED, value=0.5, data_path={"status": "hit"})
+    assert upgraded.list_trials(search.id)[1].data_path == {"status": "hit"}
+    upgraded.close()
+    assert Store(f"sqlite:///{db}").schema_version == SCHEMA_VERSION  # a second open changes nothing
+
+
+def test_a_store_from_a_newer_autotl_is_refused_in_one_line(db):
+    Store(f"sqlite:///{db}").close()
+    conn = sqlite3.connect(db)
+    conn.execute("UPDATE autotl_meta SET value = '99' WHERE key = 'schema_version'")
+    conn.commit()
+    conn.close()
+    with pytest.raises(AutotlError) as error:
+        Store(f"sqlite:///{db}")
+    assert_one_line(str(error.value))
+    assert "schema version 99" in str(error.value) and "upgrade autotl" in str(error.value)
+    assert raw(db, "SELECT value FROM autotl_meta WHERE key = 'schema_version'") == [("99",)]

@@ -1,0 +1,193 @@
+"""The activation cache: cut points, reuse across searches, invalidation, bypass, the CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import keras_tuner as kt
+import numpy as np
+import pytest
+
+from autotl import api
+from autotl import graph as graph_module
+from autotl import space as space_module
+from autotl.cache import ActivationCache
+from autotl.feed import ActivationSource
+from autotl.hypermodel import BACKBONE_LAYER, TransferHyperModel, set_unfreeze_depth
+from autotl.registry import load_registry
+from autotl.store import Store
+
+from conftest import TINY_PLUGIN, run_cli
+
+def tiny_config(data: Path, tmp_path: Path, name: str, **overrides) -> api.SearchConfig:
+    fields = dict(data=str(data), backbone="tiny_cnn", plugin_files=[str(TINY_PLUGIN)], image_size=16,
+                  max_trials=3, epochs=2, finetune_epochs=1, batch_size=16, seed=3, name=name,
+                  workdir=str(tmp_path / "runs"), cache_dir=str(tmp_path / "cache"), trials_per_worker=0)
+    fields.update(overrides)
+    return api.SearchConfig(**fields)
+
+
+def trial_model(backbone_name: str, options: dict, pooling: str, depth: int):
+    backbone = load_registry([str(TINY_PLUGIN)]).get(backbone_name)
+    preprocessor = backbone.preprocessor(backbone.default_weights, options)
+    space = space_module.build_space(backbone.modality, backbone.search_space(), None)
+    hypermodel = TransferHyperModel(backbone, backbone.default_weights, preprocessor, 3, space)
+    hp = kt.HyperParameters()
+    hypermodel.declare(hp)
+    hp.values.update(pooling=pooling, head_layers=1, head_units=16)
+    model = hypermodel.build(hp)
+    feature_model = model.get_layer(BACKBONE_LAYER)
+    blocks = backbone.blocks(feature_model)
+    set_unfreeze_depth(feature_model, blocks, depth)
+    return model, blocks, preprocessor
+
+
+@pytest.mark.parametrize("backbone_name, options, pooling", [
+    ("tiny_cnn", {"image_size": (16, 16)}, "avg"),
+    ("efficientnet_lite0", {"image_size": (32, 32)}, "flatten"),
+    ("bert", {"sequence_length": 16}, "mean"),
+])
+def test_prefix_then_suffix_computes_what_the_whole_model_computes(backbone_name, options, pooling):
+    """The cut is exact: frozen part once, then the trainable part, equals the end-to-end model."""
+    model, blocks, preprocessor = trial_model(backbone_name, options, pooling, depth=2)
+    if backbone_name == "bert":
+        x = preprocessor(["a tender, funny film", "dull and far too long", "fine", "not bad at all"])
+    else:
+        x = np.random.default_rng(0).integers(0, 256, (4, *options["image_size"], 3)).astype("uint8")
+    flat = graph_module.flatten(model)
+    expected = model.predict(x, verbose=0)
+    for depth in (0, 1, 2):
+        top = [layer for block in blocks[len(blocks) - depth:] for layer in block] if depth else []
+        cut = graph_module.cut(flat, depth, top)
+        cached_tensors = {n: t for n, t in zip(cut.names, cut.tensors) if not n.startswith("input:")}
+        outputs = _as_list(graph_module.prefix_model(flat, cached_tensors).predict(x, verbose=0))
+        cached = dict(zip(cached_tensors, outputs))
+        feed = [x[name[6:]] if name.startswith("input:") else cached[name] for name in cut.names]
+        suffix = graph_module.suffix_model(flat, cut)
+        np.testing.assert_allclose(suffix.predict(feed, verbose=0), expected, atol=1e-4)
+        # The suffix trains exactly the trainable weights of the whole model at this depth.
+        if depth == 2:
+            assert {id(w) for w in suffix.trainable_weights} == {id(w) for w in model.trainable_weights}
+    assert cut.cached_names and all(not n.startswith("input:") for n in cut.cached_names)
+
+
+def _as_list(outputs):
+    return outputs if isinstance(outputs, list) else [outputs]
+
+
+def test_a_second_search_on_the_same_data_does_no_backbone_pass(mnist_dir, tmp_path, monkeypatch):
+    store = Store(tmp_path / "autotl.db")
+    first = api.search(tiny_config(mnist_dir, tmp_path, "first"), store)
+    statuses = [t.data_path["status"] for t in first.trials]
+    assert statuses[0] == "computed" and set(statuses[1:]) <= {"hit"}
+    entries = {e.key: e.meta["created_at"] for e in ActivationCache(tmp_path / "cache").entries()}
+    # three cuts (depth 0, 1, 2) x two splits
+    assert len(entries) == 6
+
+    def no_backbone_pass(*_args, **_kwargs):
+        raise AssertionError("the frozen backbone ran again")
+
+    monkeypatch.setattr(ActivationSource, "_run_prefix", no_backbone_pass)
+    second = api.search(tiny_config(mnist_dir, tmp_path, "second"), store)
+    assert [t.data_path["status"] for t in second.trials] == ["hit"] * 3
+    assert {e.key: e.meta["created_at"] for e in ActivationCache(tmp_path / "cache").entries()} == entries
+    # Same seed, same data, same cache: the same results as the first search.
+    assert [t.value for t in second.trials] == pytest.approx([t.value for t in first.trials])
+
+
+def test_a_changed_image_is_a_new_cache_entry(mnist_dir, tmp_path):
+    data = tmp_path / "digits"
+    shutil.copytree(mnist_dir, data)
+    store = Store(tmp_path / "autotl.db")
+    api.search(tiny_config(data, tmp_path, "before", max_trials=1), store)
+    before = {e.key for e in ActivationCache(tmp_path / "cache").entries()}
+    image = sorted((data / "3").iterdir())[0]
+    from PIL import Image
+
+    Image.fromarray(255 - np.asarray(Image.open(image))).save(image)
+    after_search = api.search(tiny_config(data, tmp_path, "after", max_trials=1), store)
+    assert after_search.trials[0].data_path["status"] == "computed"
+    after = {e.key for e in ActivationCache(tmp_path / "cache").entries()}
+    assert before < after  # new entries for the changed split; the old ones are never read again
+
+
+def test_trials_that_augment_or_run_without_the_cache_train_end_to_end_and_say_why(mnist_dir, tmp_path):
+    (tmp_path / "space.yaml").write_text("augment: true\n")
+    store = Store(tmp_path / "autotl.db")
+    augmented = api.search(tiny_config(mnist_dir, tmp_path, "augmented", max_trials=2,
+                                       space_file=str(tmp_path / "space.yaml")), store)
+    for trial in augmented.trials:
+        assert trial.status == "completed"
+        assert trial.data_path["status"] == "bypassed"
+        assert "augmentation" in trial.data_path["reason"]
+    off = api.search(tiny_config(mnist_dir, tmp_path, "off", max_trials=1, cache=False), store)
+    assert off.trials[0].data_path == {"status": "bypassed", "reason": "the activation cache is off"}
+    assert not (tmp_path / "cache" / "activations").exists() or not ActivationCache(tmp_path / "cache").entries()
+
+
+def test_cache_entries_larger_than_the_memory_budget_train_from_disk_in_float16(mnist_dir, tmp_path):
+    """Over budget, `auto` stores float16 and trials read batches from the memory-mapped files."""
+    store = Store(tmp_path / "autotl.db")
+    result = api.search(tiny_config(mnist_dir, tmp_path, "disk", max_trials=2, cache_memory_mb=0), store)
+    assert [t.status for t in result.trials] == ["completed", "completed"]
+    entries = ActivationCache(tmp_path / "cache").entries()
+    assert entries and {e.meta["dtype"] for e in entries} == {"float16"}
+    assert all(isinstance(e.load(in_memory=False), np.memmap) for e in entries)
+
+
+def test_float16_entries_widen_to_float32_when_values_do_not_fit(tmp_path):
+    cache = ActivationCache(tmp_path)
+    writer = cache.writer("k", (4, 2), "float16", {"dtype": "float16"})
+    writer.write(np.array([[1.5, 2.0], [3.0, 4.0]], "float32"))
+    writer.write(np.array([[1e6, -2.0], [5.0, 6.0]], "float32"))
+    entry = writer.commit()
+    array = entry.load(in_memory=True)
+    assert array.dtype == np.float32 and entry.meta["dtype"] == "float32"
+    np.testing.assert_array_equal(array, [[1.5, 2.0], [3.0, 4.0], [1e6, -2.0], [5.0, 6.0]])
+
+
+def test_an_interrupted_write_leaves_no_entry(tmp_path):
+    cache = ActivationCache(tmp_path)
+    writer = cache.writer("k", (4, 2), "float32", {})
+    writer.write(np.ones((2, 2), "float32"))
+    with pytest.raises(RuntimeError, match="2 of 4 rows"):
+        writer.commit()
+    writer.abort()
+    assert cache.get("k") is None and cache.entries() == []
+    assert list(cache.directory.iterdir()) == []
+
+
+def test_cache_ls_and_clear_from_the_command_line(mnist_dir, tmp_path):
+    store = Store(tmp_path / "autotl.db")
+    api.search(tiny_config(mnist_dir, tmp_path, "listed", max_trials=1), store)
+    cache_dir = tmp_path / "cache"
+    listed = json.loads(run_cli("cache", "ls", "--json", "--cache-dir", cache_dir, check=True).stdout)
+    assert listed["directory"] == str(cache_dir / "activations")
+    assert len(listed["entries"]) == 6
+    assert {e["split"] for e in listed["entries"]} == {"train", "val"}
+    assert all(e["backbone"] == "tiny_cnn" and e["size_mb"] > 0 for e in listed["entries"])
+    assert listed["total_mb"] == pytest.approx(sum(e["size_mb"] for e in listed["entries"]))
+    table = run_cli("cache", "ls", "--cache-dir", cache_dir, check=True).stdout
+    assert f"cache: {cache_dir / 'activations'}  (6 entries" in table
+
+    one = listed["entries"][0]["key"]
+    removed = run_cli("cache", "clear", one, "--cache-dir", cache_dir, check=True)
+    assert removed.stdout.startswith("removed 1 entries")
+    assert one not in {e.key for e in ActivationCache(cache_dir).entries()}
+    unknown = run_cli("cache", "clear", one, "--cache-dir", cache_dir)
+    assert unknown.returncode == 1 and "Traceback" not in unknown.stderr
+    assert unknown.stderr.strip() == f"Error: no cache entry {one!r} in {cache_dir / 'activations'} (see `autotl cache ls`)"
+    run_cli("cache", "clear", "--cache-dir", cache_dir, check=True)
+    assert ActivationCache(cache_dir).entries() == []
+
+
+@pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_searches_run_and_cache_under_their_own_key(mnist_dir, tmp_path, precision):
+    store = Store(tmp_path / "autotl.db")
+    result = api.search(tiny_config(mnist_dir, tmp_path, precision, max_trials=2, precision=precision), store)
+    assert [t.status for t in result.trials] == ["completed", "completed"]
+    assert result.search.config["precision"] == precision
+    float32 = api.search(tiny_config(mnist_dir, tmp_path, "float32", max_trials=1), store)
+    assert float32.trials[0].data_path["status"] == "computed"  # not the mixed-precision activations
