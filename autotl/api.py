@@ -114,11 +114,20 @@ def search(config: SearchConfig, store: Store | str = DEFAULT_STORE, reporter: R
     config.validate()
     store = store if isinstance(store, Store) else Store(store)
     reporter = reporter or Reporter()
-    prepared = _prepare(config, registry or load_registry(config.plugin_files))
-    row = _create_search_row(store, config, prepared)
+    worker = None
+    if config.trials_per_worker > 0:
+        worker = TrialWorker(None, config.trials_per_worker, config.worker_memory_growth_mb)
+        worker.launch()  # its imports overlap the data loading below
+    try:
+        prepared = _prepare(config, registry or load_registry(config.plugin_files))
+        row = _create_search_row(store, config, prepared)
+    except BaseException:
+        if worker is not None:
+            worker.close()
+        raise
     reporter.search_started(row.name, store.display_url, config.max_trials)
     try:
-        _run_tuner(config, store, row, prepared, reporter)
+        _run_tuner(config, store, row, prepared, reporter, worker)
     except KeyboardInterrupt:
         store.interrupt_running_trials(row.id, "interrupted by the user")
         store.finish_search(row.id, INTERRUPTED, "interrupted by the user")
@@ -128,6 +137,9 @@ def search(config: SearchConfig, store: Store | str = DEFAULT_STORE, reporter: R
         if isinstance(exc, AutotlError):
             raise
         raise AutotlError(f"search {row.name!r} failed: {first_line(exc)}") from exc
+    finally:
+        if worker is not None:
+            worker.close()
     best = store.best_trial(row)
     if best is None:
         store.finish_search(row.id, FAILED, "no trial completed")
@@ -175,7 +187,8 @@ def _create_search_row(store: Store, config: SearchConfig, prepared: _Prepared) 
     )
 
 
-def _run_tuner(config: SearchConfig, store: Store, row: Search, prepared: _Prepared, reporter: Reporter) -> None:
+def _run_tuner(config: SearchConfig, store: Store, row: Search, prepared: _Prepared, reporter: Reporter,
+               worker: TrialWorker | None) -> None:
     # Keras and KerasTuner are imported here, not at module level, so that
     # `autotl --help` and the listing commands stay fast.
     import keras_tuner as kt
@@ -199,7 +212,8 @@ def _run_tuner(config: SearchConfig, store: Store, row: Search, prepared: _Prepa
     data = TrialData(preprocess(prepared.train.examples), prepared.train.labels,
                      preprocess(prepared.val.examples), prepared.val.labels)
     workdir = Path(row.workdir)
-    worker = _start_worker(config, store, row, prepared, plan, data) if config.trials_per_worker > 0 else None
+    if worker is not None:
+        _configure_worker(worker, store, row, prepared, plan, data, config.plugin_files)
     try:
         tuner = TransferTuner(oracle, hypermodel, store=store, search_id=row.id, plan=plan, reporter=reporter,
                               workdir=workdir, max_trials=config.max_trials, worker=worker, overwrite=True)
@@ -210,17 +224,16 @@ def _run_tuner(config: SearchConfig, store: Store, row: Search, prepared: _Prepa
             remove_trial_data(workdir / TRIAL_DATA_DIR)
 
 
-def _start_worker(config: SearchConfig, store: Store, row: Search, prepared: _Prepared, plan: TrainingPlan,
-                  data: TrialData) -> TrialWorker:
+def _configure_worker(worker: TrialWorker, store: Store, row: Search, prepared: _Prepared, plan: TrainingPlan,
+                      data: TrialData, plugin_files: list[str]) -> None:
     data_dir = Path(row.workdir) / TRIAL_DATA_DIR
     save_trial_data(data, data_dir)
-    spec = WorkerSpec(
+    worker.configure(WorkerSpec(
         store_url=store.url, search_id=row.id, backbone=prepared.backbone.name, weights=prepared.weights,
-        plugin_files=[str(Path(p).resolve()) for p in config.plugin_files],
+        plugin_files=[str(Path(p).resolve()) for p in plugin_files],
         preprocessor_options=prepared.preprocessor_options, num_classes=len(prepared.train.class_names),
         space=prepared.space, plan=plan, objective=Objective(row.objective, row.direction),
-        workdir=row.workdir, data_dir=str(data_dir))
-    return TrialWorker(spec, config.trials_per_worker, config.worker_memory_growth_mb)
+        workdir=row.workdir, data_dir=str(data_dir)))
 
 
 def load_split(config: SearchConfig, modality: str, preprocessor):

@@ -20,7 +20,13 @@ takes the same inputs as the search did:
 * image plugins: float pixels in ``[0, 255]``, shape ``(batch, H, W, 3)`` ->
   a feature map ``(batch, h, w, channels)``;
 * text plugins: the dict the text preprocessor yields (it must contain
-  ``"padding_mask"``) -> a sequence ``(batch, length, hidden)``.
+  ``"padding_mask"``) -> a sequence ``(batch, length, hidden)``. Positions
+  where the mask is 0 must not change the outputs at the others (true of any
+  masked encoder): autotl crops trailing padding from batches.
+
+A functional Keras model (not a subclassed one) lets autotl cut it between
+blocks and cache what its frozen part computes (`autotl.graph`,
+`autotl.feed`); any other model is trained end to end.
 """
 
 from __future__ import annotations

@@ -90,7 +90,7 @@ class ActivationSource:
     """
 
     def __init__(self, cache: ActivationCache | None, backbone, preprocessing: Mapping[str, Any],
-                 depths: list[int], *, storage: str = "auto", batch_size: int = 64,
+                 depths: list[int], *, storage: str = "auto", batch_size: int = 128,
                  memory_budget_bytes: int = 4 * 2**30):
         self.cache = cache
         self.backbone = backbone

@@ -79,15 +79,21 @@ class ReusableBackbone:
         self.seed = seed
         self._model: keras.Model | None = None
         self._pretrained: list | None = None
+        self._changed = False
 
     def fresh(self) -> keras.Model:
         if self._model is None:
             keras.utils.set_random_seed(self.seed)
             self._model = self.hypermodel.build_backbone()
             self._pretrained = [np.array(w) for w in self._model.get_weights()]
-        else:
+        elif self._changed:
             self._model.set_weights(self._pretrained)
+        self._changed = False
         return self._model
+
+    def mark_changed(self) -> None:
+        """The current trial is about to train (some of) the backbone: reset it before the next one."""
+        self._changed = True
 
 
 def augmentation(images):

@@ -30,7 +30,7 @@ class TrainingPlan:
     cache_dir: str | None = None  # None: $AUTOTL_CACHE_DIR or ~/.cache/autotl
     cache_storage: str = "auto"  # float activations kept as float32, float16, or auto (float16 beyond the budget)
     cache_memory_mb: int = 4096  # a trial's cached activations up to this size are loaded, larger read from disk
-    inference_batch_size: int = 64  # batch of the one pass that fills the cache
+    inference_batch_size: int = 128  # batch of the one pass that fills the cache
 
 
 @dataclass

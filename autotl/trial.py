@@ -16,7 +16,6 @@ search so far. Each epoch is written to the store as it ends.
 from __future__ import annotations
 
 import contextlib
-import gc
 import math
 import shutil
 import time
@@ -84,6 +83,7 @@ class TrialRunner:
             feature_model = model.get_layer(BACKBONE_LAYER)
             depth = set_unfreeze_depth(feature_model, self.hypermodel.backbone.blocks(feature_model),
                                        hp.get("unfreeze_depth"))
+            self.backbone.mark_changed()
             fit(hp.get("finetune_lr"), FINETUNE, finetune_epochs, depth)
         tracker.restore()
         if tracker.best is None:
@@ -215,6 +215,5 @@ def dtype_policy(name: str):
 
 
 def release_memory() -> None:
-    """Drop the previous trial's graph and weights before building the next model."""
+    """Drop the previous trial's graph and weights before building the next model (and collect them)."""
     keras.utils.clear_session(free_memory=True)
-    gc.collect()

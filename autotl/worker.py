@@ -87,14 +87,25 @@ class TrialWorker:
     without a main guard, ``python -`` or a notebook all work).
     """
 
-    def __init__(self, spec: WorkerSpec, trials_per_worker: int, max_growth_mb: float | None = None):
+    def __init__(self, spec: WorkerSpec | None, trials_per_worker: int, max_growth_mb: float | None = None):
         self.spec = spec
         self.trials_per_worker = max(1, trials_per_worker)
         self.max_growth_mb = max_growth_mb
         self._process: subprocess.Popen | None = None
         self._connection: Connection | None = None
+        self._spec_sent = False
         self._trials_done = 0
         self._baseline_mb: float | None = None
+
+    def launch(self) -> None:
+        """Start the process now; it imports Keras while the caller prepares the search (`configure`)."""
+        if self._process is None:
+            self._spawn()
+
+    def configure(self, spec: WorkerSpec) -> None:
+        self.spec = spec
+        if self._process is not None:
+            self._send_spec()
 
     def run(self, trial_id: int, trial_number: int, values: dict[str, Any], on_epoch: Callable) -> TrialOutcome:
         if self._process is not None and self._due_for_replacement():
@@ -145,6 +156,9 @@ class TrialWorker:
     def close(self) -> None:
         if self._process is None:
             return
+        if not self._spec_sent:  # launched, never configured: nothing to finish
+            self._reap()
+            return
         try:
             self._connection.send(("stop",))
             self._process.wait(timeout=30)
@@ -153,6 +167,10 @@ class TrialWorker:
         self._reap()
 
     def _start(self) -> None:
+        self._spawn()
+        self._send_spec()
+
+    def _spawn(self) -> None:
         ours, theirs = socket.socketpair()
         package_root = str(Path(__file__).resolve().parent.parent)
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
@@ -162,6 +180,12 @@ class TrialWorker:
             self._connection = Connection(ours.detach())
         self._trials_done = 0
         self._baseline_mb = None
+        self._spec_sent = False
+
+    def _send_spec(self) -> None:
+        if self._spec_sent:
+            return
+        self._spec_sent = True
         try:
             self._connection.send(self.spec)
         except OSError:
@@ -244,5 +268,14 @@ def remove_trial_data(directory: Path) -> None:
 
 
 if __name__ == "__main__":  # python -m autotl.worker FD, started by TrialWorker
+    from .quiet import import_keras_quietly
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # see worker_main
+
+    import_keras_quietly()  # seconds of imports, while the search process is still reading the data
     _connection = Connection(int(sys.argv[1]))
-    worker_main(_connection.recv(), _connection)
+    try:
+        _spec = _connection.recv()
+    except (EOFError, OSError):  # the search ended before it needed this worker
+        sys.exit(0)
+    worker_main(_spec, _connection)

@@ -14,7 +14,7 @@ from autotl import api
 from autotl import graph as graph_module
 from autotl import space as space_module
 from autotl.cache import ActivationCache
-from autotl.feed import ActivationSource
+from autotl.feed import ActivationSource, batches, cropped_length, sequence_lengths
 from autotl.hypermodel import BACKBONE_LAYER, TransferHyperModel, set_unfreeze_depth
 from autotl.registry import load_registry
 from autotl.store import Store
@@ -191,3 +191,37 @@ def test_mixed_precision_searches_run_and_cache_under_their_own_key(mnist_dir, t
     assert result.search.config["precision"] == precision
     float32 = api.search(tiny_config(mnist_dir, tmp_path, "float32", max_trials=1), store)
     assert float32.trials[0].data_path["status"] == "computed"  # not the mixed-precision activations
+
+
+def test_text_cropped_to_its_longest_sequence_gives_the_same_outputs():
+    """Cropping trailing padding is exact: masked positions never change the real ones."""
+    model, _, preprocessor = trial_model("bert", {"sequence_length": 32}, "mean", depth=0)
+    x = preprocessor(["a tender, funny film", "dull", "long-winded, but the last act is worth the wait"])
+    lengths = sequence_lengths(x)
+    crop = cropped_length(lengths)
+    assert max(lengths) <= crop < 32 and crop % 8 == 0
+    cropped = {name: array[:, :crop] for name, array in x.items()}
+    np.testing.assert_allclose(model.predict(cropped, verbose=0), model.predict(x, verbose=0), atol=1e-5)
+
+
+def test_length_batches_cover_every_example_once_per_epoch_cropped_to_their_longest():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 40, 200)
+    mask = (np.arange(48)[None, :] < lengths[:, None]).astype("int32")
+    x = {"padding_mask": mask, "token_ids": mask * 7}
+    y = np.arange(200)
+    dataset = batches(x, y, 16, shuffle=True, seed=1, lengths=lengths,
+                      croppable={"padding_mask": True, "token_ids": True}).x
+    epochs = []
+    for _ in range(2):
+        seen = []
+        for index in range(len(dataset)):
+            inputs, labels = dataset[index]
+            width = inputs["token_ids"].shape[1]
+            assert width % 8 == 0 and width >= lengths[labels].max() and width < 48
+            np.testing.assert_array_equal(inputs["padding_mask"].sum(axis=1), lengths[labels])
+            seen += list(labels)
+        assert sorted(seen) == list(range(200))
+        epochs.append(seen)
+        dataset.on_epoch_end()
+    assert epochs[0] != epochs[1]  # a new order every epoch
