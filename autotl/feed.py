@@ -334,7 +334,7 @@ class _Batches(keras.utils.PyDataset):
         rows = self._batches[index]
         crop = None if self.lengths is None else cropped_length(self.lengths[rows])
         x = _map_leaves(self.x, lambda a, can: _take(a, rows, crop if can else None), self.croppable)
-        return x if self.y is None else (x, self.y[rows])
+        return (x,) if self.y is None else (x, self.y[rows])  # a bare tuple of inputs would read as (x, y)
 
     def on_epoch_end(self) -> None:
         order = self._rng.permutation(self._count) if self.shuffle else np.arange(self._count)
@@ -351,6 +351,15 @@ class _Batches(keras.utils.PyDataset):
             self._batches += [part[i:i + self.batch_size] for i in range(0, len(part), self.batch_size)]
         if self.shuffle:
             self._batches = [self._batches[i] for i in self._rng.permutation(len(self._batches))]
+        self._vary_first_two()
+
+    def _vary_first_two(self) -> None:
+        """Keras' TensorFlow adapter fixes each axis that is the same in the first two batches;
+        make their lengths differ (when any batch's does) so that the length axis stays open."""
+        widths = [cropped_length(self.lengths[rows]) for rows in self._batches]
+        other = next((i for i, width in enumerate(widths) if width != widths[0]), None)
+        if other is not None and len(self._batches) > 1:
+            self._batches[1], self._batches[other] = self._batches[other], self._batches[1]
 
 
 def _leaves(x: Any) -> list:

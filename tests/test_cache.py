@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import keras
 import keras_tuner as kt
 import numpy as np
 import pytest
@@ -225,3 +226,34 @@ def test_length_batches_cover_every_example_once_per_epoch_cropped_to_their_long
         epochs.append(seen)
         dataset.on_epoch_end()
     assert epochs[0] != epochs[1]  # a new order every epoch
+
+
+def test_memory_mapped_inputs_of_a_two_input_model_predict_in_order(tmp_path):
+    """`predict` through the on-disk batches returns one row per example, in the examples' order."""
+    first = keras.Input((3,), name="a")
+    second = keras.Input((3,), name="b")
+    model = keras.Model([first, second], keras.layers.Add()([first, second]))
+    arrays = []
+    for name, offset in (("a", 0.0), ("b", 100.0)):
+        np.save(tmp_path / f"{name}.npy", np.arange(60, dtype="float32").reshape(20, 3) + offset)
+        arrays.append(np.load(tmp_path / f"{name}.npy", mmap_mode="r"))
+    feed = batches(arrays, None, 8)
+    predicted = model.predict(feed.x, batch_size=feed.batch_size, verbose=0)
+    np.testing.assert_allclose(predicted, np.asarray(arrays[0]) + np.asarray(arrays[1]))
+
+
+def test_a_model_trains_on_length_batches_of_varying_widths():
+    """Every batch may have its own length; the model sees them all (not only the first two's)."""
+    rng = np.random.default_rng(1)
+    lengths = rng.integers(1, 33, 96)
+    mask = (np.arange(32)[None, :] < lengths[:, None]).astype("int32")
+    inputs = keras.Input((None,), dtype="int32", name="padding_mask")
+    pooled = keras.layers.Lambda(lambda m: keras.ops.sum(keras.ops.cast(m, "float32"), axis=1, keepdims=True))(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(pooled))
+    model.compile("adam", "sparse_categorical_crossentropy")
+    feed = batches({"padding_mask": mask}, (lengths > 16).astype("int32"), 8, shuffle=True, seed=2,
+                   lengths=lengths, croppable={"padding_mask": True})
+    history = model.fit(feed.x, epochs=2, verbose=0)
+    assert len(history.history["loss"]) == 2
+    widths = {feed.x[i][0]["padding_mask"].shape[1] for i in range(len(feed.x))}
+    assert len(widths) > 2
