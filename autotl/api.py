@@ -282,15 +282,14 @@ def _check_precision(precision: str) -> None:
     import keras
     import numpy as np
 
-    previous = keras.config.dtype_policy()
+    from .trial import dtype_policy
+
     try:
-        keras.config.set_dtype_policy(precision)
-        keras.ops.convert_to_numpy(keras.layers.Dense(2)(np.ones((1, 2), "float32")))
+        with dtype_policy(precision):
+            keras.ops.convert_to_numpy(keras.layers.Dense(2)(np.ones((1, 2), "float32")))
     except Exception as exc:  # noqa: BLE001 - the backend's refusal, in one line
         raise UsageError(f"precision {precision} does not run on the {keras.backend.backend()} backend here: "
                          f"{first_line(exc)}") from None
-    finally:
-        keras.config.set_dtype_policy(previous)
 
 
 def _split_fingerprint(train, val) -> str:

@@ -74,8 +74,8 @@ class CachedFeed:
 
     def _inputs(self, item: graph_module.Cut, split: str) -> list:
         raw = self.data.x_train if split == "train" else self.data.x_val
-        return [_model_input(raw, name[len("input:"):]) if name.startswith("input:") else self.arrays[(split, name)]
-                for name in item.names]
+        return [self.arrays[(split, name)] if graph_module.input_name(name) is None
+                else _model_input(raw, graph_module.input_name(name)) for name in item.names]
 
     def report(self) -> dict[str, Any]:
         return {"status": self.status, "seconds": round(self.seconds, 3),
@@ -101,7 +101,7 @@ class ActivationSource:
         self.memory_budget_bytes = memory_budget_bytes
         self._fingerprints: dict[int, str] = {}
         self._split_fingerprints: dict[str, str] = {}
-        self._loaded: dict[str, Any] = {}
+        self._loaded: dict[str, tuple[Any, int]] = {}  # cache key -> (activations, bytes on disk)
 
     def feed(self, model: keras.Model, data: TrialData, values: Mapping[str, Any]):
         if self.cache is None:
@@ -132,7 +132,7 @@ class ActivationSource:
             split_fingerprint = self._split_fingerprint(split, x)
             for item in cuts.values():
                 for name, tensor in zip(item.names, item.tensors):
-                    if not name.startswith("input:"):
+                    if graph_module.input_name(name) is None:
                         keys[(split, name)] = (ActivationCache.key(fingerprint, name, split_fingerprint), tensor)
         return keys
 
@@ -170,7 +170,7 @@ class ActivationSource:
         computed = False
         for split, x in (("train", data.x_train), ("val", data.x_val)):
             missing = {name: tensor for (s, name), (key, tensor) in keys.items()
-                       if s == split and self.cache.get(key) is None}
+                       if s == split and key not in self._loaded and self.cache.get(key) is None}
             if missing:
                 self._run_prefix(graph, x, split, missing, {name: keys[(split, name)][0] for name in missing})
                 computed = True
@@ -186,6 +186,7 @@ class ActivationSource:
         # most of a padded batch is padding, and the outputs at real positions do not change.
         order = np.arange(count) if lengths is None else np.argsort(lengths, kind="stable")
         croppable = [_variable_length(t) for t in prefix.inputs]
+        full_length = None if lengths is None else _model_input(x, PADDING_MASK).shape[1]
         writers = {}
         try:
             for start in range(0, count, self.batch_size):
@@ -196,8 +197,7 @@ class ActivationSource:
                 outputs = prefix.predict_on_batch(batch)
                 outputs = [np.asarray(o) for o in (outputs if isinstance(outputs, (list, tuple)) else [outputs])]
                 if crop is not None:
-                    full = _model_input(x, PADDING_MASK).shape[1]
-                    outputs = [_pad_sequence(o, crop, full) for o in outputs]
+                    outputs = [_pad_sequence(o, crop, full_length) for o in outputs]
                 if not writers:
                     writers = self._writers(keys, names, outputs, count, split)
                 for name, output in zip(names, outputs):
@@ -224,15 +224,13 @@ class ActivationSource:
         return writers
 
     def _load(self, keys) -> tuple[dict[tuple[str, str], Any], int]:
-        entries = {slot: self.cache.get(key) for slot, (key, _) in keys.items()}
-        size = sum(entry.size_bytes for entry in entries.values())
-        in_memory = size <= self.memory_budget_bytes
-        arrays = {}
-        for slot, entry in entries.items():
-            if entry.key not in self._loaded:
-                self._loaded[entry.key] = entry.load(in_memory)
-            arrays[slot] = self._loaded[entry.key]
-        return arrays, size
+        """The activations of `keys`, read from disk the first time this process needs them."""
+        new = {key: self.cache.get(key) for key, _ in keys.values() if key not in self._loaded}
+        size = sum(entry.size_bytes for entry in new.values())
+        for key, entry in new.items():
+            self._loaded[key] = (entry.load(in_memory=size <= self.memory_budget_bytes), entry.size_bytes)
+        arrays = {slot: self._loaded[key][0] for slot, (key, _) in keys.items()}
+        return arrays, sum(self._loaded[key][1] for key, _ in keys.values())
 
 
 def sequence_lengths(x: Any) -> np.ndarray | None:

@@ -31,6 +31,9 @@ from keras import tree
 from .hypermodel import BACKBONE_LAYER
 
 
+INPUT_PREFIX = "input:"  # how a cut names a tensor that is a model input, not an activation
+
+
 class NotFunctional(Exception):
     """The backbone is not a functional graph, so it cannot be cut."""
 
@@ -69,7 +72,12 @@ class Cut:
 
     @property
     def cached_names(self) -> list[str]:
-        return [name for name in self.names if not name.startswith("input:")]
+        return [name for name in self.names if input_name(name) is None]
+
+
+def input_name(name: str) -> str | None:
+    """The model input a cut tensor's name stands for, or None for an activation."""
+    return name[len(INPUT_PREFIX):] if name.startswith(INPUT_PREFIX) else None
 
 
 def flatten(model: keras.Model) -> FlatGraph:
@@ -80,8 +88,13 @@ def flatten(model: keras.Model) -> FlatGraph:
     fresh = [keras.Input(batch_shape=t.shape, dtype=t.dtype, name=t.name) for t in model.inputs]
     for tensor in fresh:
         graph.inputs[tensor.name] = tensor
-        graph.names[id(tensor)] = f"input:{tensor.name}"
+        graph.names[id(tensor)] = f"{INPUT_PREFIX}{tensor.name}"
     graph.outputs = _replay(model, fresh, graph, in_backbone=False)
+    # Numbering backbone nodes only keeps the names independent of the head built around it.
+    backbone_nodes = (node for node in graph.nodes if node.in_backbone)
+    for index, node in enumerate(backbone_nodes):
+        for position, tensor in enumerate(node.outputs):
+            graph.names[id(tensor)] = f"t{index}.{position}"
     return graph
 
 
@@ -102,18 +115,9 @@ def _replay(model, flat_inputs: list, graph: FlatGraph, in_backbone: bool):
 
 
 def _record(graph: FlatGraph, layer, arguments, outputs, in_backbone: bool) -> None:
-    index = len(graph.nodes)
     consumed = [t for t in tree.flatten(arguments) if isinstance(t, keras.KerasTensor)]
     produced = [t for t in tree.flatten(outputs) if isinstance(t, keras.KerasTensor)]
     graph.nodes.append(FlatNode(layer, consumed, produced, in_backbone))
-    if in_backbone:
-        for position, tensor in enumerate(produced):
-            graph.names[id(tensor)] = f"t{_backbone_index(graph, index)}.{position}"
-
-
-def _backbone_index(graph: FlatGraph, index: int) -> int:
-    # Counting backbone nodes only keeps names independent of the head built around it.
-    return sum(1 for node in graph.nodes[:index] if node.in_backbone)
 
 
 def cut(graph: FlatGraph, depth: int, top_blocks: Iterable) -> Cut:
@@ -160,18 +164,15 @@ def suffix_model(graph: FlatGraph, item: Cut) -> keras.Model:
 def _inputs_reaching(graph: FlatGraph, tensors: list) -> list:
     """The model inputs the given tensors depend on (a prefix model must take no unused input)."""
     producer = graph.producer()
-    needed, stack, seen = [], list(tensors), set()
-    input_ids = {id(t): t for t in graph.inputs.values()}
+    stack, seen = list(tensors), set()
     while stack:
         tensor = stack.pop()
         if id(tensor) in seen:
             continue
         seen.add(id(tensor))
-        if id(tensor) in input_ids:
-            needed.append(tensor)
-        elif id(tensor) in producer:
+        if id(tensor) in producer:
             stack.extend(graph.nodes[producer[id(tensor)]].inputs)
-    return [t for t in graph.inputs.values() if any(t is n for n in needed)]
+    return [t for t in graph.inputs.values() if id(t) in seen]
 
 
 def _is_functional(layer) -> bool:

@@ -204,7 +204,7 @@ class TrialWorker:
         return process.returncode
 
 
-def resident_mb(pid: int) -> float | None:
+def resident_mb(pid: int | str = "self") -> float | None:
     """Resident memory of process `pid` in MB (Linux /proc; None elsewhere or once it exited)."""
     try:
         with open(f"/proc/{pid}/statm") as handle:

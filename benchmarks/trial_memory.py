@@ -27,15 +27,11 @@ from common import write_mnist_digits  # noqa: E402
 from autotl import api  # noqa: E402
 from autotl.progress import Reporter  # noqa: E402
 from autotl.store import Store  # noqa: E402
+from autotl.worker import resident_mb  # noqa: E402
 
 
 def rss_mb(pid: int | str = "self") -> float:
-    try:
-        with open(f"/proc/{pid}/statm") as handle:
-            pages = int(handle.read().split()[1])
-    except FileNotFoundError:  # the child exited meanwhile
-        return 0.0
-    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    return resident_mb(pid) or 0.0  # 0 once the child exited meanwhile
 
 
 def children_rss_mb() -> float:
