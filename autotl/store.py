@@ -4,18 +4,22 @@ One row per search; one per trial, written when the trial starts and updated whe
 it ends (so a crash keeps everything written before it); one per (trial, phase,
 epoch, metric name) like optuna's intermediate values; one per artifact (the best
 checkpoint, each export). Any SQLAlchemy URL works; a SQLite file is the default
-and is opened in WAL mode with a busy timeout so readers and a writer coexist.
+and is opened in WAL mode with a busy timeout so readers and a writer coexist, and
+every transaction on it takes the write lock up front (``BEGIN IMMEDIATE``) so
+concurrent writers wait their turn instead of failing with "database is locked".
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import random
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
 from .errors import AutotlError, first_line
@@ -27,6 +31,13 @@ MIGRATIONS: dict[int, list[str]] = {
     2: ["ALTER TABLE trials ADD COLUMN data_path JSON"],
 }
 DEFAULT_STORE = "sqlite:///autotl.db"
+SQLITE_BUSY_TIMEOUT_S = 60
+# start_trial numbers trials max+1; writers that race for a number retry this many times.
+TRIAL_NUMBER_ATTEMPTS = 20
+# Processes that create the same new store at once on a server: the losers retry this many times.
+CREATE_ATTEMPTS = 5
+
+_T = TypeVar("_T")
 
 RUNNING, COMPLETED, FAILED, INTERRUPTED = "running", "completed", "failed", "interrupted"
 
@@ -132,11 +143,30 @@ def normalize_url(url_or_path: str | Path) -> str:
 
 
 def _configure_sqlite(dbapi_connection, _record) -> None:
+    """Per new SQLite connection: WAL, foreign keys, and no transactions opened by the driver.
+
+    pysqlite would open a deferred transaction itself at the first write. A transaction
+    that has read must then upgrade its lock, and when another writer holds it SQLite
+    answers "database is locked" at once, without waiting on the busy timeout. With
+    the driver's handling off (SQLAlchemy's documented pysqlite recipe),
+    `_begin_immediate` opens every transaction instead. The PRAGMAs run here in
+    autocommit, outside any transaction, as switching to WAL requires.
+    """
+    dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+def _begin_immediate(connection: sa.Connection) -> None:
+    """Begin each SQLite transaction holding the write lock, waiting up to the busy timeout for it.
+
+    This store's transactions, reads included, so queue one at a time (they are short);
+    other readers of the file (the sqlite3 shell, a notebook) are never blocked (WAL).
+    """
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 class Store:
@@ -148,8 +178,7 @@ class Store:
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         try:
             if create:
-                Base.metadata.create_all(self.engine)
-                self._stamp_schema_version()
+                _retry(self._create_or_upgrade, when=_lost_creation_race, attempts=CREATE_ATTEMPTS)
             else:
                 with self.engine.connect() as conn:
                     conn.execute(sa.text("SELECT 1"))
@@ -178,14 +207,25 @@ class Store:
                 folder = Path(database).expanduser().resolve().parent
                 if not folder.is_dir():
                     raise AutotlError(f"cannot open store {shown}: folder {folder} does not exist")
-            kwargs["connect_args"] = {"timeout": 60}
+            kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S}
         try:
             engine = sa.create_engine(parsed, **kwargs)
         except (NoSuchModuleError, ArgumentError, ImportError) as exc:
             raise AutotlError(f"cannot open store {shown}: {_first_line(exc)}") from None
         if parsed.get_backend_name() == "sqlite":
             event.listen(engine, "connect", _configure_sqlite)
+            event.listen(engine, "begin", _begin_immediate)
         return engine
+
+    def _create_or_upgrade(self) -> None:
+        """Create the missing tables, then stamp or upgrade the schema version.
+
+        On PostgreSQL, processes creating the same new store at once may collide on a
+        table or on the stamp (`_lost_creation_race`); the store retries, and then
+        finds them made. On SQLite `BEGIN IMMEDIATE` serialises them.
+        """
+        Base.metadata.create_all(self.engine)
+        self._stamp_schema_version()
 
     def _stamp_schema_version(self) -> None:
         """Stamp a new store, or upgrade an older one in place (one transaction per step)."""
@@ -199,10 +239,21 @@ class Store:
             raise AutotlError(f"store {self.display_url} has schema version {version}, newer than this autotl "
                               f"understands ({SCHEMA_VERSION}): upgrade autotl")
         for target in range(version + 1, SCHEMA_VERSION + 1):
-            with self.engine.begin() as connection:
-                for statement in MIGRATIONS[target]:
-                    connection.execute(sa.text(statement))
-                connection.execute(sa.update(Meta).where(Meta.key == "schema_version").values(value=str(target)))
+            self._migrate_to(target)
+
+    def _migrate_to(self, target: int) -> None:
+        """One upgrade step, skipped if another process opening the store made it meanwhile.
+
+        The stamp's row is locked first (FOR UPDATE; SQLite's write lock is already
+        held), so concurrent openers apply each step once, one after the other.
+        """
+        with self.engine.begin() as connection:
+            stamp = sa.select(Meta.value).where(Meta.key == "schema_version").with_for_update()
+            if int(connection.scalar(stamp)) >= target:
+                return
+            for statement in MIGRATIONS[target]:
+                connection.execute(sa.text(statement))
+            connection.execute(sa.update(Meta).where(Meta.key == "schema_version").values(value=str(target)))
 
     @property
     def schema_version(self) -> int:
@@ -242,17 +293,37 @@ class Store:
             search = session.get(Search, search_id)
             search.status, search.error, search.finished_at = status, error, _now()
 
+    def reopen_search(self, search_id: int) -> Search:
+        """Mark a search running again, to resume it."""
+        with self.session() as session:
+            search = session.get(Search, search_id)
+            search.status, search.error, search.finished_at = RUNNING, None, None
+            return search
+
     # --- trials ---------------------------------------------------------------------
 
     def start_trial(self, search_id: int, tuner_trial_id: str, hyperparameters: dict) -> Trial:
+        """Add a running trial numbered one past the search's last.
+
+        On a server database two workers can read the same last number; the one that
+        commits second breaks UniqueConstraint(search_id, number), and tries again in a
+        new transaction with a new number. (SQLite never races: `BEGIN IMMEDIATE`.)
+        """
+        return _retry(lambda: self._add_next_trial(search_id, tuner_trial_id, hyperparameters),
+                      when=_is_unique_violation, attempts=TRIAL_NUMBER_ATTEMPTS)
+
+    def _add_next_trial(self, search_id: int, tuner_trial_id: str, hyperparameters: dict) -> Trial:
         with self.session() as session:
-            number = 1 + (session.scalar(
-                sa.select(sa.func.max(Trial.number)).where(Trial.search_id == search_id)) or 0)
+            number = self._next_trial_number(session, search_id)
             trial = Trial(search_id=search_id, number=number, tuner_trial_id=tuner_trial_id,
                           hyperparameters=hyperparameters, status=RUNNING)
             session.add(trial)
             session.flush()
             return trial
+
+    @staticmethod
+    def _next_trial_number(session: Session, search_id: int) -> int:
+        return 1 + (session.scalar(sa.select(sa.func.max(Trial.number)).where(Trial.search_id == search_id)) or 0)
 
     def interrupt_running_trials(self, search_id: int, reason: str) -> int:
         """Mark the search's trials still `running` as interrupted; returns how many."""
@@ -298,6 +369,17 @@ class Store:
                 .limit(1)
             )
 
+    def completed_trial(self, search_id: int, tuner_trial_id: str) -> Trial | None:
+        """The completed row of KerasTuner's trial `tuner_trial_id`, if the store holds one."""
+        with self.session() as session:
+            return session.scalar(sa.select(Trial).where(
+                Trial.search_id == search_id, Trial.tuner_trial_id == tuner_trial_id, Trial.status == COMPLETED))
+
+    def count_trials(self, search_id: int, status: str) -> int:
+        with self.session() as session:
+            return session.scalar(sa.select(sa.func.count(Trial.id)).where(
+                Trial.search_id == search_id, Trial.status == status))
+
     def epoch_metrics(self, trial_id: int) -> list[EpochMetric]:
         with self.session() as session:
             return list(session.scalars(
@@ -321,6 +403,21 @@ class Store:
             query = query.where(Artifact.trial_id == trial_id)
         with self.session() as session:
             return list(session.scalars(query.order_by(Artifact.id)))
+
+    def stale_checkpoints(self, search_id: int) -> list[Artifact]:
+        """Checkpoints of finished trials other than the best one: no longer needed."""
+        best = self.best_trial(self.get_search(search_id))
+        with self.session() as session:
+            query = (sa.select(Artifact).join(Trial, Artifact.trial_id == Trial.id)
+                     .where(Artifact.search_id == search_id, Artifact.kind == "checkpoint", Trial.status != RUNNING))
+            if best is not None:
+                query = query.where(Artifact.trial_id != best.id)
+            return list(session.scalars(query))
+
+    def delete_artifacts(self, artifact_ids: list[int]) -> None:
+        if artifact_ids:
+            with self.session() as session:
+                session.execute(sa.delete(Artifact).where(Artifact.id.in_(artifact_ids)))
 
     def close(self) -> None:
         self.engine.dispose()
@@ -349,6 +446,49 @@ class _Transaction:
             self._session.close()
         if exc_type is not None and issubclass(exc_type, SQLAlchemyError):
             raise AutotlError(f"store error: {_first_line(exc)}") from exc
+
+
+def _retry(work: Callable[[], _T], *, when: Callable[[BaseException], bool], attempts: int,
+           first_delay_s: float = 0.005, max_delay_s: float = 0.2) -> _T:
+    """Run `work` (whole transactions) again while it fails with a SQLAlchemy error `when` accepts.
+
+    `_Transaction` turns that error into an AutotlError raised from it, so `when` is
+    asked about the cause. Waits grow exponentially, with jitter so the writers that
+    collided do not collide again; the last failure is raised as is.
+    """
+    for attempt in range(1, attempts):
+        try:
+            return work()
+        except (AutotlError, SQLAlchemyError) as error:
+            cause = error if isinstance(error, SQLAlchemyError) else error.__cause__
+            if not isinstance(cause, SQLAlchemyError) or not when(cause):
+                raise
+        time.sleep(min(max_delay_s, first_delay_s * 2 ** (attempt - 1)) * random.uniform(0.5, 1.5))
+    return work()
+
+
+def _is_unique_violation(exc: BaseException) -> bool:
+    """A duplicate key (not, e.g., a missing foreign key): PostgreSQL's code 23505, or the message."""
+    if not isinstance(exc, IntegrityError):
+        return False
+    orig = getattr(exc, "orig", None)
+    if getattr(orig, "pgcode", None) is not None:
+        return orig.pgcode == "23505"
+    message = str(orig or exc).lower()
+    return "unique" in message or "duplicate" in message
+
+
+def _lost_creation_race(exc: BaseException) -> bool:
+    """Another process created the same table, type or stamp first.
+
+    create_all looks for each table before creating it, and on PostgreSQL another
+    transaction's uncommitted table is not seen: the loser then fails on a duplicate
+    key in pg_type (23505), or with duplicate_table / duplicate_object (42P07, 42710).
+    """
+    if _is_unique_violation(exc):
+        return True
+    orig = getattr(exc, "orig", None)
+    return getattr(orig, "pgcode", None) in {"42P07", "42710"} or "already exists" in str(orig or exc).lower()
 
 
 def _finite_or_none(value: Any) -> float | None:

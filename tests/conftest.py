@@ -1,7 +1,8 @@
-"""Shared fixtures: real packaged data written to disk, the tiny test backbone."""
+"""Shared fixtures: real packaged data written to disk, the tiny test backbone, a throw-away PostgreSQL."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import subprocess
@@ -9,6 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+import pg_cluster
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -68,3 +71,29 @@ def tiny_plugin() -> Path:
 def copy_tree(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster():
+    """A PostgreSQL server of its own for the session (skipped where the machine has none; CI installs it)."""
+    try:
+        cluster = pg_cluster.start()
+    except pg_cluster.Unavailable as reason:
+        pytest.skip(f"no PostgreSQL server: {reason}")
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_cluster) -> str:
+    """A SQLAlchemy URL (postgresql+psycopg2://...@127.0.0.1:PORT/DB) of an empty database, for the session."""
+    return postgres_cluster.create_database("autotl_test")
+
+
+_database_numbers = itertools.count(1)
+
+
+@pytest.fixture
+def fresh_postgres_url(postgres_cluster) -> str:
+    """A new empty database on the session's server, for one test."""
+    return postgres_cluster.create_database(f"autotl_test_{next(_database_numbers)}")
