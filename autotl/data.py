@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from autotl.backbone import IMAGE, MODALITIES, TEXT
 from autotl.errors import AutotlError, UsageError
@@ -41,9 +41,12 @@ TEXT_SUFFIXES = CSV_SUFFIXES | JSONL_SUFFIXES
 ALPHA_BACKGROUND = (255, 255, 255)
 
 # PIL opens 16-bit grayscale PNG/TIFF as one of these ("I", 32-bit, on older
-# versions); their values are read as 0..65535. Float ("F") images are read as
-# 0..255. Both are clipped to those ranges.
+# versions); their values are read as 0..65535, and an "I" image with values
+# outside that range (a true 32-bit or a signed image) is refused rather than
+# clipped. Float ("F") images are read as 0..255, clipped to that range.
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
+# At most this many skipped files or rows are listed in a search's record (all are counted).
+SKIPPED_LISTED = 100
 
 
 class UnreadableImageError(AutotlError):
@@ -121,9 +124,11 @@ def read_image(source: str | Path | bytes | np.ndarray, image_size: tuple[int, i
     apply the EXIF orientation (phone photos are often stored sideways), take
     the first frame of animations, convert any mode to RGB (grayscale is
     replicated; 16-bit is scaled to 8-bit; transparency is composited onto
-    white), then resize with PIL's bilinear filter.
+    white), then resize with PIL's bilinear filter. Palette, CMYK, YCbCr, LAB,
+    1-bit, grayscale(+alpha) and 16-bit images are all converted this way.
 
-    Raises `UnreadableImageError` when the source cannot be decoded.
+    Raises `UnreadableImageError` when the source cannot be decoded, or holds
+    pixels with no 8-bit reading (32-bit integers beyond 16-bit values).
     """
     height, width = _check_image_size(image_size)
     try:
@@ -185,7 +190,12 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 def _sixteen_bit_to_gray(image: Image.Image) -> Image.Image:
     values = np.asarray(image).astype(np.float64)
-    scaled = np.clip(values, 0, 65535) / 257.0  # 65535 -> 255
+    if values.size and (values.min() < 0 or values.max() > 65535):
+        raise ValueError(
+            f"unsupported pixels: 32-bit integers ({values.min():.0f} to {values.max():.0f}) beyond the "
+            "16-bit range autotl reads: save it as an 8- or 16-bit image"
+        )
+    scaled = values / 257.0  # 65535 -> 255
     return Image.fromarray(np.round(scaled).astype(np.uint8))
 
 
@@ -213,6 +223,8 @@ def _describe(source: object) -> str:
 
 def _reason(exc: BaseException) -> str:
     """The exception's message on one line."""
+    if isinstance(exc, UnidentifiedImageError):  # PIL's message only repeats the path
+        return "corrupt, or not an image format PIL can decode"
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
@@ -232,7 +244,7 @@ def load_image_folder(
     With `class_names` (a validation set read against the training classes),
     labels index into those names and a folder not among them is an error.
     """
-    root = _require_dir(path)
+    root = _require_dir(path, _role(class_names))
     size = _check_image_size(image_size)
     folders = _class_folders(root)
     if not folders:
@@ -340,33 +352,44 @@ def load_text_table(
     text_col: str = "text",
     label_col: str = "label",
     class_names: Sequence[str] | None = None,
+    strict: bool = False,
 ) -> Dataset:
     """Load a ``.csv`` / ``.tsv`` (header row) or ``.jsonl`` (one object per line) file.
 
-    Labels are converted to strings and stripped of surrounding spaces (so the
-    JSON label ``1`` and the CSV label ``"1"`` are the same class). A row with
-    empty text or an empty label is an error, reported with the count and the
-    first such row, because silently dropping rows would change the dataset.
+    Labels are class names, compared as text: a string is stripped of
+    surrounding spaces, and a JSON number or boolean becomes the text it stands
+    for, so ``1``, ``1.0`` and ``"1"`` are one class ``"1"`` (and ``"cat"``
+    another); ``true`` is ``"true"``. A JSON list or object is not a label (one
+    label per row), and a row with an empty label is an error, reported with
+    the count and the first such row.
+
+    A row whose text is empty (or only spaces) is skipped and recorded in
+    ``skipped``, as an unreadable image is; with ``strict=True`` it is an
+    error. So is a table with no text at all, or a class whose every row is empty.
 
     Sources are ``"file.csv:ROW"`` with the header as row 1 (as a spreadsheet
     numbers rows) or ``"file.jsonl:LINE"`` (1-based; blank lines are ignored).
     """
-    file = _require_file(path)
+    file = _require_file(path, _role(class_names))
     suffix = file.suffix.lower()
     if suffix not in TEXT_SUFFIXES:
         raise AutotlError(f"{file} is not a supported text table: use one of {' '.join(sorted(TEXT_SUFFIXES))}")
     records = _csv_records(file) if suffix in CSV_SUFFIXES else _jsonl_records(file)
-    texts, raw_labels, sources = _collect(file, records, text_col, label_col)
-    if not texts:
+    rows = _collect(file, records, text_col, label_col)
+    if not rows.texts and not rows.empty:
         raise AutotlError(f"no rows in {file}: it needs a header line and at least one row per class")
-    names = _resolve_class_names(sorted(set(raw_labels)), class_names, file)
+    _check_empty_texts(file, rows, text_col, strict)
+    found = sorted(set(rows.labels) | {label for _, label in rows.empty})
+    names = _resolve_class_names(found, class_names, file)
+    _check_classes_have_text(file, found, rows)
     index = {name: i for i, name in enumerate(names)}
     return Dataset(
         modality=TEXT,
-        examples=texts,
-        labels=np.asarray([index[label] for label in raw_labels], dtype=np.int64),
+        examples=rows.texts,
+        labels=np.asarray([index[label] for label in rows.labels], dtype=np.int64),
         class_names=list(names),
-        sources=sources,
+        sources=rows.sources,
+        skipped=[(source, "empty text") for source, _ in rows.empty],
     )
 
 
@@ -425,29 +448,63 @@ def _not_utf8(file: Path, exc: UnicodeDecodeError) -> AutotlError:
     return AutotlError(f"{file} is not UTF-8 text (bad byte at offset {exc.start}): re-save it as UTF-8")
 
 
-def _collect(
-    file: Path, records: Iterable[Record], text_col: str, label_col: str
-) -> tuple[list[str], list[str], list[str]]:
-    texts: list[str] = []
-    labels: list[str] = []
-    sources: list[str] = []
-    empty_text: list[str] = []
+@dataclass
+class _Rows:
+    """A text table's rows: those kept, and ``(source, label)`` of those with empty text."""
+
+    texts: list[str] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
+    empty: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _collect(file: Path, records: Iterable[Record], text_col: str, label_col: str) -> _Rows:
+    rows = _Rows()
     empty_label: list[str] = []
     for source, columns, row in records:
         _check_columns(file, source, columns, (text_col, label_col))
-        text, label = row.get(text_col), _label_str(row.get(label_col))
+        text, label = row.get(text_col), _label_str(source, label_col, row.get(label_col))
         if not isinstance(text, str) and text is not None:
             raise AutotlError(f"{source}: the {text_col!r} value must be a string, got {type(text).__name__}")
-        if text is None or not text.strip():
-            empty_text.append(source)
         if not label:
             empty_label.append(source)
-        texts.append(text or "")
-        labels.append(label)
-        sources.append(source)
-    _raise_if_empty(file, empty_text, "empty text")
+        if text is None or not text.strip():
+            rows.empty.append((source, label))
+            continue
+        rows.texts.append(text)
+        rows.labels.append(label)
+        rows.sources.append(source)
     _raise_if_empty(file, empty_label, "an empty label")
-    return texts, labels, sources
+    return rows
+
+
+def _check_empty_texts(file: Path, rows: _Rows, text_col: str, strict: bool) -> None:
+    if not rows.empty:
+        return
+    first = rows.empty[0][0]
+    if not rows.texts:
+        raise AutotlError(
+            f"every row of {file} has empty text in column {text_col!r} (first: {first}): "
+            "fill them in, or choose the text column with --text-col"
+        )
+    if strict:
+        count = f"{len(rows.empty)} rows" if len(rows.empty) > 1 else "1 row"
+        raise AutotlError(
+            f"{count} in {file} with empty text (first: {first}): fill them in or remove them, "
+            "or run without --strict to skip them"
+        )
+
+
+def _check_classes_have_text(file: Path, classes: list[str], rows: _Rows) -> None:
+    """A class whose every row has empty text would vanish from the data: an error, as for images."""
+    kept = set(rows.labels)
+    for name in classes:
+        if name not in kept:
+            first = next(source for source, label in rows.empty if label == name)
+            raise AutotlError(
+                f"class {name!r} in {file} has only rows with empty text (first: {first}): "
+                "fill them in, or remove the class"
+            )
 
 
 def _check_columns(file: Path, source: str, columns: list[str], wanted: tuple[str, str]) -> None:
@@ -463,13 +520,23 @@ def _check_columns(file: Path, source: str, columns: list[str], wanted: tuple[st
     )
 
 
-def _label_str(value: object) -> str:
+def _label_str(source: str, label_col: str, value: object) -> str:
+    """A label as its class name ("" when missing; see `load_text_table`)."""
     if value is None:
         return ""
     if isinstance(value, (dict, list)):
-        return json.dumps(value, sort_keys=True)
+        kind = "object" if isinstance(value, dict) else "list"
+        raise AutotlError(
+            f"{source}: the {label_col!r} value is a JSON {kind}, not a label: "
+            "give each row one label, a string or a number (multi-label data is not supported)"
+        )
     if isinstance(value, bool):
         return json.dumps(value)  # "true", as written in the file, not Python's "True"
+    if isinstance(value, float):
+        if value != value:  # NaN: how pandas writes a missing value
+            return ""
+        if value.is_integer():
+            return str(int(value))  # 1.0 is the class "1", as 1 and "1" are
     return str(value).strip()
 
 
@@ -492,7 +559,11 @@ def load_dataset(
     strict: bool = False,
     class_names: Sequence[str] | None = None,
 ) -> Dataset:
-    """Load an image folder or a text table and check it can train a classifier."""
+    """Load an image folder or a text table and check it can train a classifier.
+
+    With ``strict=True`` an unreadable image or a row with empty text is an
+    error; otherwise it is skipped and recorded in ``skipped``.
+    """
     if modality not in MODALITIES:
         raise UsageError(f"unknown modality {modality!r}: use one of {', '.join(MODALITIES)}")
     if modality == IMAGE:
@@ -500,7 +571,8 @@ def load_dataset(
             raise UsageError("image datasets need an image size (height, width)")
         dataset = load_image_folder(path, image_size, strict=strict, class_names=class_names)
     else:
-        dataset = load_text_table(path, text_col=text_col, label_col=label_col, class_names=class_names)
+        dataset = load_text_table(path, text_col=text_col, label_col=label_col, class_names=class_names,
+                                  strict=strict)
     if len(dataset.class_names) < 2:
         raise AutotlError(
             f"found only one class {dataset.class_names[0]!r} in {path}: a classifier needs at least two"
@@ -521,21 +593,47 @@ def _resolve_class_names(found: list[str], given: Sequence[str] | None, where: P
     return list(given)
 
 
-def _require_dir(path: str | Path) -> Path:
+def skipped_of(*datasets: Dataset) -> list[tuple[str, str]]:
+    """What `datasets` skipped, each ``(source, reason)`` once, in order.
+
+    The two parts of a split share their dataset's list, so it is counted once;
+    a separate validation set adds its own.
+    """
+    seen: dict[tuple[str, str], None] = {}
+    for dataset in datasets:
+        for source, reason in dataset.skipped:
+            seen.setdefault((source, reason), None)
+    return list(seen)
+
+
+def skipped_record(*datasets: Dataset) -> dict[str, object]:
+    """How a search records what its data skipped: the count, and the first `SKIPPED_LISTED`."""
+    skipped = skipped_of(*datasets)
+    return {"skipped_examples": [list(item) for item in skipped[:SKIPPED_LISTED]], "skipped_count": len(skipped)}
+
+
+def _role(class_names: Sequence[str] | None) -> str:
+    """What a loaded path is called in errors: a set read against training classes is the validation data."""
+    return "dataset" if class_names is None else "validation data (--val-data)"
+
+
+def _require_dir(path: str | Path, role: str = "dataset") -> Path:
     root = Path(path).expanduser()
     if not root.exists():
-        raise AutotlError(f"dataset path {root} does not exist")
+        raise AutotlError(f"{role} path {root} does not exist")
     if not root.is_dir():
-        raise AutotlError(f"{root} is a file: an image dataset is a folder with one sub-folder per class")
+        raise AutotlError(f"{role} path {root} is a file: an image dataset is a folder with one sub-folder per class")
     return root
 
 
-def _require_file(path: str | Path) -> Path:
+def _require_file(path: str | Path, role: str = "dataset") -> Path:
     file = Path(path).expanduser()
     if not file.exists():
-        raise AutotlError(f"dataset path {file} does not exist")
+        raise AutotlError(f"{role} path {file} does not exist")
     if file.is_dir():
-        raise AutotlError(f"{file} is a folder: a text dataset is one {' / '.join(sorted(TEXT_SUFFIXES))} file")
+        raise AutotlError(
+            f"{role} path {file} is a folder: a text dataset is one {' / '.join(sorted(TEXT_SUFFIXES))} file"
+        )
     return file
 
 

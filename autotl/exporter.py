@@ -57,7 +57,8 @@ def export(store: Store, search_ref: str, out_dir: str | Path, formats: Sequence
     search = store.get_search(search_ref)
     best = store.best_trial(search)
     if best is None:
-        raise AutotlError(f"search {search.name!r} has no completed trial to export")
+        raise AutotlError(f"search {search.name!r} has no completed trial to export "
+                          f"({_trial_summary(store, search)}; see `autotl trials {search.name}`)")
     checkpoints = store.artifacts(search.id, kind="checkpoint", trial_id=best.id)
     checkpoint = Path(checkpoints[-1].path) if checkpoints else None
     if checkpoint is None or not checkpoint.is_file():
@@ -191,7 +192,19 @@ def _as_tensors(batch):
     return np.asarray(batch, dtype="float32")
 
 
+def _trial_summary(store: Store, search) -> str:
+    """How the search's trials ended, e.g. "its trials: 2 failed, 1 running"."""
+    statuses: dict[str, int] = {}
+    for trial in store.list_trials(search.id):
+        statuses[trial.status] = statuses.get(trial.status, 0) + 1
+    if not statuses:
+        return "it has no trials"
+    return "its trials: " + ", ".join(f"{count} {status}" for status, count in sorted(statuses.items()))
+
+
 def _prepare_out_dir(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise AutotlError(f"output folder {out} is a file; choose another --out")
     if out.exists() and any(out.iterdir()):
         if not (out / MANIFEST).is_file():
             raise AutotlError(f"output folder {out} is not empty and holds no autotl export; choose another --out")
@@ -199,7 +212,9 @@ def _prepare_out_dir(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise AutotlError(f"cannot create output folder {out}: {exc.strerror}") from None
+        blocking = next((parent for parent in out.parents if parent.is_file()), None)
+        why = f"{blocking} is a file" if blocking is not None else exc.strerror
+        raise AutotlError(f"cannot create output folder {out}: {why}; choose another --out") from None
 
 
 def _preprocessor_options(config: dict[str, Any]) -> dict[str, Any]:

@@ -89,14 +89,29 @@ def load_plugin_file(path: str | Path) -> list[Backbone]:
     except Exception as exc:  # noqa: BLE001 - report any import-time failure in one line
         del sys.modules[module_name]
         raise AutotlError(f"plugin file {path} failed to import: {_one_line(exc)}") from None
-    found = [
-        obj() for obj in vars(module).values()
-        if inspect.isclass(obj) and issubclass(obj, Backbone) and not inspect.isabstract(obj)
-        and obj.__module__ == module_name
-    ]
-    if not found:
-        raise AutotlError(f"plugin file {path} defines no Backbone subclass")
-    return found
+    classes = [obj for obj in vars(module).values()
+               if inspect.isclass(obj) and issubclass(obj, Backbone) and obj.__module__ == module_name]
+    concrete = [cls for cls in classes if not inspect.isabstract(cls)]
+    if not concrete:
+        raise AutotlError(_no_backbone_message(path, classes))
+    return [_instantiate_from_file(cls, path) for cls in concrete]
+
+
+def _no_backbone_message(path: Path, classes: list[type]) -> str:
+    if not classes:
+        return (f"plugin file {path} defines no Backbone subclass: define one, "
+                "e.g. `class MyNet(autotl.backbone.Backbone)` with a name, a modality, build() and blocks()")
+    cls = classes[0]
+    missing = ", ".join(f"{name}()" for name in sorted(cls.__abstractmethods__))
+    them = "them" if len(cls.__abstractmethods__) > 1 else "it"
+    return f"plugin file {path}: Backbone subclass {cls.__name__} does not define {missing}; implement {them}"
+
+
+def _instantiate_from_file(cls: type, path: Path) -> Backbone:
+    try:
+        return cls()
+    except Exception as exc:  # noqa: BLE001 - a plugin's constructor failing, in one line
+        raise AutotlError(f"plugin file {path}: {cls.__name__}() failed: {_one_line(exc)}") from None
 
 
 def _instantiate(plugin) -> Backbone:

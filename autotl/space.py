@@ -85,10 +85,19 @@ def load_space_file(path: str | Path) -> dict[str, Any]:
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as exc:
-        raise UsageError(f"search-space file {path} does not parse: {first_line(exc)}") from None
+        raise UsageError(f"search-space file {path} does not parse: {_parse_error(exc)}") from None
     if not isinstance(data, dict):
         raise UsageError(f"search-space file {path} must map hyperparameter names to ranges")
     return data
+
+
+def _parse_error(exc: Exception) -> str:
+    """A YAML error's problem and where it is (its first line alone says only what was being parsed)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None)
+    if problem and mark is not None:
+        return f"{problem} (line {mark.line + 1}, column {mark.column + 1})"
+    return first_line(exc)
 
 
 def declare(space: Mapping[str, Mapping[str, Any]], hp) -> None:

@@ -1,8 +1,16 @@
 """The CLI in real subprocesses: help, one-line errors with the right exit codes, and a
-store that keeps everything it held when a command fails."""
+store that keeps everything it held when a command fails.
+
+One real tiny search runs first, on digits with a few files mixed in that cannot be
+used (a corrupt JPEG, an empty PNG, a 32-bit TIFF) or must be converted (CMYK,
+palette, 16-bit, gray+alpha): it must skip the first kind with a count and keep the
+second. Then every user error runs against its own copy of that store, so each case
+proves on its own that a failing command leaves the store as it was.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sqlite3
@@ -11,13 +19,22 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
-from conftest import TINY_PLUGIN, autotl_command, make_dataset
+from conftest import REPO, TINY_PLUGIN, autotl_command, make_dataset
 
+TINY_TEXT_PLUGIN = REPO / "tests" / "plugins" / "tiny_text.py"
 SUBCOMMANDS = ("search", "searches", "trials", "best", "export", "predict", "plugins")
 TABLES = ("searches", "trials", "epoch_metrics", "artifacts", "autotl_meta")
 SEARCH_NAME = "done"
+PENDING_NAME = "pending"  # a search whose only trial failed: nothing to export
+STORE = "{store}"  # replaced by the URL of the case's own copy of the store
+# Files of the searched folder that cannot be used (skipped) and that are converted (kept).
+UNUSABLE = {"5/corrupt.jpg": "not an image format PIL can decode", "6/empty.png": "0 bytes",
+            "7/deep32.tif": "beyond the 16-bit range"}
+CONVERTED = ("1/cmyk.jpg", "2/palette.gif", "3/deep16.png", "4/gray_alpha.png")
 
 
 def run(args, cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess:
@@ -38,29 +55,91 @@ def snapshot(db: Path) -> dict[str, list[tuple]]:
 
 def cases(w: dict) -> dict[str, tuple[list, int, list[str]]]:
     """name -> (arguments, exit code, fragments the one error line must hold)."""
-    url = w["url"]
+    root, bad = w["root"], w["root"] / "bad"
     tiny = ["--backbone", "tiny_cnn", "--plugin", TINY_PLUGIN, "--image-size", "16", "--max-trials", "1",
-            "--epochs", "1", "--workdir", w["root"] / "runs"]
+            "--epochs", "1", "--workdir", root / "runs"]
+    tiny_text = ["--backbone", "tiny_text", "--plugin", TINY_TEXT_PLUGIN, "--max-trials", "1", "--epochs", "1",
+                 "--workdir", root / "runs"]
 
     def search(data, *extra):
-        return ["search", data, *tiny, "--store", url, *extra]
+        return ["search", data, *tiny, "--store", STORE, *extra]
+
+    def text_search(file, *extra):
+        return ["search", bad / file, *tiny_text, "--store", STORE, *extra]
+
+    def with_plugin(file, backbone="tiny_cnn"):
+        return ["search", w["two_classes"], "--backbone", backbone, "--plugin", bad / file, "--image-size", "16",
+                "--store", STORE, "--workdir", root / "runs"]
 
     return {
-        "unknown_backbone": (["search", w["data"], "--backbone", "nope", "--store", url], 1, ["'nope'", "resnet50"]),
-        "missing_data": (search(w["root"] / "absent"), 1, ["absent", "does not exist"]),
+        # --- the data folder
+        "missing_data": (search(root / "absent"), 1, ["absent", "does not exist"]),
+        "data_is_a_file_for_an_image_backbone": (search(bad / "some_empty.csv"), 1,
+                                                 ["some_empty.csv", "is a file", "one sub-folder per class"]),
         "empty_data_folder": (search(w["empty"]), 1, ["no class folders"]),
-        "one_class": (search(w["one_class"]), 1, ["only one class", "'0'"]),
+        "one_class": (search(w["one_class"]), 1, ["only one class", "'0'", "at least two"]),
         "class_without_images": (search(w["no_images"]), 1, ["holds no readable images", "1"]),
+        "class_whose_images_all_fail": (search(w["all_unreadable"]), 1,
+                                        ["all_unreadable/1", "every image in it failed to decode", "junk.png"]),
+        "corrupt_image_strict": (search(w["strict_corrupt"], "--strict"), 1,
+                                 ["corrupt.jpg", "not an image format PIL can decode", "without --strict"]),
+        "zero_byte_image_strict": (search(w["strict_empty"], "--strict"), 1,
+                                   ["empty.png", "0 bytes", "without --strict"]),
+        "unsupported_pixels_strict": (search(w["strict_mode"], "--strict"), 1,
+                                      ["deep32.tif", "beyond the 16-bit range", "8- or 16-bit"]),
+        # --- text tables (the tiny text backbone)
+        "csv_without_text_column": (text_search("no_text_col.csv"), 1,
+                                    ["no column 'text'", "'sentence'", "--text-col"]),
+        "csv_without_label_column": (text_search("no_label_col.csv"), 1, ["no column 'label'", "'tag'"]),
+        "csv_only_empty_texts": (text_search("only_empty.csv"), 1, ["every row", "empty text", "only_empty.csv:2"]),
+        "csv_empty_text_strict": (text_search("some_empty.csv", "--strict"), 1,
+                                  ["1 row", "empty text", "some_empty.csv:3", "without --strict"]),
+        "csv_class_with_only_empty_texts": (text_search("class_all_empty.csv"), 1,
+                                            ["class 'b'", "only rows with empty text", "class_all_empty.csv:3"]),
+        "jsonl_list_as_label": (text_search("list_label.jsonl"), 1,
+                                ["list_label.jsonl:4", "'label'", "JSON list", "one label"]),
+        # --- validation data
+        "val_data_missing": (search(w["data"], "--val-data", root / "absent_val"), 1,
+                             ["validation data", "absent_val", "does not exist"]),
+        # --- backbones and plugin files
+        "unknown_backbone": (["search", w["data"], "--backbone", "nope", "--store", STORE], 1,
+                             ["'nope'", "resnet50", "autotl plugins"]),
+        "plugin_syntax_error": (with_plugin("syntax_error.py"), 1,
+                                ["syntax_error.py", "failed to import", "SyntaxError"]),
+        "plugin_import_error": (with_plugin("import_error.py"), 1,
+                                ["import_error.py", "ModuleNotFoundError", "autotl_no_such_module_xyz"]),
+        "plugin_without_backbone": (with_plugin("no_backbone.py"), 1,
+                                    ["no_backbone.py", "defines no Backbone subclass"]),
+        "plugin_build_raises": (with_plugin("broken_build.py", "broken_build"), 1,
+                                ["'broken_build'", "failed to build", "weights server down"]),
+        # --- search-space files
+        "space_does_not_parse": (search(w["data"], "--space", w["space_bad"]), 2,
+                                 ["does not parse", "bad.yaml", "line 2"]),
+        "space_unknown_hyperparameter": (search(w["data"], "--space", w["space_unknown"]), 2,
+                                         ["'learning_rate'", "known:"]),
+        "space_file_missing": (search(w["data"], "--space", root / "absent.yaml"), 2,
+                               ["cannot read search-space file", "absent.yaml"]),
+        # --- stores
         "searches_bad_store": (["searches", "--store", "nosuchdriver://x"], 1, ["nosuchdriver"]),
         "trials_bad_store": (["trials", SEARCH_NAME, "--store", "nosuchdriver://x"], 1, ["nosuchdriver"]),
         "best_store_folder_missing": (["best", SEARCH_NAME, "--store", "sqlite:////nonexistent/dir/x.db"], 1,
                                       ["/nonexistent/dir"]),
-        "trials_unknown_search": (["trials", "999", "--store", url], 1, ["'999'"]),
-        "best_unknown_search": (["best", "no-such-search", "--store", url], 1, ["'no-such-search'"]),
-        "export_unknown_search": (["export", "999", "--out", w["root"] / "exported", "--store", url], 1, ["'999'"]),
-        "space_does_not_parse": (search(w["data"], "--space", w["space_bad"]), 2, ["does not parse", "bad.yaml"]),
-        "space_unknown_hyperparameter": (search(w["data"], "--space", w["space_unknown"]), 2, ["'learning_rate'"]),
-        "duplicate_search_name": (search(w["data"], "--name", SEARCH_NAME), 1, ["already exists", f"'{SEARCH_NAME}'"]),
+        "store_is_a_folder": (["searches", "--store", w["store_folder"]], 1, ["cannot open store", "store_folder"]),
+        "store_is_not_a_database": (["trials", SEARCH_NAME, "--store", w["not_a_db"]], 1,
+                                    ["cannot open store", "not_a_db.db", "not a database"]),
+        # --- searches and exports
+        "trials_unknown_search": (["trials", "999", "--store", STORE], 1, ["'999'", "autotl searches"]),
+        "best_unknown_search": (["best", "no-such-search", "--store", STORE], 1, ["'no-such-search'"]),
+        "export_unknown_search": (["export", "999", "--out", root / "exported", "--store", STORE], 1, ["'999'"]),
+        "best_without_completed_trial": (["best", PENDING_NAME, "--store", STORE], 1,
+                                         [f"'{PENDING_NAME}'", "no completed trial"]),
+        "export_without_completed_trial": (["export", PENDING_NAME, "--out", root / "exported_pending",
+                                            "--store", STORE], 1,
+                                           [f"'{PENDING_NAME}'", "no completed trial", "1 failed", "autotl trials"]),
+        "export_out_under_a_file": (["export", SEARCH_NAME, "--out", w["a_file"] / "sub", "--store", STORE], 1,
+                                    ["cannot create output folder", "a_file.txt is a file", "--out"]),
+        "duplicate_name_other_options": (search(w["data"], "--name", SEARCH_NAME, "--epochs", "2"), 2,
+                                         ["already exists", f"'{SEARCH_NAME}'", "epochs"]),
     }
 
 
@@ -70,7 +149,95 @@ CLICK_USAGE_CASES = {
     "bad_tuner_choice": (["search", "{data}", "-b", "tiny_cnn", "--tuner", "grid"], "--tuner"),
     "val_split_out_of_range": (["search", "{data}", "-b", "tiny_cnn", "--val-split", "1.5"], "--val-split"),
     "export_without_out": (["export", SEARCH_NAME], "--out"),
+    "export_out_is_a_file": (["export", SEARCH_NAME, "--out", "{a_file}"], "--out"),
 }
+
+
+def write_images(data: Path) -> None:
+    """Add to the digits the files a search must convert (CONVERTED) and those it must skip (UNUSABLE)."""
+    gray = np.asarray(Image.open(next((data / "0").glob("*.png"))).convert("L"))
+    rgb = np.stack([gray, 255 - gray, gray // 2], axis=-1)
+    Image.fromarray(rgb).convert("CMYK").save(data / "1" / "cmyk.jpg")
+    Image.fromarray(rgb).quantize(colors=8).save(data / "2" / "palette.gif")
+    Image.fromarray(gray.astype(np.uint16) * 257).save(data / "3" / "deep16.png")
+    Image.fromarray(np.stack([gray, np.full_like(gray, 200)], axis=-1), "LA").save(data / "4" / "gray_alpha.png")
+    write_unusable(data)
+
+
+def write_unusable(data: Path, only: str | None = None) -> None:
+    """The UNUSABLE files (or just the one named `only`) under `data`."""
+    for relative in UNUSABLE:
+        if only is not None and not relative.endswith(only):
+            continue
+        path = data / relative if only is None else data / "1" / only
+        if path.name == "corrupt.jpg":
+            path.write_bytes(os.urandom(300))
+        elif path.name == "empty.png":
+            path.write_bytes(b"")
+        else:  # 32-bit integer pixels, far beyond 16-bit values
+            Image.fromarray((np.arange(64, dtype=np.int32).reshape(8, 8) * 100_000)).save(path)
+
+
+def two_classes(data: Path, out: Path) -> Path:
+    for label in ("0", "1"):
+        shutil.copytree(data / label, out / label)
+    return out
+
+
+def write_text_tables(bad: Path) -> None:
+    tables = {
+        "no_text_col.csv": "sentence,label\nfine film,pos\ndull film,neg\n",
+        "no_label_col.csv": "text,tag\nfine film,pos\ndull film,neg\n",
+        "only_empty.csv": "text,label\n,pos\n  ,neg\n",
+        "some_empty.csv": "text,label\nfine film,pos\n ,neg\ndull film,neg\n",
+        "class_all_empty.csv": "text,label\nfine film,a\n,b\n  ,b\ngood film,a\n",
+        "list_label.jsonl": "".join(json.dumps({"text": f"film {i}", "label": label}) + "\n"
+                                    for i, label in enumerate([1, "1", "cat", [1, 2]])),
+    }
+    for name, content in tables.items():
+        (bad / name).write_text(content)
+
+
+def write_plugins(bad: Path) -> None:
+    header = "from autotl.backbone import Backbone\n"
+    plugins = {
+        "syntax_error.py": "import os\ndef broken(:\n    pass\n",
+        "import_error.py": "import autotl_no_such_module_xyz\n",
+        "no_backbone.py": header + "class NotABackbone:\n    name = 'x'\n",
+        "broken_build.py": header + "class BrokenBuild(Backbone):\n    name = 'broken_build'\n"
+                                    "    modality = 'image'\n    def build(self, weights, preprocessor):\n"
+                                    "        raise RuntimeError('weights server down')\n"
+                                    "    def blocks(self, model):\n        return []\n",
+    }
+    for name, content in plugins.items():
+        (bad / name).write_text(content)
+
+
+def add_search_without_completed_trial(url: str, data: Path, workdir: Path) -> None:
+    """A search whose only trial failed, written through the Store API as a search would."""
+    from autotl.store import FAILED, Store
+
+    store = Store(url)
+    try:
+        row = store.create_search(name=PENDING_NAME, backbone="tiny_cnn", weights="none", modality="image",
+                                  dataset_path=str(data), dataset_fingerprint="0" * 64, labels=["0", "1"],
+                                  config={"plugin_files": [str(TINY_PLUGIN)]}, objective="val_accuracy",
+                                  direction="max", workdir=str(workdir / PENDING_NAME))
+        trial = store.start_trial(row.id, "0", {"head_lr": 0.001})
+        store.finish_trial(trial.id, FAILED, error="RuntimeError: out of memory")
+        store.finish_search(row.id, FAILED, "no trial completed")
+    finally:
+        store.close()
+
+
+def copy_store(db: Path, copy: Path) -> str:
+    source, target = sqlite3.connect(db), sqlite3.connect(copy)
+    try:
+        source.backup(target)
+    finally:
+        source.close()
+        target.close()
+    return f"sqlite:///{copy}"
 
 
 @pytest.fixture(scope="module")
@@ -78,13 +245,16 @@ def world(tmp_path_factory) -> dict:
     """A store holding one real completed search, bad inputs, and every error command's result."""
     root = tmp_path_factory.mktemp("cli")
     data = make_dataset("mnist5k", root / "digits", "--per-class", "5")
-    w = {"root": root, "data": data, "db": root / "autotl.db", "url": f"sqlite:///{root / 'autotl.db'}"}
+    w = {"root": root, "data": data, "db": root / "autotl.db", "url": f"sqlite:///{root / 'autotl.db'}",
+         "good_images": sum(1 for _ in data.rglob("*.png"))}
+    write_images(data)
 
     done = run(["search", data, "--backbone", "tiny_cnn", "--plugin", TINY_PLUGIN, "--image-size", "16",
                 "--max-trials", "1", "--epochs", "1", "--name", SEARCH_NAME, "--store", w["url"],
                 "--workdir", root / "runs"], cwd=root)
     assert done.returncode == 0, done.stderr
     w["search_output"] = done
+    add_search_without_completed_trial(w["url"], data, root / "runs")
 
     w["empty"] = root / "empty"
     w["empty"].mkdir()
@@ -94,15 +264,39 @@ def world(tmp_path_factory) -> dict:
     shutil.copytree(data / "0", w["no_images"] / "0")
     (w["no_images"] / "1").mkdir()
     (w["no_images"] / "1" / "readme.txt").write_text("not an image")
+    w["two_classes"] = two_classes(data, root / "two_classes")
+    w["all_unreadable"] = root / "all_unreadable"
+    shutil.copytree(data / "0", w["all_unreadable"] / "0")
+    (w["all_unreadable"] / "1").mkdir()
+    (w["all_unreadable"] / "1" / "junk.png").write_bytes(b"junk")
+    for key, name in (("strict_corrupt", "corrupt.jpg"), ("strict_empty", "empty.png"),
+                      ("strict_mode", "deep32.tif")):
+        w[key] = two_classes(data, root / key)
+        write_unusable(w[key], only=name)
+    bad = root / "bad"
+    bad.mkdir()
+    write_text_tables(bad)
+    write_plugins(bad)
     w["space_bad"] = root / "bad.yaml"
     w["space_bad"].write_text("head_units: {values: [64, 128\nhead_lr: [\n")
     w["space_unknown"] = root / "unknown.yaml"
     w["space_unknown"].write_text("learning_rate: {min: 0.001, max: 0.01}\n")
+    w["store_folder"] = root / "store_folder"
+    w["store_folder"].mkdir()
+    w["not_a_db"] = root / "not_a_db.db"
+    w["not_a_db"].write_text("just some notes, not SQLite\n")
+    w["a_file"] = root / "a_file.txt"
+    w["a_file"].write_text("a regular file\n")
 
     w["before"] = snapshot(w["db"])
-    commands = {name: args for name, (args, _, _) in cases(w).items()}
-    commands.update({name: [a.replace("{data}", str(data)) for a in args] + ["--store", w["url"]]
-                     for name, (args, _) in CLICK_USAGE_CASES.items()})
+    (root / "stores").mkdir()
+    w["stores"], commands = {}, {}
+    for name, (args, _, _) in cases(w).items():
+        w["stores"][name] = root / "stores" / f"{name}.db"
+        url = copy_store(w["db"], w["stores"][name])
+        commands[name] = [url if arg == STORE else arg for arg in args]
+    commands.update({name: [a.replace("{data}", str(data)).replace("{a_file}", str(w["a_file"])) for a in args]
+                     + ["--store", w["url"]] for name, (args, _) in CLICK_USAGE_CASES.items()})
     with ThreadPoolExecutor(max_workers=2) as pool:
         futures = {name: pool.submit(run, args, root) for name, args in commands.items()}
         w["results"] = {name: future.result() for name, future in futures.items()}
@@ -147,19 +341,45 @@ def test_help_of_search_shows_store_and_space_options(tmp_path):
 # --------------------------------------------------------------------------- the completed search
 
 
-def test_fixture_search_completed(world):
-    before = world["before"]
-    assert len(before["searches"]) == 1
-    [trial] = before["trials"]
-    conn = sqlite3.connect(world["db"])
+def search_row(db: Path, name: str) -> tuple[str, dict]:
+    conn = sqlite3.connect(db)
     try:
-        status, name = conn.execute("SELECT status, name FROM searches").fetchone()
-        trial_status = conn.execute("SELECT status FROM trials").fetchone()[0]
+        status, config = conn.execute("SELECT status, config FROM searches WHERE name = ?", (name,)).fetchone()
     finally:
         conn.close()
-    assert (status, name, trial_status) == ("completed", SEARCH_NAME, "completed")
+    return status, json.loads(config)
+
+
+def test_fixture_search_completed(world):
+    before = world["before"]
+    assert len(before["searches"]) == 2  # the completed search, and the one whose trial failed
+    conn = sqlite3.connect(world["db"])
+    try:
+        trials = conn.execute("SELECT s.name, t.status FROM trials t JOIN searches s ON s.id = t.search_id "
+                              "ORDER BY t.id").fetchall()
+    finally:
+        conn.close()
+    assert trials == [(SEARCH_NAME, "completed"), (PENDING_NAME, "failed")]
+    assert search_row(world["db"], SEARCH_NAME)[0] == "completed"
     assert before["epoch_metrics"], "epoch metrics were logged"
     assert "1/1 trials completed" in world["search_output"].stdout
+
+
+def test_unusable_images_are_skipped_with_a_count_and_converted_ones_kept(world):
+    """Not a crash, not silence: the search runs, says how many files it skipped and records which."""
+    result = world["search_output"]
+    no_traceback(result)
+    [warning] = [line for line in result.stderr.splitlines() if "skipped" in line]
+    assert f"skipped {len(UNUSABLE)} unusable examples" in warning and "--strict" in warning
+    _, config = search_row(world["db"], SEARCH_NAME)
+    assert config["skipped_count"] == len(UNUSABLE)
+    skipped = {Path(source).relative_to(world["data"]).as_posix(): reason
+               for source, reason in config["skipped_examples"]}
+    assert set(skipped) == set(UNUSABLE)
+    for relative, fragment in UNUSABLE.items():
+        assert fragment in skipped[relative], skipped[relative]
+    # Every good digit and every converted mode (CMYK, palette, 16-bit, gray+alpha) was used.
+    assert config["train_examples"] + config["val_examples"] == world["good_images"] + len(CONVERTED)
 
 
 # --------------------------------------------------------------------------- user errors
@@ -175,10 +395,19 @@ def test_user_error_is_one_line(world, name):
     assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("Error"), lines[0]
+    assert lines[0].startswith("Error: "), lines[0]
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
     assert "internal error" not in lines[0]
+    assert not result.stdout.strip(), result.stdout
+
+
+@pytest.mark.parametrize("name", list(cases(defaultdict(Path))))
+def test_user_error_leaves_the_store_unchanged(world, name):
+    """Each case ran against its own copy of the store: every row of every table is as it was."""
+    after = snapshot(world["stores"][name])
+    for table in TABLES:
+        assert after[table] == world["before"][table], f"table {table} changed"
 
 
 @pytest.mark.parametrize("name", list(CLICK_USAGE_CASES))
@@ -191,9 +420,18 @@ def test_click_usage_error(world, name):
     assert result.stderr.strip().splitlines()[-1].startswith("Error")
 
 
-def test_export_of_unknown_search_writes_nothing(world):
+def test_failed_exports_write_nothing(world):
     assert world["results"]["export_unknown_search"].returncode == 1
     assert not (world["root"] / "exported").exists()
+    assert world["results"]["export_without_completed_trial"].returncode == 1
+    assert not (world["root"] / "exported_pending").exists()
+    assert world["a_file"].read_text() == "a regular file\n"
+
+
+def test_bad_store_paths_are_left_as_they_were(world):
+    assert list(world["store_folder"].iterdir()) == []
+    assert world["not_a_db"].read_text() == "just some notes, not SQLite\n"
+    assert not Path("/nonexistent").exists()
 
 
 def test_no_error_command_changed_the_store(world):

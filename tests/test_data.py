@@ -20,6 +20,8 @@ from autotl.data import (
     load_image_folder,
     load_text_table,
     read_image,
+    skipped_of,
+    skipped_record,
     stratified_split,
 )
 from autotl.errors import AutotlError
@@ -123,6 +125,16 @@ def test_sixteen_bit_png_is_scaled_not_clipped(tmp_path):
     assert out[..., 0].tolist() == [[0, 128], [255, 10]]
 
 
+@pytest.mark.parametrize("values", [[[0, 70_000]], [[-5, 10]]])
+def test_integer_pixels_beyond_sixteen_bits_are_refused_not_clipped(tmp_path, values):
+    path = save(tmp_path / "deep32.tif", Image.fromarray(np.array(values, dtype=np.int32)))
+    with Image.open(path) as stored:
+        assert stored.mode == "I"
+    with pytest.raises(UnreadableImageError) as excinfo:
+        read_image(path, (2, 2))
+    assert_one_line_error(excinfo, "deep32.tif", "beyond the 16-bit range", "8- or 16-bit")
+
+
 def test_jpeg_exif_orientation_is_applied(tmp_path):
     image = noise(1, size=(20, 10))  # 20 wide, 10 high
     exif = Image.Exif()
@@ -203,6 +215,7 @@ def test_image_folder_loads_sorted_classes_and_files(tmp_path):
 def test_corrupt_and_zero_byte_files_are_skipped_and_recorded(tmp_path):
     root = image_folder(tmp_path / "ds", {"a": 2, "b": 2})
     (root / "a" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 garbage")
+    (root / "a" / "noise.png").write_bytes(b"no image format at all")
     (root / "b" / "empty.png").write_bytes(b"")
     truncated = (root / "b" / "000.png").read_bytes()
     (root / "b" / "truncated.png").write_bytes(truncated[: len(truncated) // 2])
@@ -211,8 +224,9 @@ def test_corrupt_and_zero_byte_files_are_skipped_and_recorded(tmp_path):
 
     assert len(ds) == 4 and ds.examples.shape[0] == 4
     skipped = {Path(source).name: reason for source, reason in ds.skipped}
-    assert set(skipped) == {"corrupt.jpg", "empty.png", "truncated.png"}
+    assert set(skipped) == {"corrupt.jpg", "noise.png", "empty.png", "truncated.png"}
     assert "0 bytes" in skipped["empty.png"]
+    assert "not an image format PIL can decode" in skipped["noise.png"]
     assert all(str(root) not in reason and "\n" not in reason for reason in skipped.values())
 
     with pytest.raises(AutotlError) as excinfo:
@@ -262,6 +276,25 @@ def test_unusable_image_folders_raise_one_line_errors(tmp_path, layout, fragment
     with pytest.raises(AutotlError) as excinfo:
         load_dataset(root, "image", image_size=(8, 8))
     assert_one_line_error(excinfo, *fragments)
+
+
+def test_skipped_of_a_split_counts_each_file_once(tmp_path):
+    root = image_folder(tmp_path / "ds", {"a": 3, "b": 3})
+    (root / "a" / "empty.png").write_bytes(b"")
+    train, val = stratified_split(load_image_folder(root, (8, 8)), 0.3, seed=0)
+    other = Dataset("image", np.zeros((0, 8, 8, 3), np.uint8), [], ["a", "b"], [], skipped=[("v/x.png", "0 bytes")])
+
+    assert [Path(s).name for s, _ in skipped_of(train, val)] == ["empty.png"]
+    assert [Path(s).name for s, _ in skipped_of(train, val, other)] == ["empty.png", "x.png"]
+    record = skipped_record(train, val, other)
+    assert record["skipped_count"] == 2
+    assert [Path(s).name for s, _ in record["skipped_examples"]] == ["empty.png", "x.png"]
+
+
+def test_missing_validation_path_is_called_validation_data(tmp_path):
+    with pytest.raises(AutotlError) as excinfo:
+        load_dataset(tmp_path / "val", "image", image_size=(8, 8), class_names=["a", "b"])
+    assert_one_line_error(excinfo, "validation data", "does not exist")
 
 
 def test_validation_folder_uses_the_training_class_names(tmp_path):
@@ -323,11 +356,63 @@ def test_missing_column_error_lists_available_columns(tmp_path):
     assert_one_line_error(excinfo, "line 2", "'label'", "'tag'")
 
 
-def test_empty_text_rows_are_an_error_with_count_and_first_row(tmp_path):
-    path = write_csv(tmp_path / "e.csv", ["text", "label"], [["ok", "a"], ["  ", "b"], ["fine", "a"], ["", "b"]])
+def test_empty_text_rows_are_skipped_and_recorded_like_unreadable_images(tmp_path):
+    rows = [["ok", "a"], ["  ", "b"], ["fine", "a"], ["", "b"], ["good", "b"]]
+    path = write_csv(tmp_path / "e.csv", ["text", "label"], rows)
+
+    ds = load_dataset(path, "text")
+
+    assert ds.examples == ["ok", "fine", "good"] and ds.labels.tolist() == [0, 0, 1]
+    assert ds.sources == ["e.csv:2", "e.csv:4", "e.csv:6"]
+    assert ds.skipped == [("e.csv:3", "empty text"), ("e.csv:5", "empty text")]
+    with pytest.raises(AutotlError) as excinfo:
+        load_dataset(path, "text", strict=True)
+    assert_one_line_error(excinfo, "2 rows", "empty text", "e.csv:3", "without --strict")
+
+
+@pytest.mark.parametrize(
+    "rows, fragments",
+    [
+        ([["", "a"], [" ", "b"]], ("every row", "empty text", "'text'", "e.csv:2", "--text-col")),
+        ([["ok", "a"], ["", "b"], ["fine", "a"]], ("class 'b'", "only rows with empty text", "e.csv:3")),
+        ([["ok", "a"], ["fine", ""], ["good", "b"]], ("1 row", "empty label", "e.csv:3")),
+    ],
+)  # fmt: skip
+def test_text_tables_whose_empty_rows_leave_nothing_to_learn(tmp_path, rows, fragments):
+    path = write_csv(tmp_path / "e.csv", ["text", "label"], rows)
+    with pytest.raises(AutotlError) as excinfo:
+        load_dataset(path, "text")
+    assert_one_line_error(excinfo, *fragments)
+
+
+def test_mixed_label_types_are_compared_as_class_names(tmp_path):
+    labels = [1, "1", 1.0, " cat ", True, "true", 2]
+    path = write_jsonl(tmp_path / "m.jsonl", [{"text": f"t{i}", "label": v} for i, v in enumerate(labels)])
+
+    ds = load_text_table(path)
+
+    assert ds.class_names == ["1", "2", "cat", "true"]
+    assert [ds.class_names[i] for i in ds.labels] == ["1", "1", "1", "cat", "true", "true", "2"]
+
+
+@pytest.mark.parametrize(
+    "label, fragments",
+    [([1, 2], ("m.jsonl:2", "'label'", "JSON list", "one label")), ({"a": 1}, ("m.jsonl:2", "JSON object")),
+     (None, ("1 row", "empty label", "m.jsonl:2"))],
+)  # fmt: skip
+def test_labels_that_are_not_class_names(tmp_path, label, fragments):
+    path = write_jsonl(tmp_path / "m.jsonl", [{"text": "a", "label": "x"}, {"text": "b", "label": label}])
     with pytest.raises(AutotlError) as excinfo:
         load_text_table(path)
-    assert_one_line_error(excinfo, "2 rows", "empty text", "e.csv:3")
+    assert_one_line_error(excinfo, *fragments)
+
+
+def test_nan_label_is_a_missing_label(tmp_path):
+    path = tmp_path / "n.jsonl"
+    path.write_text('{"text": "a", "label": "x"}\n{"text": "b", "label": NaN}\n')
+    with pytest.raises(AutotlError) as excinfo:
+        load_text_table(path)
+    assert_one_line_error(excinfo, "empty label", "n.jsonl:2")
 
 
 @pytest.mark.parametrize(

@@ -108,6 +108,26 @@ def test_plugin_file_without_backbone_subclass(tmp_path):
     one_line(excinfo, str(path), "no Backbone subclass")
 
 
+def test_plugin_file_whose_backbone_is_incomplete_names_what_is_missing(tmp_path):
+    path = tmp_path / "half.py"
+    path.write_text("from autotl.backbone import Backbone\n"
+                    "class Half(Backbone):\n    name = 'half'\n    modality = 'image'\n")
+    with pytest.raises(AutotlError) as excinfo:
+        load_plugin_file(path)
+    one_line(excinfo, str(path), "Half", "blocks(), build()", "implement them")
+
+
+def test_plugin_whose_constructor_raises_is_one_line(tmp_path):
+    path = tmp_path / "ctor.py"
+    path.write_text("from autotl.backbone import Backbone\n"
+                    "class Picky(Backbone):\n    name = 'picky'\n    modality = 'image'\n"
+                    "    def __init__(self):\n        raise OSError('license file missing')\n"
+                    "    def build(self, weights, preprocessor): ...\n    def blocks(self, model): return []\n")
+    with pytest.raises(AutotlError) as excinfo:
+        load_registry([path])
+    one_line(excinfo, str(path), "Picky()", "OSError: license file missing")
+
+
 def test_missing_or_non_python_plugin_file(tmp_path):
     with pytest.raises(AutotlError) as excinfo:
         load_plugin_file(tmp_path / "absent.py")
