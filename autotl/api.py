@@ -12,14 +12,19 @@ import datetime as dt
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, field
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from . import data as data_module
 from . import space as space_module
 from .backbone import Backbone, Preprocessor
+from .distributed import OracleServer, default_tuner_id, parse_address, worker_environment
 from .errors import AutotlError, UsageError, first_line
+from .lock import SearchLock
 from .plan import Objective, TrainingPlan, TrialData
 from .progress import Reporter
 from .registry import Registry, load_registry
@@ -30,6 +35,12 @@ TUNERS = ("random", "bayesian", "hyperband")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 CACHE_DTYPES = ("auto", "float32", "float16")
 TRIAL_DATA_DIR = "data"  # inside the search's work folder, while trial workers run
+# What must match for `autotl search --name NAME` to resume an unfinished search of that name
+# (the data are compared by fingerprint); the rest (cache, precision, workers) may change.
+RESUME_OPTIONS = ("data", "backbone", "tuner", "max_trials", "epochs", "finetune_epochs", "batch_size", "patience",
+                  "seed", "objective", "val_split", "val_data", "image_size", "sequence_length", "text_col",
+                  "label_col", "space_file")
+RESUME_FIELDS = ("weights", "space", "preprocessing")  # compared once the data and backbone are loaded
 
 
 @dataclass
@@ -64,6 +75,9 @@ class SearchConfig:
     cache_dtype: str = "auto"
     cache_memory_mb: int | None = None  # None: a quarter of this machine's memory
     strict: bool = False
+    max_failures: int = 5
+    workers: int = 0  # > 0: a chief oracle here and this many tuner worker processes (KerasTuner's distributed mode)
+    oracle_address: str = "127.0.0.1:0"  # where the chief listens; port 0 picks a free one
     plugin_files: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
@@ -79,6 +93,11 @@ class SearchConfig:
                 raise UsageError(f"--{option} must be at least 1")
         if self.cache_memory_mb is not None and self.cache_memory_mb < 0:
             raise UsageError("--cache-memory cannot be negative")
+        if self.max_failures < 1:
+            raise UsageError("--max-failures must be at least 1")
+        if self.workers < 0:
+            raise UsageError("--workers cannot be negative")
+        parse_address(self.oracle_address, allow_port_zero=True)
         if self.worker_memory_growth_mb < 1:
             raise UsageError("--worker-memory-growth must be at least 1 (MB)")
         if self.trials_per_worker < 0:
@@ -102,6 +121,8 @@ class SearchResult:
     search: Search
     best: Trial | None
     trials: list[Trial]
+    resumed: bool = False  # an unfinished search of that name was continued
+    already_finished: bool = False  # it had completed before: nothing was run
 
 
 def objective_direction(objective: str) -> str:
@@ -110,33 +131,33 @@ def objective_direction(objective: str) -> str:
 
 def search(config: SearchConfig, store: Store | str = DEFAULT_STORE, reporter: Reporter | None = None,
            registry: Registry | None = None) -> SearchResult:
-    """Run a whole search and return what the store holds about it."""
+    """Run a whole search and return what the store holds about it.
+
+    If the store already holds an unfinished search of `config.name` (killed, interrupted,
+    stopped by failures), it is resumed: its completed trials count, the trials that were
+    running are marked interrupted and run again. A search that had completed is returned as it is.
+    """
     config.validate()
     store = store if isinstance(store, Store) else Store(store)
     reporter = reporter or Reporter()
+    existing = _find_search(store, config.name)
+    if existing is not None:
+        _check_same_options(existing, config)
+        if existing.status == COMPLETED:
+            return _result(store, existing, already_finished=True)
     worker = None
-    if config.trials_per_worker > 0:
+    if config.trials_per_worker > 0 and config.workers == 0:
         worker = TrialWorker(None, config.trials_per_worker, config.worker_memory_growth_mb)
         worker.launch()  # its imports overlap the data loading below
     try:
         prepared = _prepare(config, registry or load_registry(config.plugin_files))
-        row = _create_search_row(store, config, prepared)
-    except BaseException:
-        if worker is not None:
-            worker.close()
-        raise
-    reporter.search_started(row.name, store.display_url, config.max_trials)
-    try:
-        _run_tuner(config, store, row, prepared, reporter, worker)
-    except KeyboardInterrupt:
-        store.interrupt_running_trials(row.id, "interrupted by the user")
-        store.finish_search(row.id, INTERRUPTED, "interrupted by the user")
-        raise
-    except Exception as exc:
-        store.finish_search(row.id, FAILED, first_line(exc))
-        if isinstance(exc, AutotlError):
-            raise
-        raise AutotlError(f"search {row.name!r} failed: {first_line(exc)}") from exc
+        if existing is not None:
+            _check_resumable(existing, config, prepared)
+        row = existing or _create_search_row(store, config, prepared)
+        with SearchLock(row.workdir, row.name):
+            if existing is not None:
+                row = _reopen(store, row, config, reporter)
+            _run_search(config, store, row, prepared, reporter, worker, resume=existing is not None)
     finally:
         if worker is not None:
             worker.close()
@@ -145,7 +166,96 @@ def search(config: SearchConfig, store: Store | str = DEFAULT_STORE, reporter: R
         store.finish_search(row.id, FAILED, "no trial completed")
         raise AutotlError(f"search {row.name!r}: no trial completed (see `autotl trials {row.name}`)")
     store.finish_search(row.id, COMPLETED)
-    return SearchResult(store, store.get_search(row.id), best, store.list_trials(row.id))
+    return _result(store, store.get_search(row.id), resumed=existing is not None)
+
+
+def resume(search_ref: str | int, store: Store | str = DEFAULT_STORE, reporter: Reporter | None = None,
+           registry: Registry | None = None) -> SearchResult:
+    """Continue a search (by name or id) with the configuration it was started with."""
+    store = store if isinstance(store, Store) else Store(store)
+    return search(config_from_record(store.get_search(search_ref)), store, reporter, registry)
+
+
+def join(search_ref: str | int, chief: str, store: Store | str = DEFAULT_STORE, *, data: str | None = None,
+         workdir: str | None = None, tuner_id: str | None = None, reporter: Reporter | None = None,
+         registry: Registry | None = None) -> int:
+    """Run trials of a distributed search as a worker of the chief at `chief` (HOST:PORT).
+
+    The search's configuration comes from the store; `data` points at this machine's copy
+    of the data (it must be the same data: checked by fingerprint). Returns how many
+    trials this worker completed.
+    """
+    host, port = parse_address(chief)
+    store = store if isinstance(store, Store) else Store(store)
+    row = store.get_search(search_ref)
+    if row.status == COMPLETED:
+        raise AutotlError(f"search {row.name!r} has already finished; there is nothing to join")
+    config = config_from_record(row, data=data)
+    reporter = reporter or Reporter()
+    worker = TrialWorker(None, config.trials_per_worker, config.worker_memory_growth_mb) \
+        if config.trials_per_worker > 0 else None
+    if worker is not None:
+        worker.launch()
+    try:
+        prepared = _prepare(config, registry or load_registry(config.plugin_files))
+        if _split_fingerprint(prepared.train, prepared.val) != row.dataset_fingerprint:
+            raise AutotlError(f"the data at {config.data} differ from the data search {row.name!r} was started "
+                              "on (fingerprints differ); point --data at the same data")
+        if workdir is not None:
+            row.workdir = str(Path(workdir).expanduser().resolve() / row.name)
+        os.environ.update(worker_environment(tuner_id or default_tuner_id(), host, port))
+        return _run_tuner(config, store, row, prepared, reporter, worker, resume=True, role="worker")
+    finally:
+        if worker is not None:
+            worker.close()
+
+
+def _find_search(store: Store, name: str | None) -> Search | None:
+    if name is None:
+        return None
+    try:
+        return store.get_search(name)
+    except AutotlError:
+        return None
+
+
+def _result(store: Store, row: Search, **flags: bool) -> SearchResult:
+    return SearchResult(store, row, store.best_trial(row), store.list_trials(row.id), **flags)
+
+
+def _reopen(store: Store, row: Search, config: SearchConfig, reporter: Reporter) -> Search:
+    """Take an unfinished search up again: the trials it was running when it stopped are interrupted."""
+    interrupted = store.interrupt_running_trials(row.id, "interrupted: the search stopped during this trial")
+    completed = store.count_trials(row.id, COMPLETED)
+    again = f"; {interrupted} interrupted trial(s) will run again" if interrupted else ""
+    reporter.message(f"resuming search {row.name!r}: {completed} of {config.max_trials} trials completed{again}")
+    return store.reopen_search(row.id)
+
+
+def _run_search(config: SearchConfig, store: Store, row: Search, prepared: "_Prepared", reporter: Reporter,
+                worker: TrialWorker | None, resume: bool) -> None:
+    """Run the tuner and record how the search ended; errors leave as one-line AutotlErrors."""
+    from .tuner import TooManyFailures
+
+    reporter.search_started(row.name, store.display_url, config.max_trials)
+    reporter.examples_skipped(data_module.skipped_of(prepared.train, prepared.val))
+    try:
+        _run_tuner(config, store, row, prepared, reporter, worker, resume=resume,
+                   role="chief" if config.workers > 0 else "single")
+    except KeyboardInterrupt:
+        store.interrupt_running_trials(row.id, "interrupted by the user")
+        store.finish_search(row.id, INTERRUPTED, "interrupted by the user")
+        raise
+    except TooManyFailures as exc:
+        store.interrupt_running_trials(row.id, "interrupted: the search stopped")
+        store.finish_search(row.id, FAILED, str(exc))
+        raise AutotlError(f"search {row.name!r} stopped: {exc}") from None
+    except Exception as exc:
+        store.interrupt_running_trials(row.id, "interrupted: the search stopped")
+        store.finish_search(row.id, FAILED, first_line(exc))
+        if isinstance(exc, AutotlError):
+            raise
+        raise AutotlError(f"search {row.name!r} failed: {first_line(exc)}") from exc
 
 
 @dataclass
@@ -188,45 +298,93 @@ def _create_search_row(store: Store, config: SearchConfig, prepared: _Prepared) 
 
 
 def _run_tuner(config: SearchConfig, store: Store, row: Search, prepared: _Prepared, reporter: Reporter,
-               worker: TrialWorker | None) -> None:
+               worker: TrialWorker | None, *, resume: bool, role: str) -> int:
+    """Returns how many trials completed here. role: "single" (oracle and trials here), "chief"
+    (oracle here, trials in worker processes) or "worker" (trials here, oracle at the chief)."""
     # Keras and KerasTuner are imported here, not at module level, so that
     # `autotl --help` and the listing commands stay fast.
     import keras_tuner as kt
 
     from .hypermodel import TransferHyperModel
-    from .tuner import TransferTuner, make_oracle
+    from .tuner import TransferTuner, make_oracle, open_oracle
 
-    plan = TrainingPlan(epochs=config.epochs,
+    num_classes = len(prepared.train.class_names)
+    hypermodel = TransferHyperModel(prepared.backbone, prepared.weights, prepared.preprocessor, num_classes,
+                                    prepared.space)
+    oracle = make_oracle(config.tuner, kt.Objective(row.objective, row.direction), config.max_trials,
+                         config.epochs, config.seed)
+    workdir = Path(row.workdir)
+    if role != "worker":
+        open_oracle(oracle, hypermodel, workdir, resume)
+    if role == "chief":
+        _serve_workers(config, store, row, oracle, reporter)
+        return 0
+    plan = _training_plan(config)
+    preprocess = prepared.preprocessor
+    data = TrialData(preprocess(prepared.train.examples), prepared.train.labels,
+                     preprocess(prepared.val.examples), prepared.val.labels)
+    data_dir = workdir / (TRIAL_DATA_DIR if role == "single" else f"{TRIAL_DATA_DIR}-{os.getpid()}")
+    if worker is not None:
+        _configure_worker(worker, store, row, prepared, plan, data, config.plugin_files, data_dir)
+    try:
+        tuner = TransferTuner(oracle, hypermodel, store=store, search_id=row.id, plan=plan, reporter=reporter,
+                              workdir=workdir, max_trials=config.max_trials, max_failures=config.max_failures,
+                              worker=worker)
+        tuner.search(data, verbose=0)
+        return tuner.completed_here
+    finally:
+        if worker is not None:
+            worker.close()
+            remove_trial_data(data_dir)
+
+
+def _training_plan(config: SearchConfig) -> TrainingPlan:
+    return TrainingPlan(epochs=config.epochs,
                         finetune_epochs=config.epochs if config.finetune_epochs is None else config.finetune_epochs,
                         batch_size=config.batch_size, patience=config.patience, seed=config.seed,
                         precision=config.precision, cache=config.cache,
                         cache_dir=str(Path(config.cache_dir).expanduser().resolve()) if config.cache_dir else None,
                         cache_storage=config.cache_dtype,
                         cache_memory_mb=_cache_memory_mb(config.cache_memory_mb))
-    num_classes = len(prepared.train.class_names)
-    hypermodel = TransferHyperModel(prepared.backbone, prepared.weights, prepared.preprocessor, num_classes,
-                                    prepared.space)
-    oracle = make_oracle(config.tuner, kt.Objective(row.objective, row.direction), config.max_trials,
-                         config.epochs, config.seed)
-    preprocess = prepared.preprocessor
-    data = TrialData(preprocess(prepared.train.examples), prepared.train.labels,
-                     preprocess(prepared.val.examples), prepared.val.labels)
-    workdir = Path(row.workdir)
-    if worker is not None:
-        _configure_worker(worker, store, row, prepared, plan, data, config.plugin_files)
+
+
+def _serve_workers(config: SearchConfig, store: Store, row: Search, oracle, reporter: Reporter) -> None:
+    """The chief: serve the oracle, start `config.workers` local workers, wait for the search to end."""
+    from .tuner import TooManyFailures, too_many_failures_message
+
+    server = OracleServer(oracle, config.oracle_address)
+    address = server.start()
+    reporter.message(f"chief oracle listening on {address}; more workers can join with: "
+                     f"autotl worker {row.name} --chief {address} --store {store.display_url}")
+    workers = {f"worker{i}": _spawn_worker(row, store, address, f"worker{i}") for i in range(config.workers)}
     try:
-        tuner = TransferTuner(oracle, hypermodel, store=store, search_id=row.id, plan=plan, reporter=reporter,
-                              workdir=workdir, max_trials=config.max_trials, worker=worker, overwrite=True)
-        tuner.search(data, verbose=0)
+        while not server.all_trials_handed_out_and_ended():
+            failed = store.count_trials(row.id, FAILED)
+            if failed >= config.max_failures:
+                raise TooManyFailures(too_many_failures_message(failed, config.max_failures))
+            if all(p.poll() is not None for p in workers.values()) and server.ongoing_tuner_ids() <= set(workers):
+                codes = ", ".join(f"{name} exited {p.returncode}" for name, p in workers.items())
+                raise AutotlError(f"the workers stopped before the search finished ({codes}); "
+                                  f"see their messages above, then `autotl resume {row.name}`")
+            time.sleep(0.5)
     finally:
-        if worker is not None:
-            worker.close()
-            remove_trial_data(workdir / TRIAL_DATA_DIR)
+        for process in workers.values():
+            if process.poll() is None:
+                process.terminate()
+        for process in workers.values():
+            process.wait()
+        server.stop()
+
+
+def _spawn_worker(row: Search, store: Store, address: str, tuner_id: str) -> subprocess.Popen:
+    """`autotl worker` in a child process; the store URL travels in the environment, not in `ps`."""
+    env = {**os.environ, "AUTOTL_STORE": store.url, "AUTOTL_PARENT_PID": str(os.getpid())}
+    return subprocess.Popen([sys.executable, "-m", "autotl", "worker", row.name, "--chief", address,
+                             "--tuner-id", tuner_id], env=env)
 
 
 def _configure_worker(worker: TrialWorker, store: Store, row: Search, prepared: _Prepared, plan: TrainingPlan,
-                      data: TrialData, plugin_files: list[str]) -> None:
-    data_dir = Path(row.workdir) / TRIAL_DATA_DIR
+                      data: TrialData, plugin_files: list[str], data_dir: Path) -> None:
     save_trial_data(data, data_dir)
     worker.configure(WorkerSpec(
         store_url=store.url, search_id=row.id, backbone=prepared.backbone.name, weights=prepared.weights,
@@ -306,9 +464,54 @@ def _default_name(backbone: str) -> str:
 
 
 def _config_record(config: SearchConfig, prepared: _Prepared) -> dict[str, Any]:
+    """The search's configuration as the store keeps it: enough to resume it from any folder."""
     record = asdict(config)
+    for name in ("data", "val_data", "space_file", "cache_dir"):
+        if record[name]:
+            record[name] = str(Path(record[name]).expanduser().resolve())
+    record["plugin_files"] = [str(Path(p).expanduser().resolve()) for p in config.plugin_files]
     record.update(weights=prepared.weights, weights_identity=prepared.backbone.describe_weights(prepared.weights),
                   space=prepared.space, preprocessing=prepared.preprocessor.config(),
                   train_examples=len(prepared.train), val_examples=len(prepared.val),
-                  skipped_examples=[list(s) for s in (prepared.train.skipped or [])][:100])
+                  **data_module.skipped_record(prepared.train, prepared.val))
     return json.loads(json.dumps(record, default=str))
+
+
+def config_from_record(row: Search, **overrides: Any) -> SearchConfig:
+    """The SearchConfig a stored search was started with (`overrides` that are not None replace fields)."""
+    known = {f.name for f in fields(SearchConfig)}
+    values = {key: value for key, value in row.config.items() if key in known}
+    values.update(name=row.name, workdir=str(Path(row.workdir).parent))
+    values.update({key: value for key, value in overrides.items() if value is not None})
+    return SearchConfig(**values)
+
+
+def _check_same_options(existing: Search, config: SearchConfig) -> None:
+    """`search --name NAME` with NAME in the store must be the same search (to resume it or see it done)."""
+    given = asdict(config)
+    for name in ("data", "val_data", "space_file"):
+        if given[name]:
+            given[name] = str(Path(given[name]).expanduser().resolve())
+    stored = dict(existing.config)
+    for name in ("data", "val_data", "space_file"):  # stores from before paths were kept absolute
+        if stored.get(name):
+            stored[name] = str(Path(stored[name]).expanduser().resolve())
+    changed = [name for name in RESUME_OPTIONS if stored.get(name) != given[name]]
+    if config.weights is not None and config.weights != existing.weights:
+        changed.append("weights")
+    _refuse_if_changed(existing, changed)
+
+
+def _check_resumable(existing: Search, config: SearchConfig, prepared: _Prepared) -> None:
+    """The same search down to the loaded data, the resolved weights, the space and the preprocessing."""
+    record = _config_record(config, prepared)
+    changed = [name for name in RESUME_FIELDS if existing.config.get(name) != record.get(name)]
+    if existing.dataset_fingerprint != _split_fingerprint(prepared.train, prepared.val):
+        changed.insert(0, "data (their content changed)")
+    _refuse_if_changed(existing, changed)
+
+
+def _refuse_if_changed(existing: Search, changed: list[str]) -> None:
+    if changed:
+        raise UsageError(f"a search named {existing.name!r} already exists with a different {', '.join(changed)}; "
+                         f"choose another --name, or continue it as it was with `autotl resume {existing.name}`")

@@ -99,7 +99,7 @@ def main() -> None:
 @click.option("--label-col", default="label", help="Label column of a CSV/JSONL dataset.")
 @click.option("--space", "space_file", type=click.Path(), help="YAML/JSON file narrowing or widening the space.")
 @click.option("--workdir", default="autotl_runs", help="Folder for checkpoints and KerasTuner state.")
-@click.option("--strict", is_flag=True, help="Fail on an unreadable image instead of skipping it.")
+@click.option("--strict", is_flag=True, help="Fail on an unreadable image or an empty text instead of skipping it.")
 @click.option("--trials-per-worker", type=click.IntRange(min=0), default=25,
               help="Trials run in a worker process, replaced after this many so memory stays flat; "
                    "0 runs them in this process.")
@@ -115,13 +115,22 @@ def main() -> None:
 @click.option("--cache-memory", "cache_memory_mb", type=click.IntRange(min=0),
               help="MB of cached activations a trial loads into memory; beyond it, it reads them from disk  "
                    "[default: a quarter of this machine's memory]")
+@click.option("--max-failures", type=click.IntRange(min=1), default=5,
+              help="Stop the search once this many trials have failed.")
+@click.option("--workers", type=click.IntRange(min=0), default=0,
+              help="Run trials in this many worker processes coordinated by a chief oracle "
+                   "(KerasTuner's distributed mode); more can join with `autotl worker`. 0: one process.")
+@click.option("--oracle-address", default="127.0.0.1:0",
+              help="HOST:PORT the chief oracle listens on with --workers (port 0: a free one; "
+                   "use 0.0.0.0:PORT for workers on other machines).")
 @PLUGIN_OPTION
 @handle_errors
 def search(data: str, **options: Any) -> None:
     """Search for the best fine-tuned model on DATA.
 
     DATA is a folder of images (one sub-folder per class) or a CSV/JSONL file of
-    text and label.
+    text and label. Run again with the --name of a search that was killed or
+    interrupted, and it resumes (or use `autotl resume`).
     """
     from . import api
     from .progress import ConsoleReporter
@@ -130,15 +139,69 @@ def search(data: str, **options: Any) -> None:
     options["plugin_files"] = list(options["plugin_files"])
     store = Store(options.pop("store"))
     config = api.SearchConfig(data=data, **options)
-    result = api.search(config, store, reporter=ConsoleReporter(config.objective))
-    best = result.best
+    _print_result(api.search(config, store, reporter=ConsoleReporter(config.objective)))
+
+
+@main.command()
+@click.argument("search_ref", metavar="SEARCH")
+@STORE_OPTION
+@handle_errors
+def resume(search_ref: str, store: str) -> None:
+    """Continue SEARCH (a name or id) after it was killed or interrupted, as it was started.
+
+    Completed trials are kept; the trials that were running are marked interrupted
+    and run again. A search that has finished says so and exits 0.
+    """
+    from . import api
+    from .progress import ConsoleReporter
+    from .store import Store
+
+    opened = Store(store)
+    _print_result(api.resume(search_ref, opened, reporter=ConsoleReporter(opened.get_search(search_ref).objective)))
+
+
+@main.command()
+@click.argument("search_ref", metavar="SEARCH")
+@click.option("--chief", required=True, metavar="HOST:PORT", help="Address of the search's chief oracle.")
+@STORE_OPTION
+@click.option("--data", type=click.Path(), help="This machine's copy of the search's data  [default: its path]")
+@click.option("--workdir", help="Folder for this worker's checkpoints  [default: the search's]")
+@click.option("--tuner-id", help="This worker's KerasTuner id  [default: HOST-PID]")
+@handle_errors
+def worker(search_ref: str, chief: str, store: str, data: str | None, workdir: str | None,
+           tuner_id: str | None) -> None:
+    """Join SEARCH, running on a chief started by `autotl search --workers N`, as one more worker.
+
+    Trials this worker runs land in the same store (use the chief's --store URL;
+    across machines, a PostgreSQL URL).
+    """
+    from . import api
+    from .distributed import default_tuner_id
+    from .progress import ConsoleReporter
+    from .store import Store
+    from .worker import die_with_parent
+
+    die_with_parent(os.environ.get("AUTOTL_PARENT_PID"))
+    opened = Store(store)
+    tuner_id = tuner_id or default_tuner_id()
+    reporter = ConsoleReporter(opened.get_search(search_ref).objective, prefix=f"[{tuner_id}] ")
+    completed = api.join(search_ref, chief, opened, data=data, workdir=workdir, tuner_id=tuner_id,
+                         reporter=reporter)
+    click.echo(f"worker {tuner_id}: {completed} trial(s) completed for search {search_ref!r}")
+
+
+def _print_result(result) -> None:
+    best, search = result.best, result.search
     completed = sum(t.status == "completed" for t in result.trials)
-    click.echo(f"search {result.search.name!r}: {completed}/{len(result.trials)} trials completed")
-    click.echo(f"best trial: {best.number}  {result.search.objective} {best.value:.4f}  "
+    if result.already_finished:
+        click.echo(f"search {search.name!r} had already finished; nothing to run")
+    click.echo(f"search {search.name!r}: {completed}/{len(result.trials)} trials completed"
+               + (" (resumed)" if result.resumed else ""))
+    click.echo(f"best trial: {best.number}  {search.objective} {best.value:.4f}  "
                f"({best.best_phase} epoch {best.best_epoch})")
     click.echo(f"hyperparameters: {_format_hp(best.hyperparameters)}")
-    click.echo(f"store: {store.display_url}")
-    click.echo(f"next: autotl export {result.search.name} --out exported/{result.search.name}")
+    click.echo(f"store: {result.store.display_url}")
+    click.echo(f"next: autotl export {search.name} --out exported/{search.name}")
 
 
 @main.command()

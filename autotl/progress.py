@@ -17,6 +17,9 @@ class Reporter:
 
     def search_started(self, name: str, store_url: str, max_trials: int) -> None: ...
 
+    def examples_skipped(self, skipped: list[tuple[str, str]]) -> None:
+        """The image files or text rows the data loading skipped, as ``(source, reason)``."""
+
     def trial_started(self, number: int, max_trials: int, hyperparameters: dict[str, Any]) -> None: ...
 
     def epoch_ended(self, trial_number: int, phase: str, epoch: int, epochs: int,
@@ -24,11 +27,15 @@ class Reporter:
 
     def trial_ended(self, trial: Any) -> None: ...
 
+    def message(self, text: str) -> None:
+        """A line about the search itself (resuming, workers joining, ...)."""
+
 
 class ConsoleReporter(Reporter):
-    def __init__(self, objective: str, stream: TextIO | None = None):
+    def __init__(self, objective: str, stream: TextIO | None = None, prefix: str = ""):
         self.objective = objective
         self.stream = stream or sys.stderr
+        self.prefix = prefix  # tells apart the lines of a distributed search's workers
         self.direction = "min" if objective.endswith("loss") else "max"
         self.best: float | None = None
         self._trial_started = time.perf_counter()
@@ -37,6 +44,13 @@ class ConsoleReporter(Reporter):
     def search_started(self, name, store_url, max_trials):
         self._max_trials = max_trials
         self._print(f"search {name!r}: up to {max_trials} trials, logging to {store_url}")
+
+    def examples_skipped(self, skipped):
+        if skipped:
+            source, reason = skipped[0]
+            self._print(f"warning: skipped {len(skipped)} unusable example{'s' if len(skipped) > 1 else ''} "
+                        f"(first: {source}: {reason}); the search records them as skipped_examples, "
+                        "and --strict makes them an error")
 
     def trial_started(self, number, max_trials, hyperparameters):
         self._trial_started = time.perf_counter()
@@ -60,6 +74,9 @@ class ConsoleReporter(Reporter):
         else:
             self._print(f"trial {trial.number} {trial.status}: {trial.error}")
 
+    def message(self, text):
+        self._print(text)
+
     def _update_best(self, value: float | None) -> None:
         """A trial's value is its best epoch, so the best epoch seen is the search's best so far."""
         if value is None or value != value:
@@ -68,7 +85,7 @@ class ConsoleReporter(Reporter):
             self.best = value
 
     def _print(self, text: str) -> None:
-        print(text, file=self.stream, flush=True)
+        print(f"{self.prefix}{text}", file=self.stream, flush=True)
 
 
 def _fmt(value: Any) -> str:

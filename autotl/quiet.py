@@ -8,6 +8,7 @@ that import and replay the captured text only if the import fails.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import tempfile
@@ -15,6 +16,8 @@ import tempfile
 
 def import_keras_quietly() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    # gRPC (KerasTuner's distributed mode) logs its own failures natively; autotl reports them in one line.
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     if "keras" in sys.modules:
         return
     sys.stderr.flush()
@@ -28,6 +31,8 @@ def import_keras_quietly() -> None:
                 import tensorflow  # noqa: F401 - TF logs again when it is imported itself
             except ImportError:
                 pass
+            # tf.function's retracing advice is for model authors; each trial builds new models by design.
+            logging.getLogger("tensorflow").setLevel(logging.ERROR)
         except BaseException:
             os.dup2(saved, 2)
             capture.seek(0)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -74,7 +73,8 @@ class TrialRunner:
 
         def fit(learning_rate: float, phase: str, phase_epochs: int, depth: int) -> None:
             logger = _EpochLogger(self.store, trial_id, trial_number, phase, phase_epochs, on_epoch)
-            self._fit(feed.phase(depth), data, learning_rate, phase_epochs, [tracker.callback(phase), logger])
+            self._fit(feed.phase(depth), data, learning_rate, phase_epochs,
+                      [FailOnNonFiniteLoss(phase), tracker.callback(phase), logger])
 
         fit(hp.get("head_lr"), HEAD, epochs, 0)
         depth = 0
@@ -110,7 +110,6 @@ class TrialRunner:
                             loss="sparse_categorical_crossentropy", metrics=["accuracy"],
                             steps_per_execution=steps_per_execution())
         callbacks = [
-            keras.callbacks.TerminateOnNaN(),
             keras.callbacks.EarlyStopping(monitor=self.objective.name, mode=self.objective.direction,
                                           patience=self.plan.patience),
             *callbacks,
@@ -126,7 +125,11 @@ class TrialRunner:
 
     def _checkpoint_if_best(self, model: keras.Model, head_phase: Phase, trial_id: int, trial_number: int,
                             outcome: TrialOutcome) -> None:
-        """Keep the model of the best trial so far (only that one: backbones are large)."""
+        """Keep the model of a trial better than the best completed so far.
+
+        The tuner removes the checkpoints that stopped being the best once the trial is
+        recorded as completed (`TransferTuner`), so a kill never leaves a search without one.
+        """
         best = self.store.best_trial(self.store.get_search(self.search_id))
         if best is not None and not self.objective.better(outcome.value, best.value):
             return
@@ -140,9 +143,6 @@ class TrialRunner:
         # the cached activations): an export must reproduce them.
         val = batches(head_phase.x_val, None, self.plan.batch_size)
         np.save(trial_dir / VAL_PROBS_NAME, head_phase.model.predict(val.x, batch_size=val.batch_size, verbose=0))
-        for old in self.store.artifacts(self.search_id, kind="checkpoint"):
-            if old.trial_id != trial_id:
-                shutil.rmtree(Path(old.path).parent, ignore_errors=True)
         self.store.add_artifact(search_id=self.search_id, trial_id=trial_id, kind="checkpoint", format="keras",
                                 path=str(path.resolve()), sha256=None, size_bytes=path.stat().st_size)
 
@@ -176,6 +176,23 @@ class BestEpoch:
     def restore(self) -> None:
         if self._weights is not None:
             self.model.set_weights(self._weights)
+
+
+class FailOnNonFiniteLoss(keras.callbacks.Callback):
+    """A NaN or infinite loss fails the trial at once (Keras' TerminateOnNaN would only end the phase)."""
+
+    def __init__(self, phase: str):
+        super().__init__()
+        self.phase = phase
+        self.epoch = 1
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch + 1
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            raise TrialFailed(f"the loss became {float(loss)} in epoch {self.epoch} of the {self.phase} phase")
 
 
 class _EpochLogger(keras.callbacks.Callback):

@@ -7,15 +7,28 @@ hyperparameters (`autotl.hypermodel`), the *Oracle* proposes hyperparameters
 the trial starts and when it ends, and hands the training itself to a
 `TrialRunner` (`autotl.trial`), in this process or in a trial worker process
 (`autotl.worker`).
+
+A search survives being killed at any moment. The oracle's state (KerasTuner's
+own files, written atomically here) says which trials were handed out; the store
+says which finished. On resume KerasTuner hands out again the trials that were
+running, and a trial the store already holds as completed is reported from the
+store instead of being trained twice.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import keras_tuner as kt
 
 from . import store as store_module
+from .errors import AutotlError
 from .hypermodel import TransferHyperModel
 from .plan import Objective, TrainingPlan, TrialData, TrialFailed, TrialOutcome
 from .progress import Reporter
@@ -23,36 +36,99 @@ from .store import Store
 from .trial import TrialRunner
 from .worker import TrialWorker
 
+PROJECT_NAME = "keras_tuner"
+
+
+class TooManyFailures(AutotlError):
+    """The search stopped because `--max-failures` trials failed."""
+
+
+def write_json_atomically(path: str | os.PathLike, state: dict) -> None:
+    """Write to a temporary file and rename it over `path`: a kill leaves the old file or the new one."""
+    folder = os.path.dirname(os.fspath(path)) or "."
+    with tempfile.NamedTemporaryFile("w", dir=folder, suffix=".tmp", delete=False) as handle:
+        json.dump(state, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(handle.name, path)
+
+
+class _AtomicStateMixin:
+    """KerasTuner writes its oracle and trial files in place; a kill mid-write would leave
+    a file `reload()` cannot parse. The same state, written atomically."""
+
+    def save(self):
+        write_json_atomically(self._get_oracle_fname(), self.get_state())
+
+    def _save_trial(self, trial):
+        write_json_atomically(os.path.join(self._get_trial_dir(trial.trial_id), "trial.json"), trial.get_state())
+
+
+_ORACLES = {
+    "random": kt.oracles.RandomSearchOracle,
+    "bayesian": kt.oracles.BayesianOptimizationOracle,
+    "hyperband": kt.oracles.HyperbandOracle,
+}
+
 
 def make_oracle(kind: str, objective: kt.Objective, max_trials: int, max_epochs: int, seed: int) -> kt.Oracle:
-    seed = seed + 1  # KerasTuner takes seed 0 to mean "pick one at random"; autotl's --seed 0 is a seed
-    if kind == "random":
-        return kt.oracles.RandomSearchOracle(objective=objective, max_trials=max_trials, seed=seed)
-    if kind == "bayesian":
-        return kt.oracles.BayesianOptimizationOracle(objective=objective, max_trials=max_trials, seed=seed)
+    if kind not in _ORACLES:
+        raise ValueError(f"unknown tuner {kind!r}")
+    oracle_class = type(f"Resumable{_ORACLES[kind].__name__}", (_AtomicStateMixin, _ORACLES[kind]), {})
+    common = dict(objective=objective,
+                  seed=seed + 1,  # KerasTuner takes seed 0 to mean "pick one at random"; autotl's --seed 0 is a seed
+                  max_consecutive_failed_trials=max_trials + 1)  # autotl's --max-failures decides instead
     if kind == "hyperband":
-        oracle = kt.oracles.HyperbandOracle(objective=objective, max_epochs=max(2, max_epochs), factor=3, seed=seed)
+        oracle = oracle_class(max_epochs=max(2, max_epochs), factor=3, **common)
         oracle.max_trials = max_trials  # Hyperband sizes its brackets by epochs; cap the trial count as asked
         return oracle
-    raise ValueError(f"unknown tuner {kind!r}")
+    return oracle_class(max_trials=max_trials, **common)
+
+
+def open_oracle(oracle: kt.Oracle, hypermodel: TransferHyperModel, workdir: Path, resume: bool) -> kt.Oracle:
+    """Point the oracle at its files: reload them to resume a search, or start afresh."""
+    project_dir = Path(workdir) / PROJECT_NAME
+    if not resume and project_dir.exists():
+        shutil.rmtree(project_dir)
+    oracle._set_project_dir(str(workdir), PROJECT_NAME)
+    oracle.verbose = 0  # autotl's reporter shows the progress
+    if resume and (project_dir / "oracle.json").exists():
+        try:
+            oracle.reload()  # the trials that were running go back into KerasTuner's retry queue
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            raise AutotlError(f"cannot resume: the tuner state in {project_dir} is unreadable ({exc}); "
+                              "start a new search with another --name") from None
+    # KerasTuner builds the model to discover conditional hyperparameters;
+    # autotl's space has none, so declaring it is enough (and skips a backbone load).
+    hp = oracle.get_space()
+    hypermodel.declare(hp)
+    oracle.update_space(hp)
+    return oracle
 
 
 class TransferTuner(kt.Tuner):
-    """Runs each trial through `worker` if given, else in this process."""
+    """Runs each trial through `worker` if given, else in this process.
+
+    The oracle comes ready from `open_oracle` (fresh or reloaded); in a distributed
+    search KerasTuner swaps it for a client of the chief's oracle.
+    """
 
     def __init__(self, oracle: kt.Oracle, hypermodel: TransferHyperModel, *, store: Store, search_id: int,
-                 plan: TrainingPlan, reporter: Reporter, workdir: Path, max_trials: int,
-                 worker: TrialWorker | None = None, **kwargs):
-        super().__init__(oracle, hypermodel, directory=str(workdir), project_name="keras_tuner", **kwargs)
+                 plan: TrainingPlan, reporter: Reporter, workdir: Path, max_trials: int, max_failures: int,
+                 worker: TrialWorker | None = None):
+        with contextlib.redirect_stdout(io.StringIO()):  # KerasTuner prints "Reloading Tuner from ..."
+            super().__init__(oracle, hypermodel, directory=str(workdir), project_name=PROJECT_NAME, overwrite=False)
         self.store = store
         self.search_id = search_id
         self.reporter = reporter
         self.max_trials = max_trials
+        self.max_failures = max_failures
         self.worker = worker
         objective = Objective(oracle.objective.name, oracle.objective.direction)
         self.runner = TrialRunner(hypermodel, plan, objective, store, search_id, Path(workdir))
         self._rows: dict[str, store_module.Trial] = {}
         self._outcomes: dict[str, TrialOutcome] = {}
+        self.completed_here = 0  # trials this tuner trained to completion (a distributed worker reports it)
 
     def search(self, *args, **kwargs) -> None:
         # KerasTuner prints the traceback of every failed trial while its (private) DEBUG flag
@@ -66,20 +142,25 @@ class TransferTuner(kt.Tuner):
             kt_config.DEBUG = debug
 
     def _populate_initial_space(self) -> None:
-        # KerasTuner builds the model here to discover conditional hyperparameters;
-        # autotl's space has none, so declaring it is enough (and skips a backbone load).
-        hp = self.oracle.get_space()
-        self.hypermodel.declare(hp)
-        self.oracle.update_space(hp)
+        """Done by `open_oracle` (or, in a distributed search, by the chief)."""
+
+    def reload(self) -> None:
+        """The oracle is reloaded by `open_oracle`; the tuner keeps no state of its own worth reloading."""
 
     def on_trial_begin(self, trial: kt.engine.trial.Trial) -> None:
         super().on_trial_begin(trial)
+        done = self.store.completed_trial(self.search_id, trial.trial_id)
+        if done is not None:  # finished before a kill that came before KerasTuner recorded it
+            self._rows[trial.trial_id] = done
+            return
         row = self.store.start_trial(self.search_id, trial.trial_id, dict(trial.hyperparameters.values))
         self._rows[trial.trial_id] = row
         self.reporter.trial_started(row.number, self.max_trials, dict(trial.hyperparameters.values))
 
     def run_trial(self, trial: kt.engine.trial.Trial, data: TrialData | None = None, **_kwargs) -> dict[str, float]:
         row = self._rows[trial.trial_id]
+        if row.status == store_module.COMPLETED:
+            return {self.oracle.objective.name: row.value}
         values = dict(trial.hyperparameters.values)
         try:
             if self.worker is not None:
@@ -94,14 +175,34 @@ class TransferTuner(kt.Tuner):
     def on_trial_end(self, trial: kt.engine.trial.Trial) -> None:
         row = self._rows.pop(trial.trial_id)
         outcome = self._outcomes.pop(trial.trial_id, None)
+        if row.status != store_module.COMPLETED:
+            finished = self._finish(row, trial, outcome)
+            self.reporter.trial_ended(finished)
+        super().on_trial_end(trial)  # the oracle records it (and saves its state) only now
+        self._check_failures()
+
+    def _finish(self, row: store_module.Trial, trial: kt.engine.trial.Trial,
+                outcome: TrialOutcome | None) -> store_module.Trial:
         if trial.status == kt.engine.trial.TrialStatus.COMPLETED and outcome is not None:
             finished = self.store.finish_trial(row.id, store_module.COMPLETED, value=outcome.value,
                                                best_phase=outcome.phase, best_epoch=outcome.epoch,
                                                metrics=outcome.metrics, data_path=outcome.data_path)
-        else:
-            finished = self.store.finish_trial(row.id, store_module.FAILED, error=_last_line(trial.message))
-        self.reporter.trial_ended(finished)
-        super().on_trial_end(trial)
+            self._prune_checkpoints()
+            self.completed_here += 1
+            return finished
+        return self.store.finish_trial(row.id, store_module.FAILED, error=_last_line(trial.message))
+
+    def _prune_checkpoints(self) -> None:
+        """Only the best completed trial keeps its checkpoint (backbones are large); running trials keep theirs."""
+        stale = self.store.stale_checkpoints(self.search_id)
+        for artifact in stale:
+            shutil.rmtree(Path(artifact.path).parent, ignore_errors=True)
+        self.store.delete_artifacts([artifact.id for artifact in stale])
+
+    def _check_failures(self) -> None:
+        failed = self.store.count_trials(self.search_id, store_module.FAILED)
+        if failed >= self.max_failures:
+            raise TooManyFailures(too_many_failures_message(failed, self.max_failures))
 
     def save_model(self, trial_id, model, step=0):
         """Checkpoints are written by the trial runner (the best trial's only)."""
@@ -114,6 +215,10 @@ class TransferTuner(kt.Tuner):
         if not artifacts:
             raise ValueError(f"trial {trial.trial_id} has no checkpoint (only the best trial keeps one)")
         return keras.saving.load_model(artifacts[-1].path, compile=False)
+
+
+def too_many_failures_message(failed: int, max_failures: int) -> str:
+    return f"{failed} trials failed (--max-failures {max_failures}); see `autotl trials` for their errors"
 
 
 def _last_line(message: str | None) -> str:

@@ -175,7 +175,8 @@ class TrialWorker:
         package_root = str(Path(__file__).resolve().parent.parent)
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
         with ours, theirs:
-            self._process = subprocess.Popen([sys.executable, "-m", "autotl.worker", str(theirs.fileno())],
+            self._process = subprocess.Popen([sys.executable, "-m", "autotl.worker", str(theirs.fileno()),
+                                              str(os.getpid())],
                                              pass_fds=[theirs.fileno()], env=env)
             self._connection = Connection(ours.detach())
         self._trials_done = 0
@@ -213,6 +214,25 @@ def resident_mb(pid: int | str = "self") -> float | None:
         return None
 
 
+def die_with_parent(parent_pid: int | str | None) -> None:
+    """Have the kernel kill this process when the process that started it dies (Linux).
+
+    A search killed with SIGKILL cannot stop its children; without this a trial worker
+    would train on for nothing, and a distributed worker would wait an hour for its chief.
+    """
+    if not parent_pid or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != int(parent_pid):  # it died before the request took effect
+        os._exit(1)
+
+
 def worker_main(spec: WorkerSpec, connection) -> None:
     """Entry point of the worker process: set up once, then run trials until told to stop."""
     # Ctrl-C reaches the whole process group; the search process decides what it means
@@ -228,6 +248,8 @@ def worker_main(spec: WorkerSpec, connection) -> None:
             try:
                 outcome = runner.run(trial_id, trial_number, values, data,
                                      on_epoch=lambda *event: connection.send(("epoch", event)))
+            except TrialFailed as exc:  # already says what went wrong
+                connection.send(("failed", str(exc)))
             except Exception as exc:  # noqa: BLE001 - any failure of one trial is that trial's result
                 connection.send(("failed", _describe(exc)))
             else:
@@ -267,10 +289,11 @@ def remove_trial_data(directory: Path) -> None:
     shutil.rmtree(directory, ignore_errors=True)
 
 
-if __name__ == "__main__":  # python -m autotl.worker FD, started by TrialWorker
+if __name__ == "__main__":  # python -m autotl.worker FD PARENT_PID, started by TrialWorker
     from .quiet import import_keras_quietly
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # see worker_main
+    die_with_parent(sys.argv[2] if len(sys.argv) > 2 else None)
 
     import_keras_quietly()  # seconds of imports, while the search process is still reading the data
     _connection = Connection(int(sys.argv[1]))

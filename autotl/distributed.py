@@ -1,0 +1,84 @@
+"""KerasTuner's distributed mode, driven by autotl: one chief oracle, many tuner workers.
+
+KerasTuner's protocol is used as it is: the chief serves the oracle over gRPC
+(`OracleServicer`), and each worker is a tuner whose oracle is an `OracleClient`,
+chosen by the environment variables `KERASTUNER_TUNER_ID`, `KERASTUNER_ORACLE_IP`
+and `KERASTUNER_ORACLE_PORT`. What autotl adds is the chief's loop: KerasTuner's
+own `start_server` polls every 20 seconds and never notices a worker that died,
+so `OracleServer` here is polled by the search, which also watches its local
+worker processes and the store.
+
+Every worker writes its trials to the store itself, so all trials land in one
+store whichever machine ran them.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from concurrent import futures
+
+from .errors import UsageError
+
+TUNER_ID, ORACLE_IP, ORACLE_PORT = "KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT"
+
+
+def parse_address(address: str, *, allow_port_zero: bool = False) -> tuple[str, int]:
+    """'HOST:PORT' -> (host, port), with a one-line error for anything else."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or not (0 if allow_port_zero else 1) <= int(port) <= 65535:
+        raise UsageError(f"not a HOST:PORT address: {address!r} (e.g. 127.0.0.1:8000)")
+    return host.strip("[]"), int(port)
+
+
+def worker_environment(tuner_id: str, host: str, port: int) -> dict[str, str]:
+    """The variables that make a KerasTuner tuner a worker of the chief at host:port."""
+    return {TUNER_ID: tuner_id, ORACLE_IP: host, ORACLE_PORT: str(port)}
+
+
+def default_tuner_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class OracleServer:
+    """The chief: serves `oracle` to the workers until the search is over."""
+
+    def __init__(self, oracle, address: str = "127.0.0.1:0"):
+        self.oracle = oracle
+        self.host, self.port = parse_address(address, allow_port_zero=True)
+        self._server = None
+        self._servicer = None
+
+    def start(self) -> str:
+        """Start serving; returns the HOST:PORT workers connect to (a free port when asked for port 0)."""
+        import grpc
+        from keras_tuner.src import protos
+        from keras_tuner.src.distribute.oracle_chief import OracleServicer
+
+        # One thread: the oracle's methods are synchronised anyway, and its state must not interleave.
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
+        self._servicer = OracleServicer(self.oracle)
+        protos.get_service_grpc().add_OracleServicer_to_server(self._servicer, self._server)
+        requested = f"{self.host}:{self.port}"
+        try:
+            self.port = self._server.add_insecure_port(requested)
+        except RuntimeError:
+            self.port = 0
+        if not self.port:
+            raise UsageError(f"cannot listen on {requested} (address in use or not this machine's)")
+        self._server.start()
+        return f"{self.host}:{self.port}"
+
+    def all_trials_handed_out_and_ended(self) -> bool:
+        """KerasTuner's own end condition: the oracle said stop, and no tuner is still at work."""
+        from keras_tuner.src.distribute.oracle_chief import exit_chief
+
+        return self._servicer.stop_triggered and exit_chief(self.oracle)
+
+    def ongoing_tuner_ids(self) -> set[str]:
+        return set(self.oracle.ongoing_trials)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop(grace=2).wait()
+            self._server = None

@@ -1,0 +1,179 @@
+"""Searches that are killed, resumed, stopped by failing trials: real CLI processes, a real SQLite
+store, real (tiny) training. Nothing written before a kill is lost, nothing is counted twice."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from autotl.store import COMPLETED, FAILED, INTERRUPTED, RUNNING, Store
+
+from conftest import TINY_PLUGIN, autotl_command, run_cli
+
+MAX_TRIALS = 8
+
+
+def search_args(data: Path, root: Path, name: str, *extra) -> list:
+    return ["search", data, "--backbone", "tiny_cnn", "--plugin", TINY_PLUGIN, "--image-size", "16",
+            "--max-trials", str(MAX_TRIALS), "--epochs", "3", "--finetune-epochs", "2", "--name", name,
+            "--store", root / "autotl.db", "--workdir", root / "runs", *extra]
+
+
+def start(args: list, cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.Popen([*autotl_command(), *map(str, args)], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def completed_rows(store: Store, name: str) -> dict[int, tuple]:
+    search = store.get_search(name)
+    return {t.id: (t.tuner_trial_id, t.value, json.dumps(t.hyperparameters, sort_keys=True))
+            for t in store.list_trials(search.id) if t.status == COMPLETED}
+
+
+def orphan_trial_workers(parent_pid: int) -> list[int]:
+    """Trial worker processes (`python -m autotl.worker FD PARENT_PID`) of a given search process."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"autotl.worker" in argv and str(parent_pid).encode() in argv:
+            found.append(int(entry.name))
+    return found
+
+
+def test_a_search_killed_three_times_at_random_moments_resumes_to_exactly_max_trials(tmp_path, mnist_dir):
+    store = Store(tmp_path / "autotl.db")
+    rng = random.Random(20261127)
+    kept: dict[int, tuple] = {}
+    process = start(search_args(mnist_dir, tmp_path, "killed"), tmp_path)
+    for kill in range(3):
+        time.sleep(rng.uniform(6, 14))  # from start-up (imports, data, cache pass) to mid-epoch
+        assert process.poll() is None, f"the search finished before kill {kill + 1}: make it longer"
+        if kill == 0:  # a second process cannot take up a search that is still running
+            clash = run_cli("resume", "killed", "--store", tmp_path / "autotl.db", cwd=tmp_path)
+            assert clash.returncode == 1 and "is running in another process" in clash.stderr
+        process.send_signal(signal.SIGKILL)
+        process.communicate()
+        assert process.returncode == -signal.SIGKILL
+        time.sleep(0.5)
+        assert orphan_trial_workers(process.pid) == [], "the trial worker died with its search"
+        before = completed_rows(store, "killed")
+        assert before.items() >= kept.items(), "a kill lost a completed trial"
+        kept = before
+        process = start(["resume", "killed", "--store", tmp_path / "autotl.db"], tmp_path)
+    stdout, stderr = process.communicate(timeout=600)
+    assert process.returncode == 0, stderr
+    assert "Traceback" not in stderr and "resuming search 'killed'" in stderr
+
+    search = store.get_search("killed")
+    trials = store.list_trials(search.id)
+    completed = [t for t in trials if t.status == COMPLETED]
+    assert search.status == COMPLETED
+    assert len(completed) == MAX_TRIALS
+    assert len({t.tuner_trial_id for t in completed}) == MAX_TRIALS, "a trial was counted twice"
+    assert completed_rows(store, "killed").items() >= kept.items()
+    assert {t.status for t in trials} <= {COMPLETED, INTERRUPTED}, "no row is left running or half written"
+    # Every interrupted trial ran again with the same hyperparameters.
+    again = {t.tuner_trial_id: t.hyperparameters for t in completed}
+    for trial in (t for t in trials if t.status == INTERRUPTED):
+        assert again[trial.tuner_trial_id] == trial.hyperparameters
+    # The best trial kept its checkpoint through the kills, and exports.
+    exported = run_cli("export", "killed", "--out", tmp_path / "exported", "--store", tmp_path / "autotl.db",
+                       cwd=tmp_path)
+    assert exported.returncode == 0, exported.stderr
+    assert (tmp_path / "exported" / "autotl.json").exists()
+    checkpoints = store.artifacts(search.id, kind="checkpoint")
+    assert [a.trial_id for a in checkpoints] == [store.best_trial(search).id]
+
+
+def test_a_finished_search_says_so_and_exits_0_and_a_changed_one_is_refused(tmp_path, mnist_dir):
+    args = search_args(mnist_dir, tmp_path, "done")
+    args[args.index("--max-trials") + 1] = "2"
+    assert run_cli(*args, cwd=tmp_path).returncode == 0
+    store = Store(tmp_path / "autotl.db")
+    rows_before = completed_rows(store, "done")
+
+    again = run_cli("resume", "done", "--store", tmp_path / "autotl.db", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "search 'done' had already finished; nothing to run" in again.stdout
+    rerun = run_cli(*args, cwd=tmp_path)
+    assert rerun.returncode == 0 and "already finished" in rerun.stdout
+
+    changed = run_cli(*args, "--seed", "7", cwd=tmp_path)
+    assert changed.returncode == 2
+    assert changed.stderr.strip() == ("Error: a search named 'done' already exists with a different seed; choose "
+                                      "another --name, or continue it as it was with `autotl resume done`")
+    assert completed_rows(store, "done") == rows_before
+
+
+def test_a_trial_the_store_holds_as_completed_is_not_run_again(tmp_path, mnist_dir):
+    """The kill that falls after the store recorded a trial and before KerasTuner did."""
+    args = search_args(mnist_dir, tmp_path, "dedup")
+    args[args.index("--max-trials") + 1] = "2"
+    assert run_cli(*args, cwd=tmp_path).returncode == 0
+    store = Store(tmp_path / "autotl.db")
+    search = store.get_search("dedup")
+    first = completed_rows(store, "dedup")
+    # Put KerasTuner's state back to "trial 1 still running", and the search back to unfinished.
+    oracle_file = tmp_path / "runs" / "dedup" / "keras_tuner" / "oracle.json"
+    state = json.loads(oracle_file.read_text())
+    last = state["end_order"].pop()
+    state["ongoing_trials"] = {"tuner0": last}
+    oracle_file.write_text(json.dumps(state))
+    store.finish_search(search.id, INTERRUPTED, "killed")
+
+    resumed = run_cli("resume", "dedup", "--store", tmp_path / "autotl.db", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert completed_rows(store, "dedup") == first
+    assert len(store.list_trials(search.id)) == 2
+    assert store.get_search("dedup").status == COMPLETED
+
+
+NAN_SPACE = ("head_lr: {values: [1.0e+12]}\nhead_layers: {values: [2]}\npooling: {values: [avg]}\n"
+             "dropout: {values: [0.0]}\nunfreeze_depth: {values: [0]}\n")
+
+
+def test_nan_losses_fail_a_trial_at_once_and_max_failures_stops_the_search_cleanly(tmp_path, mnist_dir):
+    (tmp_path / "nan.yaml").write_text(NAN_SPACE)
+    result = run_cli(*search_args(mnist_dir, tmp_path, "diverges", "--space", tmp_path / "nan.yaml",
+                                  "--max-failures", "2"), cwd=tmp_path)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "Error: search 'diverges' stopped: 2 trials failed (--max-failures 2); see `autotl trials` for their errors")
+    store = Store(tmp_path / "autotl.db")
+    search = store.get_search("diverges")
+    trials = store.list_trials(search.id)
+    assert search.status == FAILED and "2 trials failed" in search.error
+    assert [t.status for t in trials] == [FAILED, FAILED], "the search stopped at the second failure"
+    for trial in trials:
+        assert trial.error == "the loss became nan in epoch 1 of the head phase"
+        assert store.epoch_metrics(trial.id) == [], "the trial ended within its first epoch"
+    assert not any(t.status == RUNNING for t in trials)
+
+
+def test_resume_of_an_unknown_search_is_one_line(tmp_path):
+    result = run_cli("resume", "nope", "--store", tmp_path / "autotl.db", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith("Error: no search 'nope' in sqlite:///")
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("option, value, fragment", [("--max-failures", "0", "--max-failures"),
+                                                     ("--workers", "-1", "--workers"),
+                                                     ("--oracle-address", "nowhere", "HOST:PORT")])
+def test_bad_reliability_options_are_usage_errors(tmp_path, mnist_dir, option, value, fragment):
+    result = run_cli(*search_args(mnist_dir, tmp_path, "bad", "--workers", "1", option, value), cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert fragment in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "autotl.db").exists() or Store(tmp_path / "autotl.db").list_searches() == []
