@@ -219,6 +219,8 @@ def die_with_parent(parent_pid: int | str | None) -> None:
 
     A search killed with SIGKILL cannot stop its children; without this a trial worker
     would train on for nothing, and a distributed worker would wait an hour for its chief.
+    (The kernel sends the signal when the *thread* that started this process ends; autotl
+    starts its workers from the thread that runs the search, which outlives them.)
     """
     if not parent_pid or not sys.platform.startswith("linux"):
         return
