@@ -79,6 +79,7 @@ class SearchConfig:
     workers: int = 0  # > 0: a chief oracle here and this many tuner worker processes (KerasTuner's distributed mode)
     oracle_address: str = "127.0.0.1:0"  # where the chief listens; port 0 picks a free one
     plugin_files: list[str] = field(default_factory=list)
+    tensorboard_dir: str | None = None  # log each trial for TensorBoard under DIR/<search name>/trial_NNN
 
     def validate(self) -> None:
         if self.tuner not in TUNERS:
@@ -113,6 +114,10 @@ class SearchConfig:
                              f"not {self.objective!r}")
         if self.objective not in ("val_accuracy", "val_loss"):
             raise UsageError("--objective must be val_accuracy or val_loss")
+        if self.tensorboard_dir is not None:
+            from .board import require_tensorboard
+
+            require_tensorboard()
 
 
 @dataclass
@@ -191,6 +196,10 @@ def join(search_ref: str | int, chief: str, store: Store | str = DEFAULT_STORE, 
     if row.status == COMPLETED:
         raise AutotlError(f"search {row.name!r} has already finished; there is nothing to join")
     config = config_from_record(row, data=data)
+    if config.tensorboard_dir is not None:
+        from .board import require_tensorboard
+
+        require_tensorboard()
     reporter = reporter or Reporter()
     worker = TrialWorker(None, config.trials_per_worker, config.worker_memory_growth_mb) \
         if config.trials_per_worker > 0 else None
@@ -314,12 +323,16 @@ def _run_tuner(config: SearchConfig, store: Store, row: Search, prepared: _Prepa
     oracle = make_oracle(config.tuner, kt.Objective(row.objective, row.direction), config.max_trials,
                          config.epochs, config.seed)
     workdir = Path(row.workdir)
+    plan = _training_plan(config, row.name)
     if role != "worker":
         open_oracle(oracle, hypermodel, workdir, resume)
+        if plan.tensorboard_dir is not None:
+            from .board import write_experiment
+
+            write_experiment(plan.tensorboard_dir, prepared.space, Objective(row.objective, row.direction))
     if role == "chief":
         _serve_workers(config, store, row, oracle, reporter)
         return 0
-    plan = _training_plan(config)
     preprocess = prepared.preprocessor
     data = TrialData(preprocess(prepared.train.examples), prepared.train.labels,
                      preprocess(prepared.val.examples), prepared.val.labels)
@@ -338,14 +351,17 @@ def _run_tuner(config: SearchConfig, store: Store, row: Search, prepared: _Prepa
             remove_trial_data(data_dir)
 
 
-def _training_plan(config: SearchConfig) -> TrainingPlan:
+def _training_plan(config: SearchConfig, search_name: str) -> TrainingPlan:
+    tensorboard_dir = None
+    if config.tensorboard_dir is not None:
+        tensorboard_dir = str(Path(config.tensorboard_dir).expanduser().resolve() / search_name)
     return TrainingPlan(epochs=config.epochs,
                         finetune_epochs=config.epochs if config.finetune_epochs is None else config.finetune_epochs,
                         batch_size=config.batch_size, patience=config.patience, seed=config.seed,
                         precision=config.precision, cache=config.cache,
                         cache_dir=str(Path(config.cache_dir).expanduser().resolve()) if config.cache_dir else None,
                         cache_storage=config.cache_dtype,
-                        cache_memory_mb=_cache_memory_mb(config.cache_memory_mb))
+                        cache_memory_mb=_cache_memory_mb(config.cache_memory_mb), tensorboard_dir=tensorboard_dir)
 
 
 def _serve_workers(config: SearchConfig, store: Store, row: Search, oracle, reporter: Reporter) -> None:
@@ -466,7 +482,7 @@ def _default_name(backbone: str) -> str:
 def _config_record(config: SearchConfig, prepared: _Prepared) -> dict[str, Any]:
     """The search's configuration as the store keeps it: enough to resume it from any folder."""
     record = asdict(config)
-    for name in ("data", "val_data", "space_file", "cache_dir"):
+    for name in ("data", "val_data", "space_file", "cache_dir", "tensorboard_dir"):
         if record[name]:
             record[name] = str(Path(record[name]).expanduser().resolve())
     record["plugin_files"] = [str(Path(p).expanduser().resolve()) for p in config.plugin_files]

@@ -72,6 +72,12 @@ class ReusableBackbone:
     long; resetting the values of the variables takes milliseconds. The build
     is seeded, so randomly initialised weights (``none``) are the same in every
     process of a search, as the activation cache requires.
+
+    Each trial calls the backbone's layers on new symbolic inputs (its model, and
+    the flattened copy `autotl.graph` cuts), and Keras keeps a node for every
+    call on the layer called and on the layers feeding it: through the nodes of
+    past trials the backbone would keep their head layers and weights alive. They
+    are dropped before the next trial builds its model.
     """
 
     def __init__(self, hypermodel: TransferHyperModel, seed: int):
@@ -80,14 +86,20 @@ class ReusableBackbone:
         self._model: keras.Model | None = None
         self._pretrained: list | None = None
         self._changed = False
+        self._node_counts: list[tuple] = []
 
     def fresh(self) -> keras.Model:
         if self._model is None:
             keras.utils.set_random_seed(self.seed)
             self._model = self.hypermodel.build_backbone()
             self._pretrained = [np.array(w) for w in self._model.get_weights()]
-        elif self._changed:
-            self._model.set_weights(self._pretrained)
+            self._node_counts = [(layer, len(layer._inbound_nodes), len(layer._outbound_nodes))
+                                 for layer in _self_and_sublayers(self._model)]
+        else:
+            for layer, inbound, outbound in self._node_counts:  # the nodes past trials' models added
+                del layer._inbound_nodes[inbound:], layer._outbound_nodes[outbound:]
+            if self._changed:
+                self._model.set_weights(self._pretrained)
         self._changed = False
         return self._model
 

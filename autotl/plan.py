@@ -31,6 +31,7 @@ class TrainingPlan:
     cache_storage: str = "auto"  # float activations kept as float32, float16, or auto (float16 beyond the budget)
     cache_memory_mb: int = 4096  # a trial's cached activations up to this size are loaded, larger read from disk
     inference_batch_size: int = 128  # batch of the one pass that fills the cache
+    tensorboard_dir: str | None = None  # the search's TensorBoard folder (DIR/NAME, autotl.board); None: no logs
 
 
 @dataclass

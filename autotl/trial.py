@@ -26,6 +26,7 @@ import keras_tuner as kt
 import numpy as np
 
 from . import space as space_module
+from .board import TrialBoard
 from .cache import ActivationCache
 from .feed import ActivationSource, Phase, batches, sequence_lengths, variable_length_inputs
 from .hypermodel import BACKBONE_LAYER, ReusableBackbone, TransferHyperModel, set_unfreeze_depth
@@ -58,11 +59,27 @@ class TrialRunner:
     def run(self, trial_id: int, trial_number: int, values: dict[str, Any], data: TrialData,
             on_epoch: EpochCallback) -> TrialOutcome:
         release_memory()
-        with dtype_policy(self.plan.precision):
+        with dtype_policy(self.plan.precision), traced_gradients_released():
             return self._run(trial_id, trial_number, values, data, on_epoch)
 
     def _run(self, trial_id: int, trial_number: int, values: dict[str, Any], data: TrialData,
              on_epoch: EpochCallback) -> TrialOutcome:
+        if self.plan.tensorboard_dir is None:
+            return self._train(trial_id, trial_number, values, data, on_epoch, None)
+        board = TrialBoard(self.plan.tensorboard_dir, trial_number, values, self.objective)
+        try:
+            outcome = self._train(trial_id, trial_number, values, data, on_epoch, board)
+        except Exception:
+            board.finish(None, ok=False)
+            raise
+        except BaseException:  # interrupted: the run keeps what it logged, with no end
+            board.close()
+            raise
+        board.finish(outcome.value, ok=True)
+        return outcome
+
+    def _train(self, trial_id: int, trial_number: int, values: dict[str, Any], data: TrialData,
+               on_epoch: EpochCallback, board: TrialBoard | None) -> TrialOutcome:
         feature_model = self.backbone.fresh()
         keras.utils.set_random_seed(self.plan.seed * 1000 + trial_number)
         hp = self._hyperparameters(values)
@@ -73,8 +90,10 @@ class TrialRunner:
 
         def fit(learning_rate: float, phase: str, phase_epochs: int, depth: int) -> None:
             logger = _EpochLogger(self.store, trial_id, trial_number, phase, phase_epochs, on_epoch)
-            self._fit(feed.phase(depth), data, learning_rate, phase_epochs,
-                      [FailOnNonFiniteLoss(phase), tracker.callback(phase), logger])
+            callbacks = [FailOnNonFiniteLoss(phase), tracker.callback(phase), logger]
+            if board is not None:
+                callbacks.append(_BoardLogger(board, phase))
+            self._fit(feed.phase(depth), data, learning_rate, phase_epochs, callbacks)
 
         fit(hp.get("head_lr"), HEAD, epochs, 0)
         depth = 0
@@ -213,6 +232,17 @@ class _EpochLogger(keras.callbacks.Callback):
         self.on_epoch(self.trial_number, self.phase, epoch + 1, self.epochs, metrics)
 
 
+class _BoardLogger(keras.callbacks.Callback):
+    """Each epoch's metrics to the trial's TensorBoard run (`autotl.board`)."""
+
+    def __init__(self, board: TrialBoard, phase: str):
+        super().__init__()
+        self.board, self.phase = board, phase
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.board.epoch(self.phase, epoch + 1, logs or {})
+
+
 def steps_per_execution() -> int:
     """Batches per call into the compiled train step. On cached activations a step takes
     about as long as Python's trip into it; batching calls removes most of that (the torch
@@ -229,6 +259,41 @@ def dtype_policy(name: str):
         yield
     finally:
         keras.config.set_dtype_policy(previous)
+
+
+@contextlib.contextmanager
+def traced_gradients_released():
+    """Unregister the custom gradients TensorFlow registered while the block ran (a trial).
+
+    Tracing a custom gradient in a graph (the optimizer step's ``all_reduce`` of the
+    gradients does, in every Keras train function traced on TensorFlow) adds an entry to
+    TensorFlow's process-wide gradient registry that nothing ever removes, and the entry's
+    closure holds the traced graph: the whole train step, optimizer and metric graphs stay
+    alive, about 4 MB per ``fit`` of a small model, which ``clear_session()`` cannot return.
+    Gradients are looked up while a function is traced; those traced in a trial are
+    never traced again once it ends, so its entries are dropped then (only those).
+    """
+    registry = _custom_gradient_registry()
+    before = set(registry) if registry is not None else set()
+    try:
+        yield
+    finally:
+        if registry is not None:
+            for name in [name for name in registry if name not in before and name.startswith("CustomGradient-")]:
+                registry.pop(name, None)
+
+
+def _custom_gradient_registry() -> dict | None:
+    """TensorFlow's gradient registry (op type -> gradient function), or None off TensorFlow."""
+    if keras.backend.backend() != "tensorflow":
+        return None
+    try:
+        from tensorflow.python.framework import ops as tf_ops
+
+        registry = tf_ops._gradient_registry._registry  # noqa: SLF001 - TF has no public way to unregister
+    except (ImportError, AttributeError):
+        return None
+    return registry if isinstance(registry, dict) else None
 
 
 def release_memory() -> None:

@@ -1,15 +1,17 @@
 """Trial workers: trials run in a child process that is replaced every so often.
 
-Why a process: on Keras' TensorFlow backend each ``model.fit`` leaves memory
-behind that ``keras.utils.clear_session()`` does not return (about 4 MB for a
-tiny model, about 75 MB per trial for EfficientNet-Lite0; see
-``results/trial_memory*.md``; the torch backend does not leak). A process gives
-all of it back when it exits, so a long search stays flat. It also confines a
-crash that takes the interpreter down (a segfault, the kernel's OOM killer) to
-the trial that caused it. A worker is replaced after a number of trials, or
-sooner once its memory has grown by a set amount since its first trial; trials
-on cached activations leak little, so one worker often serves a whole search
-and its start-up (importing TensorFlow, loading the backbone) is paid once.
+Why a process: it confines a crash that takes the interpreter down (a segfault,
+the kernel's OOM killer) to the trial that caused it, and it gives back, when it
+exits, memory a trial leaves behind. autotl releases the leaks it knows of on
+Keras' TensorFlow backend (TensorFlow's gradient registry keeping every traced
+train step alive, Keras nodes on the reused backbone; see
+``trial.traced_gradients_released`` and ``hypermodel.ReusableBackbone``), and a
+30-trial search now stays flat in one process (``results/trial_memory*.md``);
+the worker is the safety net for what a third-party backbone or a future
+version leaks. It is replaced after a number of trials, or sooner once its
+memory has grown by a set amount since its first trial, so one worker usually
+serves a whole search and its start-up (importing TensorFlow, loading the
+backbone) is paid once.
 
 The worker opens the store itself and writes its epochs and checkpoints there;
 it sends progress events and the trial's outcome back through a pipe. The

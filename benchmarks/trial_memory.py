@@ -59,7 +59,8 @@ def main() -> None:
     parser.add_argument("--backbone", default="tiny_cnn")
     parser.add_argument("--image-size", type=int, default=16)
     parser.add_argument("--per-class", type=int, default=20)
-    parser.add_argument("--trials-per-worker", type=int, default=5, help="0: trials in the search process")
+    parser.add_argument("--trials-per-worker", type=int, default=25,
+                        help="0: trials in the search process (25: the CLI's default)")
     parser.add_argument("--out", default=str(REPO / "results" / "trial_memory"))
     args = parser.parse_args()
 
