@@ -63,6 +63,19 @@ class Preprocessor(abc.ABC):
     def save(self, directory: Path) -> None:
         """Write the assets needed to rebuild this preprocessor into `directory`."""
 
+    def graph_function(self):
+        """Optional: this preprocessing as TensorFlow graph code, so that exports take raw inputs.
+
+        Text preprocessors may return a callable mapping a ``tf.string`` tensor of shape
+        ``(N,)`` to the model's inputs (a dict of tensors, cast to the model's dtypes by
+        the caller), usable inside a ``tf.function`` and trackable by TensorFlow (a Keras
+        layer, such as a keras-hub preprocessor). The SavedModel export then tokenizes
+        inside its ``serving_default`` signature. ``None`` (the default): exports take the
+        model's inputs. Called only on Keras' TensorFlow backend, at export time. Image
+        preprocessing needs none: autotl resizes inside image exports itself.
+        """
+        return None
+
 
 class ImagePreprocessor(Preprocessor):
     """Images arrive already decoded and resized by `autotl.data`, as uint8 arrays.

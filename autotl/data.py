@@ -131,17 +131,30 @@ def read_image(source: str | Path | bytes | np.ndarray, image_size: tuple[int, i
     pixels with no 8-bit reading (32-bit integers beyond 16-bit values).
     """
     height, width = _check_image_size(image_size)
+    rgb = _decode_rgb(source)
+    if rgb.size != (width, height):
+        rgb = rgb.resize((width, height), Image.Resampling.BILINEAR)
+    return np.asarray(rgb, dtype=np.uint8)
+
+
+def decode_image(source: str | Path | bytes | np.ndarray) -> np.ndarray:
+    """`read_image` without the resize: a uint8 ``(H, W, 3)`` RGB array at the source's own size.
+
+    What exports that resize inside the model take (see `autotl.tf_export`):
+    their resize reproduces the one `read_image` applies.
+    """
+    return np.asarray(_decode_rgb(source), dtype=np.uint8)
+
+
+def _decode_rgb(source: str | Path | bytes | np.ndarray) -> Image.Image:
     try:
         image = _open_image(source)
         with image:
-            rgb = _to_rgb(image)
+            return _to_rgb(image)
     except (AutotlError, MemoryError):
         raise
     except Exception as exc:  # PIL raises a zoo of types for bad files: OSError, SyntaxError, ValueError...
         raise UnreadableImageError(_describe(source), _reason(exc)) from exc
-    if rgb.size != (width, height):
-        rgb = rgb.resize((width, height), Image.Resampling.BILINEAR)
-    return np.asarray(rgb, dtype=np.uint8)
 
 
 def _open_image(source: str | Path | bytes | np.ndarray) -> Image.Image:

@@ -1,58 +1,433 @@
-"""Write a TensorFlow SavedModel from a `.keras` file, whatever backend autotl runs on.
+"""Exports that run without autotl: TensorFlow SavedModel, ONNX and TFLite (LiteRT), from a `.keras` file.
 
-Keras writes a SavedModel natively only on its TensorFlow backend. A `.keras`
-file is backend-independent, so on torch or JAX the export reloads it in a
-child process running the TensorFlow backend:
+Each takes raw inputs as far as its format can hold the preprocessing:
 
-    python -m autotl.tf_export MODEL.keras OUT_DIR [--plugin FILE ...]
+* images: the exported model resizes and normalises itself. The SavedModel's ``serving_default``
+  signature takes encoded image files (``tf.string``, shape ``(N,)``); its ``pixels`` signature,
+  the ONNX model and the TFLite model take uint8 RGB pixels ``(N, H, W, 3)`` of any H and W (one
+  size per call). The resize inside reproduces Pillow's BILINEAR resize bit for bit (integer
+  arithmetic carried exactly in float32, see `pil_resize`), which is what autotl's reader
+  applies (`autotl.data.read_image`): an export predicts what ``autotl predict`` does.
+* text: the SavedModel's ``serving_default`` takes strings where the plugin's preprocessor has
+  TensorFlow graph code (`autotl.backbone.Preprocessor.graph_function`; BERT's WordPiece
+  tokenizer, whose ops are tensorflow-text's: ``import tensorflow_text`` before loading it).
+  ONNX and TFLite take the tokenizer's outputs: their runtimes have no tokenizer ops.
+
+The SavedModel keeps its ``serve`` signature, which takes what the `.keras` model takes.
+
+Keras writes these only on its TensorFlow backend. A `.keras` file is backend-independent, so on
+torch or JAX the export reloads it in a child process running the TensorFlow backend::
+
+    python -m autotl.tf_export MODEL.keras OUT_DIR --format savedmodel [--format onnx ...] \\
+        --backbone NAME --preprocessing JSON [--plugin FILE ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import keyword
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+from typing import Any, Sequence
 
 from .errors import AutotlError
 
+SAVED_MODEL_DIR = "saved_model"
+ONNX_FILE = "model.onnx"
+TFLITE_FILE = "model.tflite"
+PREPROCESSOR_DIR = "preprocessor"
+TF_FORMATS = ("savedmodel", "onnx", "tflite")
 
-def export_saved_model(model, keras_file: Path, out_dir: Path, plugin_files: list[str]) -> None:
-    """Write `model` (loaded from `keras_file`) as a SavedModel in `out_dir`."""
+RAW_SIGNATURE = "serving_default"  # encoded image files, or strings (text with graph preprocessing)
+PIXELS_SIGNATURE = "pixels"  # uint8 pixels of any size (images)
+MODEL_SIGNATURE = "serve"  # what the .keras model takes
+IMAGES_INPUT = "images"
+TEXTS_INPUT = "texts"
+PIXELS_INPUT = "pixels"
+OUTPUT = "probabilities"
+ONNX_OPSET = 17
+
+# Pillow's fixed-point precision for 8-bit images (libImaging/Resample.c: 32 - 8 - 2 bits).
+_PRECISION_BITS = 22
+
+
+def export_formats(keras_file: Path, out_dir: Path, formats: Sequence[str], preprocessing: dict[str, Any],
+                   preprocessor, backbone_name: str, plugin_files: Sequence[str], model=None) -> None:
+    """Write each of `formats` (of `TF_FORMATS`) of the model in `keras_file` into `out_dir`.
+
+    `preprocessor` is the search's (`preprocessing` is its config); `model`, when given, is
+    `keras_file` already loaded. On a backend other than TensorFlow a child process does it.
+    """
     import keras
 
+    formats = [f for f in TF_FORMATS if f in formats]
+    if not formats:
+        return
     if keras.backend.backend() == "tensorflow":
-        model.export(str(out_dir), format="tf_saved_model", verbose=False)
+        model = model if model is not None else keras.saving.load_model(keras_file, compile=False)
+        write_formats(model, Path(out_dir), formats, preprocessing, preprocessor)
         return
     env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    args = [sys.executable, "-m", "autotl.tf_export", str(keras_file), str(out_dir)]
+    args = [sys.executable, "-m", "autotl.tf_export", str(keras_file), str(out_dir),
+            "--backbone", backbone_name, "--preprocessing", json.dumps(preprocessing)]
+    for fmt in formats:
+        args += ["--format", fmt]
     for plugin in plugin_files:
         args += ["--plugin", str(plugin)]
     result = subprocess.run(args, env=env, capture_output=True, text=True)
     if result.returncode != 0:
         lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
-        raise AutotlError(f"SavedModel export (TensorFlow backend) failed: {lines[-1] if lines else 'no output'}")
+        last = lines[-1] if lines else "no output"
+        raise AutotlError(f"{'/'.join(formats)} export (TensorFlow backend) failed: {last}")
 
 
-def _export_here(keras_file: Path, out_dir: Path, plugin_files: list[str]) -> None:
+def write_formats(model, out_dir: Path, formats: Sequence[str], preprocessing: dict[str, Any], preprocessor) -> None:
+    """On the TensorFlow backend: write `formats` of `model` into `out_dir`."""
+    graph = _Graph(model, preprocessing, preprocessor)
+    writers = {"savedmodel": lambda scratch: graph.write_saved_model(out_dir / SAVED_MODEL_DIR),
+               "onnx": lambda scratch: graph.write_onnx(out_dir / ONNX_FILE),
+               "tflite": lambda scratch: graph.write_tflite(out_dir / TFLITE_FILE, scratch)}
+    with tempfile.TemporaryDirectory() as scratch:
+        for fmt in (f for f in TF_FORMATS if f in formats):
+            try:
+                writers[fmt](Path(scratch))
+            except Exception as exc:  # a converter's error, often pages long: its first line
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                raise AutotlError(f"the {fmt} export failed: {type(exc).__name__}: {first[:300]}") from exc
+
+
+def takes_pixels(preprocessing: dict[str, Any]) -> bool:
+    """Whether exports of a model with this preprocessing resize and normalise images themselves."""
+    return preprocessing.get("type") == "image" and preprocessing.get("resize") == "bilinear"
+
+
+# --------------------------------------------------------------------------- the graphs
+
+
+class _Graph:
+    """The TensorFlow functions the exports are made of."""
+
+    def __init__(self, model, preprocessing: dict[str, Any], preprocessor):
+        import tensorflow as tf
+
+        self.model = model
+        self.preprocessing = preprocessing
+        self.pixels = takes_pixels(preprocessing)
+        self.packer = None if self.pixels else preprocessor.graph_function()
+        inputs = model.input
+        self.input_names = list(inputs) if isinstance(inputs, dict) else None
+        self.input_specs = ({name: tf.TensorSpec(t.shape, t.dtype, name=name) for name, t in inputs.items()}
+                            if isinstance(inputs, dict) else None)
+        if self.pixels:
+            self.image_size = tuple(int(v) for v in preprocessing["image_size"])
+            self.vertical_first = pillow_vertical_first()
+
+    # -- the functions -------------------------------------------------------------------
+    def _probabilities(self, inputs):
+        import tensorflow as tf
+
+        return {OUTPUT: tf.cast(self.model(inputs, training=False), tf.float32)}
+
+    def pixels_fn(self, pixels):
+        return self._probabilities(pil_resize(pixels, self.image_size, self.vertical_first))
+
+    def images_fn(self, images):
+        import tensorflow as tf
+
+        def one(contents):
+            pixels = decode_image(contents)
+            return pil_resize(pixels[None], self.image_size, self.vertical_first)[0]
+
+        batch = tf.map_fn(one, images, fn_output_signature=tf.TensorSpec((*self.image_size, 3), tf.float32))
+        return self._probabilities(batch)
+
+    def texts_fn(self, texts):
+        import tensorflow as tf
+
+        packed = self.packer(texts)
+        return self._probabilities({name: tf.cast(packed[name], self.input_specs[name].dtype)
+                                    for name in self.input_names})
+
+    def tokens_fn(self, *tensors):
+        return self._probabilities(dict(zip(self.input_names, tensors)))
+
+    def portable(self):
+        """(function, input signature) of what ONNX and TFLite hold: pixels, or the model's own inputs."""
+        import tensorflow as tf
+
+        if self.pixels:
+            return self.pixels_fn, [tf.TensorSpec((None, None, None, 3), tf.uint8, name=PIXELS_INPUT)]
+        if self.input_names is not None:
+            return self.tokens_fn, [self.input_specs[name] for name in self.input_names]
+        spec = self.model.input
+        return self._probabilities, [tf.TensorSpec(spec.shape, spec.dtype, name="inputs")]
+
+    # -- the formats ---------------------------------------------------------------------
+    def write_saved_model(self, path: Path) -> None:
+        import tensorflow as tf
+        from keras.export import ExportArchive
+        from keras.src.export.export_utils import get_input_signature
+
+        archive = ExportArchive()
+        archive.track_and_add_endpoint(MODEL_SIGNATURE, self.model, get_input_signature(self.model))
+        if self.pixels:
+            archive.add_endpoint(RAW_SIGNATURE, _named(self.images_fn, IMAGES_INPUT),
+                                 [tf.TensorSpec((None,), tf.string, name=IMAGES_INPUT)])
+            archive.add_endpoint(PIXELS_SIGNATURE, _named(self.pixels_fn, PIXELS_INPUT),
+                                 [tf.TensorSpec((None, None, None, 3), tf.uint8, name=PIXELS_INPUT)])
+        elif self.packer is not None and self.input_names is not None:
+            if not getattr(self.packer, "built", True):
+                self.packer(tf.constant(["built by a first call"]))  # Keras layers are tracked once built
+            archive.track(self.packer)
+            archive.add_endpoint(RAW_SIGNATURE, _named(self.texts_fn, TEXTS_INPUT),
+                                 [tf.TensorSpec((None,), tf.string, name=TEXTS_INPUT)])
+        archive.write_out(str(path), verbose=False)
+
+    def write_onnx(self, path: Path) -> None:
+        import tensorflow as tf
+        import tf2onnx
+        from keras.src.export.tf2onnx_lib import patch_tf2onnx
+
+        function, signature = self.portable()
+        patch_tf2onnx()  # tf2onnx's numpy>=2 fixes, as Keras' own ONNX export applies them
+        traced = tf.function(function, input_signature=signature, autograph=False)
+        proto, _ = tf2onnx.convert.from_function(traced, input_signature=signature, opset=ONNX_OPSET)
+        _rename_onnx_io(proto, [spec.name for spec in signature], [OUTPUT])
+        path.write_bytes(proto.SerializeToString())
+
+    def write_tflite(self, path: Path, scratch: Path) -> None:
+        import tensorflow as tf
+        from keras.export import ExportArchive
+
+        # Through a SavedModel written by Keras' ExportArchive, as Keras' own LiteRT export does
+        # (a concrete function of a Keras model converts with its variables left unset).
+        function, signature = self.portable()
+        archive = ExportArchive()
+        archive.track(self.model)
+        archive.add_endpoint(RAW_SIGNATURE, _named(function, *[spec.name for spec in signature]), signature)
+        saved = scratch / "tflite_source"
+        archive.write_out(str(saved), verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(str(saved), signature_keys=[RAW_SIGNATURE])
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]  # no Flex ops: any LiteRT runtime
+        path.write_bytes(converter.convert())
+
+
+def _named(function, *names: str):
+    """`function` under Python parameter names that the signature shows (`images`, `token_ids`...)."""
+    namespace: dict[str, Any] = {"function": function}
+    parameters = ", ".join(n if n.isidentifier() and not keyword.iskeyword(n) else f"input_{i}"
+                           for i, n in enumerate(names))
+    exec(f"def endpoint({parameters}):\n    return function({parameters})\n", namespace)  # noqa: S102 - fixed template
+    return namespace["endpoint"]
+
+
+def _rename_onnx_io(proto, inputs: list[str], outputs: list[str]) -> None:
+    """Name the ONNX graph's inputs `inputs` (tf2onnx calls them ``name:0``) and its outputs `outputs`."""
+    renames = {}
+    for value in proto.graph.input:
+        base = value.name.split(":")[0]
+        if base in inputs:
+            renames[value.name] = base
+    if len(proto.graph.output) != len(outputs):
+        raise AutotlError(f"the ONNX graph has {len(proto.graph.output)} outputs, expected {len(outputs)}")
+    for value, name in zip(proto.graph.output, outputs):
+        renames[value.name] = name
+    for value in [*proto.graph.input, *proto.graph.output]:
+        value.name = renames.get(value.name, value.name)
+
+    def rename(graph):
+        for node in graph.node:
+            node.input[:] = [renames.get(n, n) for n in node.input]
+            node.output[:] = [renames.get(n, n) for n in node.output]
+            for attribute in node.attribute:
+                if attribute.g.node:
+                    rename(attribute.g)
+                for sub in attribute.graphs:
+                    rename(sub)
+
+    rename(proto.graph)
+    missing = sorted(set(inputs) - {value.name for value in proto.graph.input})
+    if missing:
+        raise AutotlError(f"the ONNX graph lost the inputs {missing}")
+
+
+# --------------------------------------------------------------------------- images
+
+
+def decode_image(contents):
+    """An encoded image file (scalar ``tf.string``) -> uint8 RGB ``(H, W, 3)``, as `autotl.data` reads it.
+
+    JPEG through libjpeg's accurate integer DCT (Pillow's); PNG and BMP with transparency
+    composited onto white with Pillow's integer formula (`flatten_alpha`); GIF's first frame.
+    Unlike autotl's reader it applies no EXIF orientation and no GIF transparency, and
+    reads no TIFF or WebP.
+    """
+    import tensorflow as tf
+
+    def jpeg():
+        return tf.io.decode_jpeg(contents, channels=3, dct_method="INTEGER_ACCURATE")
+
+    def gif():
+        return tf.io.decode_gif(contents)[0]
+
+    def other():  # PNG, BMP
+        return flatten_alpha(tf.io.decode_image(contents, channels=4, expand_animations=False))
+
+    def not_jpeg():
+        return tf.cond(tf.equal(tf.strings.substr(contents, 0, 4), "GIF8"), gif, other)
+
+    return tf.ensure_shape(tf.cond(tf.io.is_jpeg(contents), jpeg, not_jpeg), (None, None, 3))
+
+
+def flatten_alpha(rgba):
+    """uint8 RGBA -> RGB composited onto opaque white, as Pillow's ``alpha_composite`` computes it."""
+    import tensorflow as tf
+
+    x = tf.cast(rgba, tf.int32)
+    rgb, alpha = x[..., :3], x[..., 3:]
+    # ImagingAlphaComposite with an opaque white destination: 7-bit coefficients, rounded /255.
+    mixed = 128 * (rgb * alpha + 255 * (255 - alpha)) + (0x80 << 7)
+    mixed = ((mixed // 256 + mixed) // 256) // 128
+    return tf.cast(tf.where(alpha == 0, 255, mixed), tf.uint8)
+
+
+def pil_resize(images, size: tuple[int, int], vertical_first_rule: bool = True):
+    """uint8 ``(N, H, W, C)`` of any H, W -> float32 ``(N, h, w, C)``: Pillow's ``resize(BILINEAR)``, bit for bit.
+
+    Pillow resamples each axis with a triangle filter stretched over the reduction
+    (antialiased), with 22-bit fixed-point weights, rounding to uint8 after each pass.
+    Here the weights are computed exactly in int32 and each pass is a matrix product
+    with the weights split into three 8-bit digits, each product exact in float32 (sums
+    below 2**24 as long as an output pixel draws on at most 255 input pixels, i.e. up to
+    a 127x reduction per side), then carried and rounded as Pillow does. Pillow 13
+    runs the vertical pass first when the height shrinks by more than twice what the
+    width does (`vertical_first_rule`; older Pillow always runs the horizontal pass
+    first). Only builtin ops of TFLite and ONNX: the same graph converts to both.
+    """
+    import tensorflow as tf
+
+    height, width = int(size[0]), int(size[1])
+    x = tf.transpose(tf.cast(images, tf.float32), (0, 3, 1, 2))  # (N, C, H, W): both passes are matmuls
+    shape = tf.shape(images)
+    in_height, in_width = shape[1], shape[2]
+
+    def horizontal(t):  # (N, C, H, W) @ (W, w)
+        sums = tf.matmul(t, tf.transpose(_digits(_pil_weights(in_width, width))))
+        return _round(*tf.split(sums, 3, axis=-1))
+
+    def vertical(t):  # (h, H) @ (N, C, H, W)
+        sums = tf.matmul(_digits(_pil_weights(in_height, height)), t)
+        return _round(*tf.split(sums, 3, axis=-2))
+
+    if vertical_first_rule:
+        shrink = in_height - height
+        first = tf.logical_and(shrink > 0, shrink > 2 * (in_width - width))
+        out = tf.cond(first, lambda: horizontal(vertical(x)), lambda: vertical(horizontal(x)))
+    else:
+        out = vertical(horizontal(x))
+    return tf.ensure_shape(tf.transpose(out, (0, 2, 3, 1)), (None, height, width, None))
+
+
+def _pil_weights(in_size, out_size: int):
+    """Pillow's fixed-point BILINEAR weights, int32 ``(out_size, in_size)``.
+
+    Pillow's weight of input pixel j for output pixel i is the triangle
+    ``max(0, 1 - |j + 0.5 - center_i| / scale)`` normalised over j, times 2**22 and
+    rounded; with ``D = 2 max(in, out)`` and ``num = (2j + 1) out - (2i + 1) in`` that is
+    ``round(a / sum(a) * 2**22)`` with ``a = max(D - |num|, 0)``, integers throughout.
+    The division runs as long division, two bits at a time, so nothing exceeds int32.
+    """
+    import tensorflow as tf
+
+    in_size = tf.cast(in_size, tf.int32)
+    out = tf.constant(out_size, tf.int32)
+    j = tf.range(in_size, dtype=tf.int32)
+    i = tf.range(out_size, dtype=tf.int32)
+    num = (2 * j[None, :] + 1) * out - (2 * i[:, None] + 1) * in_size
+    a = tf.maximum(2 * tf.maximum(in_size, out) - tf.abs(num), 0)
+    total = tf.reduce_sum(a, axis=1, keepdims=True)
+    quotient = a // total
+    remainder = a - quotient * total
+    for _ in range(_PRECISION_BITS // 2):
+        remainder = remainder * 4
+        digit = remainder // total
+        quotient = quotient * 4 + digit
+        remainder = remainder - digit * total
+    return quotient + tf.cast(2 * remainder >= total, tf.int32)  # round half up, as (int)(0.5 + k)
+
+
+def _digits(weights):
+    """int32 ``(out, in)`` weights -> float32 ``(3 out, in)``: their low, middle and high 8-bit digits."""
+    import tensorflow as tf
+
+    digits = (weights % 256, (weights // 256) % 256, weights // 65536)
+    return tf.cast(tf.concat(digits, axis=0), tf.float32)
+
+
+def _round(low, middle, high):
+    """``clip8((2**21 + sum) >> 22)`` of ``sum = low + 2**8 middle + 2**16 high``, exactly, in float32."""
+    import tensorflow as tf
+
+    carry = tf.floor(low / 256.0)
+    carry = tf.floor((middle + carry) / 256.0)
+    top = high + carry  # the sum without its low 16 bits, which cannot carry into bit 22 once 2**21 is added
+    return tf.clip_by_value(tf.floor((top + 32.0) / 64.0), 0.0, 255.0)
+
+
+_VERTICAL_FIRST: bool | None = None
+
+
+def pillow_vertical_first() -> bool:
+    """Whether the installed Pillow runs the vertical pass first when the height shrinks most (Pillow 13 does).
+
+    Found by resizing a probe image with Pillow and comparing with both orders: the
+    export reproduces the Pillow that autotl reads images with.
+    """
+    global _VERTICAL_FIRST
+    if _VERTICAL_FIRST is None:
+        import numpy as np
+        from PIL import Image
+
+        probe = np.random.default_rng(0).integers(0, 256, (97, 31, 3), dtype=np.uint8)
+        size = (7, 29)  # the height shrinks by far more than twice the width
+        expected = np.asarray(Image.fromarray(probe).resize(size[::-1], Image.Resampling.BILINEAR))
+        rule = pil_resize(probe[None], size, vertical_first_rule=True)[0].numpy()
+        plain = pil_resize(probe[None], size, vertical_first_rule=False)[0].numpy()
+        _VERTICAL_FIRST = bool(np.array_equal(rule, expected) or not np.array_equal(plain, expected))
+    return _VERTICAL_FIRST
+
+
+# --------------------------------------------------------------------------- child process
+
+
+def _export_here(keras_file: Path, out_dir: Path, formats: list[str], backbone_name: str,
+                 preprocessing: dict[str, Any], plugin_files: list[str]) -> None:
     import keras
 
     from . import layers  # noqa: F401 - registers autotl's serialisable layers
     from .registry import load_registry
 
-    load_registry(plugin_files)  # imports plugin modules, registering their custom layers
+    registry = load_registry(plugin_files)  # imports plugin modules, registering their custom layers
+    preprocessor = registry.get(backbone_name).load_preprocessor(out_dir / PREPROCESSOR_DIR, preprocessing)
     model = keras.saving.load_model(keras_file, compile=False)
-    model.export(str(out_dir), format="tf_saved_model", verbose=False)
+    write_formats(model, out_dir, formats, preprocessing, preprocessor)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("keras_file", type=Path)
     parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--format", dest="formats", action="append", choices=TF_FORMATS, required=True)
+    parser.add_argument("--backbone", required=True)
+    parser.add_argument("--preprocessing", required=True, help="the preprocessor's config, as JSON")
     parser.add_argument("--plugin", action="append", default=[])
     args = parser.parse_args(argv)
-    _export_here(args.keras_file, args.out_dir, args.plugin)
+    _export_here(args.keras_file, args.out_dir, args.formats, args.backbone, json.loads(args.preprocessing),
+                 args.plugin)
 
 
 if __name__ == "__main__":

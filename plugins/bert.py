@@ -175,6 +175,10 @@ class BertTextPreprocessor(Preprocessor):
         parts = [pack(tf.constant(texts[i : i + _BATCH], dtype=tf.string)) for i in range(0, len(texts), _BATCH)]
         return {name: np.concatenate([p[name].numpy() for p in parts]).astype("int32", copy=False) for name in INPUT_NAMES}
 
+    def graph_function(self):
+        """keras-hub's packer (a Keras layer of tensorflow-text ops): strings -> token ids inside a SavedModel."""
+        return self._packer
+
     def config(self) -> dict:
         return {
             "type": "text",

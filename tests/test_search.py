@@ -82,7 +82,7 @@ def test_only_the_best_trial_keeps_a_checkpoint_at_its_best_epoch(finished_searc
     np.testing.assert_allclose(saved, probs, atol=1e-6)
 
 
-@pytest.mark.parametrize("model_format", ["keras", "savedmodel"])
+@pytest.mark.parametrize("model_format", ["keras", "savedmodel", "onnx", "tflite"])
 def test_export_then_predict_in_a_fresh_process_reproduces_the_search_probabilities(finished_search, model_format):
     root, store, result, config = finished_search
     out = root / f"export_{model_format}"
@@ -105,7 +105,7 @@ def test_export_then_predict_in_a_fresh_process_reproduces_the_search_probabilit
     probs = np.array([[r["probabilities"][label] for label in manifest["labels"]] for r in rows])
     checkpoint = [a for a in store.artifacts(result.search.id, kind="checkpoint") if a.trial_id == result.best.id][0]
     expected = np.load(Path(checkpoint.path).parent / VAL_PROBS_NAME)
-    np.testing.assert_allclose(probs, expected, atol=1e-5)
+    np.testing.assert_allclose(probs, expected, atol=1e-5 if model_format in ("keras", "savedmodel") else 1e-4)
     assert [r["label"] for r in rows] == [manifest["labels"][i] for i in expected.argmax(axis=1)]
     exports = store.artifacts(result.search.id, kind="export")
     assert any(a.format == model_format and a.sha256 for a in exports)

@@ -1,0 +1,212 @@
+"""Self-contained image exports: every format reloads in a fresh process with no autotl, takes raw
+inputs (image files, or pixels of any size), and predicts what the Keras model predicts on 20 real
+MNIST digits, within a stated tolerance."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from autotl import api, layers  # noqa: F401 - layers: the reference loads the checkpoint, which holds autotl's
+from autotl.data import read_image
+from autotl.store import Store
+
+from conftest import REPO, TINY_PLUGIN, run_cli
+
+ALL_FORMATS = ("keras", "savedmodel", "onnx", "tflite")
+# Largest absolute difference of a class probability from the Keras model's, per format
+# (measured on these digits: about 1e-7 or less for each; see README, Exports).
+TOLERANCE = {"keras": 1e-6, "savedmodel": 1e-5, "onnx": 1e-4, "tflite": 1e-4}
+IMAGE_SIZE = (16, 16)
+# The digits are 28x28; as arrays they are also given at other sizes: up and down, taller than
+# wide (Pillow then resizes vertically first), at the model's size, and far larger.
+ARRAY_SIZES = [(28, 28), (16, 16), (40, 52), (17, 23), (120, 20), (20, 90), (9, 11), (333, 301), (64, 64),
+               (31, 17)] * 2
+RELOAD = REPO / "tests" / "reload_export.py"
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, mnist_dir):
+    root = tmp_path_factory.mktemp("formats")
+    store = Store(f"sqlite:///{root / 'autotl.db'}")
+    config = api.SearchConfig(
+        data=str(mnist_dir), backbone="tiny_cnn", plugin_files=[str(TINY_PLUGIN)], image_size=IMAGE_SIZE[0],
+        max_trials=1, epochs=3, finetune_epochs=1, batch_size=16, seed=4, name="formats", workdir=str(root / "runs"))
+    result = api.search(config, store)
+    out = root / "export"
+    run_cli("export", "formats", "--out", out, *[arg for fmt in ALL_FORMATS for arg in ("--format", fmt)],
+            "--store", store.url, "--plugin", TINY_PLUGIN, check=True)
+    checkpoint = [a.path for a in store.artifacts(result.search.id, kind="checkpoint") if a.trial_id == result.best.id]
+    return root, out, Path(checkpoint[0])
+
+
+@pytest.fixture(scope="module")
+def digits(mnist_dir, exported):
+    """20 real digits (2 per class): their PNG files, the same digits as arrays of other sizes, and the
+    Keras model's probabilities on each (the search's model, read by autotl's reader)."""
+    root, _, checkpoint = exported
+    files = [path for label in range(10) for path in sorted((mnist_dir / str(label)).glob("*.png"))[:2]]
+    arrays = [np.asarray(Image.open(path).convert("RGB").resize(size[::-1], Image.Resampling.BILINEAR))
+              for path, size in zip(files, ARRAY_SIZES)]
+    model = keras.saving.load_model(checkpoint, compile=False)
+    file_pixels = np.stack([read_image(path, IMAGE_SIZE) for path in files]).astype("float32")
+    array_pixels = np.stack([read_image(a, IMAGE_SIZE) for a in arrays]).astype("float32")
+    np.savez(root / "arrays.npz", **{str(i): a for i, a in enumerate(arrays)})
+    np.savez(root / "model_inputs.npz", x=file_pixels)
+    return {"files": [str(p) for p in files], "arrays": str(root / "arrays.npz"),
+            "model_inputs": str(root / "model_inputs.npz"),
+            "expected": {"files": model.predict(file_pixels, verbose=0),
+                         "arrays": model.predict(array_pixels, verbose=0),
+                         "model_inputs": model.predict(file_pixels, verbose=0)}}
+
+
+def reload_without_autotl(fmt: str, export_dir: Path, spec: dict, work: Path) -> tuple[dict, list[str]]:
+    """Run `fmt` of the export in a fresh Python process where importing autotl fails."""
+    inputs, out = work / f"{fmt}_inputs.json", work / f"{fmt}_out.npz"
+    inputs.write_text(json.dumps(spec))
+    result = subprocess.run([sys.executable, str(RELOAD), fmt, str(export_dir), str(inputs), str(out)],
+                            capture_output=True, text=True, cwd=work)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with np.load(out) as stored:
+        return {name: stored[name] for name in stored.files}, json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("fmt", ALL_FORMATS)
+def test_each_format_predicts_like_the_keras_model_without_autotl(exported, digits, fmt, tmp_path):
+    _, out, _ = exported
+    takes = {"keras": ["model_inputs"], "savedmodel": ["files", "arrays"], "onnx": ["arrays"],
+             "tflite": ["arrays"]}[fmt]
+    spec = {name: digits[name] for name in takes}
+    results, imported = reload_without_autotl(fmt, out, spec, tmp_path)
+    assert "autotl" not in imported and "autotl_plugins" not in imported
+    if fmt in ("onnx", "tflite"):
+        assert "tensorflow" not in imported and "keras" not in imported  # numpy and the format's runtime only
+    for name in takes:
+        expected = digits["expected"][name]
+        assert results[name].shape == expected.shape == (20, 10)
+        difference = float(np.abs(results[name] - expected).max())
+        print(f"{fmt} {name}: max abs probability difference {difference:.3g} (tolerance {TOLERANCE[fmt]})")
+        assert difference <= TOLERANCE[fmt]
+        assert np.array_equal(results[name].argmax(axis=1), expected.argmax(axis=1))
+
+
+def test_saved_model_decodes_jpeg_gif_bmp_and_transparency_as_autotl_reads_them(exported, digits, tmp_path):
+    """The serving_default signature reads the usual encodings of the same digits as autotl does."""
+    _, out, _ = exported
+    files = []
+    for index, path in enumerate(digits["files"][:10]):
+        image = Image.open(path).convert("RGB")
+        gray = np.asarray(image)[..., 0]
+        variants = {
+            "jpg": image.resize((45, 38)),
+            "gif": image.convert("P"),
+            "bmp": image.resize((20, 60)),
+            "png": Image.fromarray(np.dstack([np.asarray(image), 64 + gray // 2 - index]).astype(np.uint8), "RGBA"),
+        }
+        for suffix, variant in variants.items():
+            files.append(tmp_path / f"{index}.{suffix}")
+            variant.save(files[-1])
+    results, _ = reload_without_autotl("savedmodel", out, {"files": [str(f) for f in files]}, tmp_path)
+    model = keras.saving.load_model(exported[2], compile=False)
+    expected = model.predict(np.stack([read_image(f, IMAGE_SIZE) for f in files]).astype("float32"), verbose=0)
+    assert float(np.abs(results["files"] - expected).max()) <= TOLERANCE["savedmodel"]
+
+
+def test_manifest_lists_every_file_with_its_checksum_and_what_each_format_takes(exported):
+    _, out, _ = exported
+    manifest = json.loads((out / "autotl.json").read_text())
+    on_disk = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and p.name != "autotl.json")
+    assert sorted(manifest["files"]) == on_disk
+    assert {"model.keras", "model.onnx", "model.tflite", "saved_model/saved_model.pb"} <= set(on_disk)
+    import hashlib
+
+    for name, digest in manifest["files"].items():
+        assert hashlib.sha256((out / name).read_bytes()).hexdigest() == digest
+    inputs = manifest["inputs"]
+    assert set(inputs) == set(ALL_FORMATS)
+    assert inputs["keras"]["inputs"] == {"image": {"shape": [None, 16, 16, 3], "dtype": "float32"}}
+    pixels = {"pixels": {"shape": [None, None, None, 3], "dtype": "uint8"}}
+    assert inputs["onnx"]["inputs"] == inputs["tflite"]["inputs"] == pixels
+    signatures = inputs["savedmodel"]["signatures"]
+    assert signatures["serving_default"]["inputs"] == {"images": {"shape": [None], "dtype": "string"}}
+    assert signatures["pixels"]["inputs"] == pixels and "serve" in signatures
+    assert all(entry.get("outputs", {}).get("probabilities", {}).get("shape") == [None, 10]
+               for entry in [inputs["keras"], inputs["onnx"], inputs["tflite"], signatures["serving_default"]])
+
+
+def test_an_onnx_export_without_onnx_installed_says_what_to_install(exported, tmp_path):
+    """The export checks for tf2onnx before writing anything."""
+    root, _, _ = exported
+    hide_tf2onnx = "import sys; sys.modules['tf2onnx'] = None; from autotl.cli import main; main()"
+    result = subprocess.run([sys.executable, "-c", hide_tf2onnx, "export", "formats", "--out", str(tmp_path / "x"),
+                             "--format", "onnx", "--store", f"sqlite:///{root / 'autotl.db'}",
+                             "--plugin", str(TINY_PLUGIN)], capture_output=True, text=True)
+    assert result.returncode == 1, result.stderr
+    assert "pip install tf2onnx" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_in_model_resize_is_pillows_bilinear_bit_for_bit():
+    """The resize inside image exports against Pillow itself, on sizes up, down, tall, wide and unchanged."""
+    from autotl.tf_export import pil_resize, pillow_vertical_first
+
+    rng = np.random.default_rng(7)
+    cases = [((28, 28), (16, 16)), ((16, 16), (16, 16)), ((120, 20), (16, 16)), ((20, 90), (16, 16)),
+             ((9, 11), (96, 96)), ((750, 1000), (224, 224)), ((97, 31), (7, 29)), ((1, 1), (5, 3)),
+             ((2000, 1500), (16, 16))]
+    cases += [((int(rng.integers(1, 300)), int(rng.integers(1, 300))),
+               (int(rng.integers(1, 200)), int(rng.integers(1, 200)))) for _ in range(12)]
+    for (height, width), size in cases:
+        image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        expected = np.asarray(Image.fromarray(image).resize(size[::-1], Image.Resampling.BILINEAR))
+        got = pil_resize(image[None], size, pillow_vertical_first())[0].numpy()
+        assert np.array_equal(got, expected), f"{height}x{width} -> {size}"
+
+
+def test_in_model_alpha_flattening_is_pillows():
+    from autotl.tf_export import flatten_alpha
+
+    rgba = np.random.default_rng(3).integers(0, 256, (64, 64, 4), dtype=np.uint8)
+    rgba[:8, :, 3] = 0
+    rgba[8:16, :, 3] = 255
+    white = Image.new("RGBA", (64, 64), (255, 255, 255, 255))
+    expected = np.asarray(Image.alpha_composite(white, Image.fromarray(rgba, "RGBA")).convert("RGB"))
+    assert np.array_equal(flatten_alpha(rgba).numpy(), expected)
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+def test_model_keras_holds_no_autotl_layer_and_loads_without_autotl(pooling, tmp_path):
+    """autotl's pooling layers (and pixel normalisation, in the image tests above) become Keras operations."""
+    from autotl.hypermodel import pool
+    from autotl.keras_export import plain_keras_model
+
+    sys.path.insert(0, str(REPO / "tests" / "plugins"))
+    from tiny_text import TinyText
+
+    backbone = TinyText()
+    preprocessor = backbone.preprocessor("none", {"sequence_length": 12})
+    features = backbone.build("none", preprocessor)
+    inputs = {name: keras.Input((12,), dtype="int32", name=name) for name in ("token_ids", "padding_mask")}
+    x = pool(features(inputs, training=False), pooling, inputs)
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax", name="classes")(x))
+    plain_keras_model(model).save(tmp_path / "model.keras")
+    model.save(tmp_path / "checkpoint.keras")
+    configs = {}
+    for name in ("model", "checkpoint"):
+        with zipfile.ZipFile(tmp_path / f"{name}.keras") as archive:
+            configs[name] = archive.read("config.json").decode()
+    assert "autotl" in configs["checkpoint"] and "autotl" not in configs["model"]
+    tokens = preprocessor(["a short one", "a much longer snippet of text", ""])
+    np.savez(tmp_path / "tokens.npz", **tokens)
+    results, imported = reload_without_autotl("keras", tmp_path, {"model_inputs": str(tmp_path / "tokens.npz")},
+                                              tmp_path)
+    assert "autotl" not in imported
+    np.testing.assert_allclose(results["model_inputs"], model.predict(tokens, verbose=0), atol=1e-6)
