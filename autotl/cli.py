@@ -123,6 +123,9 @@ def main() -> None:
 @click.option("--oracle-address", default="127.0.0.1:0",
               help="HOST:PORT the chief oracle listens on with --workers (port 0: a free one; "
                    "use 0.0.0.0:PORT for workers on other machines).")
+@click.option("--tensorboard", "tensorboard_dir", type=click.Path(file_okay=False), metavar="DIR",
+              help="Log each trial for TensorBoard to DIR/NAME/trial_NNN: per-epoch scalars of each phase, "
+                   "its hyperparameters and objective (HParams); view with `tensorboard --logdir DIR/NAME`.")
 @PLUGIN_OPTION
 @handle_errors
 def search(data: str, **options: Any) -> None:
@@ -230,15 +233,38 @@ def searches(store: str, as_json: bool) -> None:
 @STORE_OPTION
 @JSON_OPTION
 @click.option("--epochs", "with_epochs", is_flag=True, help="Include per-epoch metrics (with --json).")
+@click.option("--sort", "sort_by", type=click.Choice(["number", "value", "duration"]), default="number",
+              help="Order by trial number; by value of the objective, best first (trials without one last); "
+                   "or by duration, longest first.")
+@click.option("--status", "statuses", multiple=True,
+              type=click.Choice(["completed", "failed", "interrupted", "running"]),
+              help="Only trials with this status (repeatable).")
+@click.option("--where", "conditions", multiple=True, metavar="NAME=VALUE",
+              help="Only trials whose hyperparameter NAME is VALUE, as the listing prints it or as a number "
+                   "(repeatable: all must hold), e.g. --where unfreeze_depth=2.")
+@click.option("--limit", type=click.IntRange(min=1), help="Show at most this many trials (after sorting).")
 @handle_errors(needs_keras=False)
-def trials(search_ref: str, store: str, as_json: bool, with_epochs: bool) -> None:
+def trials(search_ref: str, store: str, as_json: bool, with_epochs: bool, sort_by: str,
+           statuses: tuple[str, ...], conditions: tuple[str, ...], limit: int | None) -> None:
     """List the trials of SEARCH (a name or id) with their hyperparameters and results."""
+    from .errors import UsageError
     from .store import Store, as_dict
 
+    wanted = _parse_where(conditions)
     opened = Store(store)
     search = opened.get_search(search_ref)
+    listed = opened.list_trials(search.id)
+    known = {name for trial in listed for name in trial.hyperparameters}
+    unknown = [name for name in wanted if listed and name not in known]
+    if unknown:
+        raise UsageError(f"--where: search {search.name!r} has no hyperparameter {unknown[0]!r} "
+                         f"(it has {', '.join(sorted(known))})")
+    selected = [t for t in listed if (not statuses or t.status in statuses)
+                and all(name in t.hyperparameters and _hp_matches(t.hyperparameters[name], value)
+                        for name, value in wanted.items())]
+    selected = _sort_trials(selected, sort_by, search.direction)[:limit]
     rows = []
-    for trial in opened.list_trials(search.id):
+    for trial in selected:
         row = as_dict(trial)
         if with_epochs:
             row["epochs"] = [{"phase": m.phase, "epoch": m.epoch, "name": m.name, "value": m.value}
@@ -249,10 +275,47 @@ def trials(search_ref: str, store: str, as_json: bool, with_epochs: bool) -> Non
         return
     table = [{"trial": r["number"], "status": r["status"], search.objective: r["value"],
               "best": f"{r['best_phase']}:{r['best_epoch']}" if r["best_phase"] else "",
-              "seconds": None if r["duration_s"] is None else round(r["duration_s"], 1),
+              "seconds": None if r["duration_s"] is None else f"{r['duration_s']:.1f}",
               "data": (r["data_path"] or {}).get("status", ""),
               "hyperparameters": _format_hp(r["hyperparameters"])} for r in rows]
     _table(table, ["trial", "status", search.objective, "best", "seconds", "data", "hyperparameters"])
+
+
+def _parse_where(conditions: tuple[str, ...]) -> dict[str, str]:
+    from .errors import UsageError
+
+    wanted: dict[str, str] = {}
+    for condition in conditions:
+        name, sep, value = condition.partition("=")
+        if not sep or not name.strip():
+            raise UsageError(f"--where takes NAME=VALUE (e.g. unfreeze_depth=2), not {condition!r}")
+        wanted[name.strip()] = value.strip()
+    return wanted
+
+
+def _hp_matches(value: Any, wanted: str) -> bool:
+    """A hyperparameter's value is `wanted` as the listing prints it, or as a number (0.3 is 0.30000000000000004)."""
+    import math
+
+    if isinstance(value, bool):
+        return wanted.lower() in (("true", "1", "yes") if value else ("false", "0", "no"))
+    if isinstance(value, (int, float)):
+        try:
+            number = float(wanted)
+        except ValueError:
+            return False
+        return math.isclose(value, number, rel_tol=1e-9, abs_tol=1e-12) or \
+            (isinstance(value, float) and f"{value:.3g}" == wanted)
+    return str(value) == wanted
+
+
+def _sort_trials(trials: list, sort_by: str, direction: str) -> list:
+    if sort_by == "value":  # best first; trials without a value last
+        sign = -1 if direction == "max" else 1
+        return sorted(trials, key=lambda t: (t.value is None, sign * (t.value or 0.0), t.number))
+    if sort_by == "duration":  # longest first; trials still running (no duration) last
+        return sorted(trials, key=lambda t: (t.duration_s is None, -(t.duration_s or 0.0), t.number))
+    return sorted(trials, key=lambda t: t.number)
 
 
 @main.command()
@@ -283,8 +346,10 @@ def best(search_ref: str, store: str, as_json: bool) -> None:
 @main.command()
 @click.argument("search_ref", metavar="SEARCH")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder to write.")
-@click.option("--format", "formats", multiple=True, type=click.Choice(["keras", "savedmodel"]),
-              default=("keras", "savedmodel"), help="Format(s) to write (repeatable).")
+@click.option("--format", "formats", multiple=True, type=click.Choice(["keras", "savedmodel", "onnx", "tflite"]),
+              default=("keras", "savedmodel"),
+              help="Format(s) to write (repeatable): keras (model.keras), savedmodel (saved_model/), "
+                   "onnx (model.onnx), tflite (model.tflite, LiteRT).")
 @STORE_OPTION
 @PLUGIN_OPTION
 @handle_errors
@@ -304,10 +369,27 @@ def export(search_ref: str, out_dir: str, formats: tuple[str, ...], store: str, 
 
 
 @main.command()
+@click.argument("search_ref", metavar="SEARCH")
+@click.option("--out", "out_dir", required=True, type=click.Path(), help="Folder to write index.html and plots/ into.")
+@STORE_OPTION
+@handle_errors(needs_keras=False)
+def report(search_ref: str, out_dir: str, store: str) -> None:
+    """Write an HTML report of SEARCH (a name or id): progress, hyperparameters, learning curves,
+    confusion matrix of the best model, and every trial. It opens offline (plots are PNG files beside it)."""
+    from .report import write_report
+    from .store import Store
+
+    result = write_report(Store(store), search_ref, out_dir)
+    for note in result.notes:
+        click.echo(f"Warning: {note}", err=True)
+    click.echo(f"report written to {result.index} ({len(result.plots)} plots)")
+
+
+@main.command()
 @click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
 @click.argument("inputs", nargs=-1, required=True)
-@click.option("--format", "model_format", type=click.Choice(["keras", "savedmodel"]), default="keras",
-              help="Which exported format to run.")
+@click.option("--format", "model_format", type=click.Choice(["keras", "savedmodel", "onnx", "tflite"]),
+              default="keras", help="Which exported format to run (onnx needs onnxruntime).")
 @click.option("--text", "as_text", is_flag=True, help="Treat INPUTS as texts even if they name files.")
 @PLUGIN_OPTION
 @JSON_OPTION
@@ -332,6 +414,33 @@ def predict(model_dir: str, inputs: tuple[str, ...], model_format: str, as_text:
     for p in predictions:
         top = sorted(p.probabilities.items(), key=lambda kv: -kv[1])[:3]
         click.echo(f"{p.label}\t" + "  ".join(f"{k}={v:.4f}" for k, v in top) + f"\t{_clip(p.source)}")
+
+
+@main.command()
+@click.argument("model_dir")
+@click.option("--host", default="127.0.0.1", help="Address to listen on (0.0.0.0: every interface).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, help="Port to listen on (0: a free one).")
+@click.option("--format", "model_format", default="keras", metavar="FORMAT",
+              help="Which exported format to run (as `autotl predict --format`: keras, savedmodel...).")
+@click.option("--max-request-bytes", type=click.IntRange(min=1), default=16 * 2**20,
+              help="Largest request body accepted; bigger ones get 413.")
+@click.option("--max-instances", type=click.IntRange(min=1), default=1024,
+              help="Most instances in one /predict request; more get 413.")
+@PLUGIN_OPTION
+@handle_errors(needs_keras=False)  # imported once MODEL_DIR is known to exist
+def serve(model_dir: str, host: str, port: int, model_format: str, max_request_bytes: int, max_instances: int,
+          plugin_files: tuple[str, ...]) -> None:
+    """Answer JSON prediction requests for the exported model in MODEL_DIR over HTTP.
+
+    GET /health: labels and model. POST /predict with {"instances": [...]}:
+    {"image_b64": "<base64 of an image file>"} or {"pixels": [[[r, g, b], ...], ...]}
+    for image models, strings or {"text": "..."} for text models. Prints the URL
+    it listens on to stderr, logs one line per request; Ctrl-C or SIGTERM stops it.
+    """
+    from .serve import serve as run_server
+
+    run_server(model_dir, host=host, port=port, model_format=model_format, plugin_files=list(plugin_files),
+               max_request_bytes=max_request_bytes, max_instances=max_instances)
 
 
 @main.command()

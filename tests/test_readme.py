@@ -40,6 +40,7 @@ def test_readme_plugin_loads_builds_and_unfreezes(tmp_path):
                                                                      keras.layers.BatchNormalization)
 
 
-def test_ci_runs_the_readme_test_command():
-    command = re.search(r"## Tests\n\n```bash\n(.*?)\n```", README).group(1)
-    assert command in (REPO / ".ci" / "run").read_text().replace("python3", "python")
+def test_ci_runs_the_readme_test_commands():
+    commands = re.search(r"## Tests\n\n```bash\n(.*?)\n```", README, re.S).group(1)
+    assert commands.startswith("python -m pytest tests -q")
+    assert commands in (REPO / ".ci" / "run").read_text().replace("python3", "python")
