@@ -177,7 +177,13 @@ class LoadedModel:
         if model_format == "keras":
             import keras
 
-            model = keras.saving.load_model(path, compile=False, safe_mode=True)  # no code from the file
+            try:
+                model = keras.saving.load_model(path, compile=False, safe_mode=True)  # no code from the file
+            except ValueError as exc:
+                if "safe_mode" in str(exc):
+                    raise AutotlError(f"refusing to load {self.directory}: its model holds Python code (e.g. a "
+                                      "Lambda layer), which Keras safe mode does not run") from None
+                raise
             return lambda x: np.asarray(model.predict_on_batch(x))
         if model_format == "savedmodel":
             return self._load_saved_model(path, image)

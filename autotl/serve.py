@@ -491,13 +491,7 @@ def load_service(model_dir: str | Path, model_format: str = "keras", plugin_file
     if not directory.is_dir():
         raise AutotlError(f"{directory} is a file, not an exported model folder")
     import_keras_quietly()
-    try:
-        model = LoadedModel(directory, model_format, load_registry(list(plugin_files)))
-    except ValueError as exc:
-        if "safe_mode" in str(exc):
-            raise AutotlError(f"refusing to load {directory}: its model holds Python code (e.g. a Lambda layer), "
-                              "which Keras safe mode does not run") from None
-        raise
+    model = LoadedModel(directory, model_format, load_registry(list(plugin_files)))  # refuses code (safe mode)
     return PredictionService(model, max_instances=max_instances)
 
 
