@@ -41,6 +41,7 @@ RESUME_OPTIONS = ("data", "backbone", "tuner", "max_trials", "epochs", "finetune
                   "seed", "objective", "val_split", "val_data", "image_size", "sequence_length", "text_col",
                   "label_col", "space_file")
 RESUME_FIELDS = ("weights", "space", "preprocessing")  # compared once the data and backbone are loaded
+PATH_OPTIONS = ("data", "val_data", "space_file", "cache_dir", "tensorboard_dir")  # stored absolute
 
 
 @dataclass
@@ -481,10 +482,7 @@ def _default_name(backbone: str) -> str:
 
 def _config_record(config: SearchConfig, prepared: _Prepared) -> dict[str, Any]:
     """The search's configuration as the store keeps it: enough to resume it from any folder."""
-    record = asdict(config)
-    for name in ("data", "val_data", "space_file", "cache_dir", "tensorboard_dir"):
-        if record[name]:
-            record[name] = str(Path(record[name]).expanduser().resolve())
+    record = _with_absolute_paths(asdict(config), PATH_OPTIONS)
     record["plugin_files"] = [str(Path(p).expanduser().resolve()) for p in config.plugin_files]
     record.update(weights=prepared.weights, weights_identity=prepared.backbone.describe_weights(prepared.weights),
                   space=prepared.space, preprocessing=prepared.preprocessor.config(),
@@ -502,16 +500,16 @@ def config_from_record(row: Search, **overrides: Any) -> SearchConfig:
     return SearchConfig(**values)
 
 
+def _with_absolute_paths(values: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
+    """A copy of `values` with the paths named `names` made absolute (those set)."""
+    return {key: str(Path(value).expanduser().resolve()) if key in names and value else value
+            for key, value in values.items()}
+
+
 def _check_same_options(existing: Search, config: SearchConfig) -> None:
     """`search --name NAME` with NAME in the store must be the same search (to resume it or see it done)."""
-    given = asdict(config)
-    for name in ("data", "val_data", "space_file"):
-        if given[name]:
-            given[name] = str(Path(given[name]).expanduser().resolve())
-    stored = dict(existing.config)
-    for name in ("data", "val_data", "space_file"):  # stores from before paths were kept absolute
-        if stored.get(name):
-            stored[name] = str(Path(stored[name]).expanduser().resolve())
+    given = _with_absolute_paths(asdict(config), PATH_OPTIONS)
+    stored = _with_absolute_paths(existing.config, PATH_OPTIONS)  # stores from before paths were kept absolute
     changed = [name for name in RESUME_OPTIONS if stored.get(name) != given[name]]
     if config.weights is not None and config.weights != existing.weights:
         changed.append("weights")
