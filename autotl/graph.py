@@ -22,6 +22,8 @@ Only functional backbones can be cut. A subclassed backbone is one opaque layer;
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
@@ -32,6 +34,7 @@ from .hypermodel import BACKBONE_LAYER
 
 
 INPUT_PREFIX = "input:"  # how a cut names a tensor that is a model input, not an activation
+STEM_PREFIX = "stem:"  # how a cut names the output of a frozen stem (`frozen_stem`)
 
 
 class NotFunctional(Exception):
@@ -144,6 +147,95 @@ def cut(graph: FlatGraph, depth: int, top_blocks: Iterable) -> Cut:
                 crossing.append(tensor)
     crossing.sort(key=lambda t: graph.names[id(t)])
     return Cut(depth, crossing, [graph.names[id(t)] for t in crossing])
+
+
+@dataclass
+class Stem:
+    """The weightless, deterministic layers at the start of a cut's trainable part.
+
+    Pooling is the usual stem: it has nothing to train and computes the same
+    function in every epoch (and in every trial with the same pooling), so its
+    outputs can be computed once from the cached activations, and the trial
+    trains the rest on them: 2,000 pooled vectors instead of 2,000 sequences.
+    """
+
+    model: keras.Model  # the stem's inputs (tensors of the cut) -> its outputs, in `after` order
+    reads: list[str]  # names of the cut tensors `model` takes, in order
+    after: Cut  # the cut above the stem: what the rest of the trainable part consumes
+
+
+def frozen_stem(graph: FlatGraph, item: Cut) -> Stem | None:
+    """The stem of the trainable part above `item`, or None when it starts with a trainable layer.
+
+    A stem layer has no weights and no ``training`` argument (so no dropout or
+    noise), and reads only tensors crossing the cut or other stem outputs.
+    Each stem output is named from the layers that produce it and what they
+    read, so the same pooling over the same cut has the same name in every trial.
+    """
+    names = {id(t): name for t, name in zip(item.tensors, item.names)}
+    suffix = _nodes_above(graph, item)
+    stem, rest = [], []
+    for index in suffix:
+        node = graph.nodes[index]
+        if _frozen_and_deterministic(node.layer) and all(id(t) in names for t in node.inputs):
+            signature = [type(node.layer).__name__, _config_without_name(node.layer),
+                         [names[id(t)] for t in node.inputs]]
+            for position, tensor in enumerate(node.outputs):
+                names[id(tensor)] = f"{STEM_PREFIX}{_digest([signature, position])}"
+            stem.append(node)
+        else:
+            rest.append(node)
+    if not stem:
+        return None
+    produced_by_rest = {id(t) for node in rest for t in node.outputs}
+    crossing, seen = [], set()
+    for node in rest:
+        for tensor in node.inputs:
+            if id(tensor) not in produced_by_rest and id(tensor) not in seen:
+                seen.add(id(tensor))
+                crossing.append(tensor)
+    crossing.sort(key=lambda t: names[id(t)])
+    after = Cut(item.depth, crossing, [names[id(t)] for t in crossing])
+    outputs = [t for t, name in zip(after.tensors, after.names) if name.startswith(STEM_PREFIX)]
+    if not outputs:
+        return None
+    read_ids = {id(t) for node in stem for t in node.inputs}
+    reads = [t for t in item.tensors if id(t) in read_ids]
+    return Stem(keras.Model(reads, outputs, name="autotl_stem"), [names[id(t)] for t in reads], after)
+
+
+def _nodes_above(graph: FlatGraph, item: Cut) -> list[int]:
+    """Indices of the nodes computing the model's outputs from the cut, in execution order."""
+    producer = graph.producer()
+    boundary = {id(t) for t in item.tensors}
+    needed: set[int] = set()
+    stack = list(tree.flatten(graph.outputs))
+    while stack:
+        tensor = stack.pop()
+        if id(tensor) in boundary or id(tensor) not in producer:
+            continue
+        index = producer[id(tensor)]
+        if index not in needed:
+            needed.add(index)
+            stack.extend(graph.nodes[index].inputs)
+    return sorted(needed)
+
+
+def _frozen_and_deterministic(layer) -> bool:
+    return not layer.weights and not getattr(layer, "_call_has_training_arg", True)
+
+
+def _config_without_name(layer) -> Any:
+    try:
+        config = dict(layer.get_config())
+    except Exception:  # noqa: BLE001 - no serialisable config: never shared across trials
+        return f"{type(layer).__name__}@{id(layer)}"
+    config.pop("name", None)
+    return config
+
+
+def _digest(value: Any) -> str:
+    return hashlib.blake2b(json.dumps(value, sort_keys=True, default=repr).encode(), digest_size=12).hexdigest()
 
 
 def prefix_model(graph: FlatGraph, tensors: Mapping[str, Any]) -> keras.Model:
