@@ -29,8 +29,12 @@ from .hypermodel import BACKBONE_LAYER
 from .plan import TrialData
 
 HIT, COMPUTED, BYPASSED = "hit", "computed", "bypassed"
+SPLITS = ("train", "val")
 PADDING_MASK = "padding_mask"  # the text input that says which positions are real (`autotl.backbone`)
-LENGTH_STEP = 8
+#: Cropped text lengths are rounded up to a multiple of this on JAX, which compiles a
+#: function for every input shape; TensorFlow traces one for any length (`_Batches`),
+#: and torch compiles nothing, so there every batch is cut to its longest example.
+JAX_LENGTH_STEP = 8
 
 
 @dataclass
@@ -64,23 +68,91 @@ class CachedFeed:
     status: str
     seconds: float
     cached_bytes: int
-    _models: dict[int, keras.Model] = field(default_factory=dict)
+    stems: StemOutputs | None = None
+    _phases: dict[int, tuple[graph_module.Cut, keras.Model]] = field(default_factory=dict)
 
     def phase(self, depth: int) -> Phase:
-        item = self.cuts[depth]
-        if depth not in self._models:
-            self._models[depth] = graph_module.suffix_model(self.graph, item)
-        return Phase(self._models[depth], self._inputs(item, "train"), self._inputs(item, "val"))
+        if depth not in self._phases:
+            item = self._through_stem(self.cuts[depth])
+            self._phases[depth] = (item, graph_module.suffix_model(self.graph, item))
+        item, model = self._phases[depth]
+        return Phase(model, self._inputs(item, "train"), self._inputs(item, "val"))
+
+    def _through_stem(self, item: graph_module.Cut) -> graph_module.Cut:
+        """The cut above the frozen stem of `item` (pooling) when its outputs are smaller than
+        what it reads, with the stem's outputs added to `arrays`; otherwise `item` itself."""
+        stem = graph_module.frozen_stem(self.graph, item) if self.stems is not None else None
+        if stem is None or not _shrinks(stem, [self.arrays[("train", n)] for n in stem.reads
+                                               if graph_module.input_name(n) is None]):
+            return item
+        for split in SPLITS:
+            inputs = [self._input(split, name) for name in stem.reads]
+            self.arrays.update({(split, name): array for name, array in
+                                self.stems.outputs(stem, inputs).items()})
+        return stem.after
 
     def _inputs(self, item: graph_module.Cut, split: str) -> list:
-        raw = self.data.x_train if split == "train" else self.data.x_val
-        return [self.arrays[(split, name)] if graph_module.input_name(name) is None
-                else _model_input(raw, graph_module.input_name(name)) for name in item.names]
+        return [self._input(split, name) for name in item.names]
+
+    def _input(self, split: str, name: str):
+        if graph_module.input_name(name) is None:
+            return self.arrays[(split, name)]
+        return _model_input(self.data.x_train if split == "train" else self.data.x_val, graph_module.input_name(name))
 
     def report(self) -> dict[str, Any]:
         return {"status": self.status, "seconds": round(self.seconds, 3),
                 "cuts": {str(depth): item.cached_names for depth, item in self.cuts.items()},
                 "cached_mb": round(self.cached_bytes / 2**20, 1)}
+
+
+class StemOutputs:
+    """Outputs of frozen stems (`autotl.graph.frozen_stem`) over the cached activations, kept in
+    memory for the trials of this process: each pooling is computed once per split, not per epoch."""
+
+    max_entries = 16  # a few poolings x two splits
+
+    def __init__(self, batch_size: int = 256):
+        self.batch_size = batch_size
+        # (stem output name, ids of the arrays it was computed from) -> (outputs, those arrays):
+        # the arrays are held so that their ids stay theirs.
+        self._memo: dict[tuple[str, tuple[int, ...]], tuple[np.ndarray, list]] = {}
+
+    def outputs(self, stem: graph_module.Stem, inputs: list) -> dict[str, np.ndarray]:
+        names = self._names(stem)
+        sources = tuple(id(a) for a in inputs)
+        if not all((name, sources) in self._memo for name in names):
+            computed = self._compute(stem.model, inputs)
+            self._memo.update({(name, sources): (array, inputs) for name, array in zip(names, computed)})
+            while len(self._memo) > self.max_entries:  # oldest first: a new search's arrays replace the old
+                self._memo.pop(next(iter(self._memo)))
+        return {name: self._memo[(name, sources)][0] for name in names}
+
+    @staticmethod
+    def _names(stem: graph_module.Stem) -> list[str]:
+        return [name for name in stem.after.names if name.startswith(graph_module.STEM_PREFIX)]
+
+    def _compute(self, model: keras.Model, inputs: list) -> list[np.ndarray]:
+        """The stem called directly (eagerly) batch by batch: a few cheap ops need no traced function."""
+        parts: list[list[np.ndarray]] = []
+        for start in range(0, len(inputs[0]), self.batch_size):
+            batch = [np.asarray(a[start:start + self.batch_size]) for a in inputs]
+            outputs = model(batch, training=False)
+            parts.append([keras.ops.convert_to_numpy(o) for o in _as_list(outputs)])
+        return [np.concatenate(column) for column in zip(*parts)]
+
+
+def _shrinks(stem: graph_module.Stem, activations: list) -> bool:
+    """Whether the stem's outputs take less memory per example than the cached activations it reads."""
+    read = sum(a.nbytes // max(len(a), 1) for a in activations)
+    shapes = [tuple(t.shape[1:]) for t in stem.model.outputs]
+    if any(dim is None for shape in shapes for dim in shape):
+        return False
+    written = sum(int(np.prod(shape)) * 4 for shape in shapes)
+    return written < read
+
+
+def _as_list(outputs) -> list:
+    return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
 
 
 class ActivationSource:
@@ -102,6 +174,7 @@ class ActivationSource:
         self._fingerprints: dict[int, str] = {}
         self._split_fingerprints: dict[str, str] = {}
         self._loaded: dict[str, tuple[Any, int]] = {}  # cache key -> (activations, bytes on disk)
+        self._stems = StemOutputs(batch_size)
 
     def feed(self, model: keras.Model, data: TrialData, values: Mapping[str, Any]):
         if self.cache is None:
@@ -122,7 +195,7 @@ class ActivationSource:
         computed = self._compute_missing(graph, data, keys)
         arrays, size = self._load(keys)
         return CachedFeed(graph, cuts, data, arrays, COMPUTED if computed else HIT,
-                          time.perf_counter() - started, size)
+                          time.perf_counter() - started, size, self._stems)
 
     def _keys(self, graph, model, cuts, data: TrialData) -> dict[tuple[str, str], tuple[str, Any]]:
         """(split, tensor name) -> (cache key, symbolic tensor) for every cached tensor of `cuts`."""
@@ -241,8 +314,9 @@ def sequence_lengths(x: Any) -> np.ndarray | None:
 
 
 def cropped_length(lengths: np.ndarray) -> int:
-    """The longest of `lengths`, rounded up so that few distinct shapes need tracing."""
-    return int(-(-max(int(lengths.max()), 1) // LENGTH_STEP) * LENGTH_STEP)
+    """The longest of `lengths` (on JAX rounded up, so that few distinct shapes are compiled)."""
+    step = JAX_LENGTH_STEP if keras.backend.backend() == "jax" else 1
+    return int(-(-max(int(lengths.max()), 1) // step) * step)
 
 
 def _variable_length(tensor) -> bool:
@@ -288,6 +362,12 @@ class Batches:
     def as_validation(self):
         return self.x if self.y is None else (self.x, self.y)
 
+    def first(self) -> tuple[Any, Any]:
+        """The first batch, as (inputs, labels)."""
+        if self.y is None:  # a dataset: it yields (inputs, labels) itself
+            return tuple(self.x[0])
+        return _map_leaves(self.x, lambda a, _: np.asarray(a[:self.batch_size])), self.y[:self.batch_size]
+
 
 def batches(x: Any, y: np.ndarray | None, batch_size: int, *, shuffle: bool = False, seed: int = 0,
             lengths: np.ndarray | None = None, croppable: Any = None) -> Batches:
@@ -305,6 +385,33 @@ def batches(x: Any, y: np.ndarray | None, batch_size: int, *, shuffle: bool = Fa
         return Batches(x, y, batch_size, shuffle)
     dataset = _Batches(x, y, batch_size, shuffle, seed, lengths if crop else None, croppable)
     return Batches(dataset, None, None, False)
+
+
+def predict_in_order(model: keras.Model, x: Any, batch_size: int, lengths: np.ndarray | None = None) -> np.ndarray:
+    """The model's outputs for `x`, one row per example in order, text cropped as in training.
+
+    The model is called batch by batch, eagerly: once per trial, on the validation
+    split, tracing a predict function for the trained blocks would cost several
+    times what running them does.
+    """
+    feed = batches(x, None, batch_size, lengths=lengths, croppable=variable_length_inputs(model, x))
+    if isinstance(feed.x, _Batches):
+        batch_inputs = [feed.x[index][0] for index in range(len(feed.x))]
+        rows = np.concatenate(feed.x.batch_rows())
+    else:
+        count = len(_leaves(x)[0])
+        batch_inputs = [_map_leaves(x, lambda a, _: np.asarray(a[start:start + batch_size]))
+                        for start in range(0, count, batch_size)]
+        rows = np.arange(count)
+    outputs = [keras.ops.convert_to_numpy(model(_as_call_inputs(inputs), training=False)) for inputs in batch_inputs]
+    predictions = np.concatenate(outputs)
+    in_order = np.empty_like(predictions)
+    in_order[rows] = predictions
+    return in_order
+
+
+def _as_call_inputs(inputs: Any) -> Any:
+    return list(inputs) if isinstance(inputs, tuple) else inputs
 
 
 def variable_length_inputs(model: keras.Model, x: Any) -> Any:
@@ -327,6 +434,10 @@ class _Batches(keras.utils.PyDataset):
 
     def __len__(self) -> int:
         return len(self._batches)
+
+    def batch_rows(self) -> list[np.ndarray]:
+        """The examples of each batch of this epoch, in order."""
+        return list(self._batches)
 
     def __getitem__(self, index: int):
         rows = self._batches[index]

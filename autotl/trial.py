@@ -28,7 +28,8 @@ import numpy as np
 from . import space as space_module
 from .board import TrialBoard
 from .cache import ActivationCache
-from .feed import ActivationSource, Phase, batches, sequence_lengths, variable_length_inputs
+from .feed import (ActivationSource, Batches, Phase, batches, predict_in_order, sequence_lengths,
+                   variable_length_inputs)
 from .hypermodel import BACKBONE_LAYER, ReusableBackbone, TransferHyperModel, set_unfreeze_depth
 from .plan import Objective, TrainingPlan, TrialData, TrialFailed, TrialOutcome
 from .store import Store
@@ -85,15 +86,16 @@ class TrialRunner:
         hp = self._hyperparameters(values)
         model = self.hypermodel.build(hp, feature_model)
         feed = self.activations.feed(model, data, values)
-        tracker = BestEpoch(self.objective, model)
+        tracker = BestEpoch(self.objective)
         epochs, finetune_epochs = self._epoch_budget(values)
 
         def fit(learning_rate: float, phase: str, phase_epochs: int, depth: int) -> None:
+            phase_data = feed.phase(depth)
             logger = _EpochLogger(self.store, trial_id, trial_number, phase, phase_epochs, on_epoch)
-            callbacks = [FailOnNonFiniteLoss(phase), tracker.callback(phase), logger]
+            callbacks = [FailOnNonFiniteLoss(phase), tracker.callback(phase, phase_data.model.weights), logger]
             if board is not None:
                 callbacks.append(_BoardLogger(board, phase))
-            self._fit(feed.phase(depth), data, learning_rate, phase_epochs, callbacks)
+            self._fit(phase_data, data, learning_rate, phase_epochs, callbacks)
 
         fit(hp.get("head_lr"), HEAD, epochs, 0)
         depth = 0
@@ -109,7 +111,10 @@ class TrialRunner:
             raise TrialFailed(f"no finite {self.objective.name} in any epoch")
         outcome = TrialOutcome(tracker.best_value, tracker.best[0], tracker.best[1],
                                {**tracker.best_logs, "unfreeze_depth_applied": depth}, feed.report())
-        self._checkpoint_if_best(model, feed.phase(0), trial_id, trial_number, outcome)
+        # A best epoch of the head phase left the blocks as they were: the head on the cached
+        # backbone output computes what the model does. After it, the fine-tuned blocks do too.
+        best_depth = depth if outcome.phase == FINETUNE else 0
+        self._checkpoint_if_best(model, feed.phase(best_depth), data, trial_id, trial_number, outcome)
         return outcome
 
     def _hyperparameters(self, values: dict[str, Any]) -> kt.HyperParameters:
@@ -139,10 +144,11 @@ class TrialRunner:
                         lengths=sequence_lengths(data.x_train), croppable=croppable)
         val = batches(phase.x_val, data.y_val, self.plan.batch_size, lengths=sequence_lengths(data.x_val),
                       croppable=croppable)
+        build_training_state(phase.model, train)
         phase.model.fit(train.x, train.y, validation_data=val.as_validation(), epochs=epochs,
                         batch_size=train.batch_size, shuffle=train.shuffle, callbacks=callbacks, verbose=0)
 
-    def _checkpoint_if_best(self, model: keras.Model, head_phase: Phase, trial_id: int, trial_number: int,
+    def _checkpoint_if_best(self, model: keras.Model, phase: Phase, data: TrialData, trial_id: int, trial_number: int,
                             outcome: TrialOutcome) -> None:
         """Keep the model of a trial better than the best completed so far.
 
@@ -159,25 +165,39 @@ class TrialRunner:
         # and an optimizer state saved with it would not match on reload.
         keras.Model(model.input, model.output, name=model.name).save(path)
         # The validation predictions as the search computed them (on the cached path, from
-        # the cached activations): an export must reproduce them.
-        val = batches(head_phase.x_val, None, self.plan.batch_size)
-        np.save(trial_dir / VAL_PROBS_NAME, head_phase.model.predict(val.x, batch_size=val.batch_size, verbose=0))
+        # the cached activations, through the blocks the best epoch had fine-tuned): an export
+        # must reproduce them.
+        np.save(trial_dir / VAL_PROBS_NAME, predict_in_order(phase.model, phase.x_val, self.plan.batch_size,
+                                                             sequence_lengths(data.x_val)))
         self.store.add_artifact(search_id=self.search_id, trial_id=trial_id, kind="checkpoint", format="keras",
                                 path=str(path.resolve()), sha256=None, size_bytes=path.stat().st_size)
 
 
 class BestEpoch:
-    """Tracks the best epoch of the objective across both phases and keeps its weights."""
+    """Tracks the best epoch of the objective across both phases and keeps its weights.
 
-    def __init__(self, objective: Objective, model: keras.Model):
+    Only the variables a phase can change are copied (those of the part it fits:
+    the head, then the head and the unfrozen blocks), not the whole backbone: a
+    BERT copy costs more than a head epoch on cached features. A variable a later
+    phase adds has not changed since the best epoch so far, so its current value
+    joins that epoch's copy.
+    """
+
+    def __init__(self, objective: Objective):
         self.objective = objective
-        self.model = model  # the whole trial model, whichever part of it a phase fits
         self.best: tuple[str, int] | None = None
         self.best_value: float | None = None
         self.best_logs: dict[str, float] = {}
-        self._weights: list | None = None
+        self._variables: list = []
+        self._values: list[np.ndarray] | None = None
 
-    def callback(self, phase: str) -> keras.callbacks.Callback:
+    def callback(self, phase: str, variables: list) -> keras.callbacks.Callback:
+        """The callback for one phase that fits `variables` (its model's weights)."""
+        tracked = {id(v) for v in self._variables}
+        added = [v for v in variables if id(v) not in tracked]
+        self._variables += added
+        if self._values is not None:
+            self._values += [keras.ops.convert_to_numpy(v) for v in added]
         tracker = self
 
         class _Track(keras.callbacks.Callback):
@@ -188,13 +208,14 @@ class BestEpoch:
                 if tracker.objective.better(value, tracker.best_value):
                     tracker.best, tracker.best_value = (phase, epoch + 1), float(value)
                     tracker.best_logs = {k: float(v) for k, v in logs.items()}
-                    tracker._weights = [np.array(w) for w in tracker.model.get_weights()]
+                    tracker._values = [keras.ops.convert_to_numpy(v) for v in tracker._variables]
 
         return _Track()
 
     def restore(self) -> None:
-        if self._weights is not None:
-            self.model.set_weights(self._weights)
+        if self._values is not None:
+            for variable, value in zip(self._variables, self._values):
+                variable.assign(value)
 
 
 class FailOnNonFiniteLoss(keras.callbacks.Callback):
@@ -241,6 +262,21 @@ class _BoardLogger(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.board.epoch(self.phase, epoch + 1, logs or {})
+
+
+def build_training_state(model: keras.Model, train: Batches) -> None:
+    """Create the optimizer's and the metrics' variables before `fit` traces its train step.
+
+    On TensorFlow without a distribution strategy, Keras creates them while tracing
+    the first train step, and TensorFlow traces a function that created variables a
+    second time: every phase of every trial paid two traces of its train step (0.4 s
+    for a small head, seconds for transformer blocks). Keras builds them this way
+    itself when a strategy is set; other backends build them before tracing anyway.
+    """
+    if keras.backend.backend() != "tensorflow" or not hasattr(model, "_symbolic_build"):
+        return
+    x, y = train.first()
+    model._symbolic_build(data_batch=(x, y, None))  # noqa: SLF001 - Keras has no public name for it
 
 
 def steps_per_execution() -> int:

@@ -15,10 +15,11 @@ from autotl import api
 from autotl import graph as graph_module
 from autotl import space as space_module
 from autotl.cache import ActivationCache
-from autotl.feed import ActivationSource, batches, cropped_length, sequence_lengths
+from autotl.feed import JAX_LENGTH_STEP, ActivationSource, StemOutputs, batches, cropped_length, sequence_lengths
 from autotl.hypermodel import BACKBONE_LAYER, TransferHyperModel, set_unfreeze_depth
 from autotl.registry import load_registry
 from autotl.store import Store
+from autotl.trial import VAL_PROBS_NAME
 
 from conftest import TINY_PLUGIN, run_cli
 
@@ -74,6 +75,52 @@ def test_prefix_then_suffix_computes_what_the_whole_model_computes(backbone_name
     assert cut.cached_names and all(not n.startswith("input:") for n in cut.cached_names)
 
 
+@pytest.mark.parametrize("backbone_name, options, pooling", [
+    ("tiny_cnn", {"image_size": (16, 16)}, "avg"),
+    ("bert", {"sequence_length": 16}, "mean"),
+    ("bert", {"sequence_length": 16}, "cls"),
+])
+def test_the_pooling_stem_is_computed_once_and_the_head_trains_on_its_outputs(backbone_name, options, pooling):
+    """Above the depth-0 cut, pooling has no weights and no randomness: a trial pools the cached
+    activations once and trains the head on vectors, and the result is still the whole model's."""
+    model, _, preprocessor = trial_model(backbone_name, options, pooling, depth=0)
+    if backbone_name == "bert":
+        x = preprocessor(["a tender, funny film", "dull and far too long", "fine", "not bad at all"])
+    else:
+        x = np.random.default_rng(0).integers(0, 256, (4, *options["image_size"], 3)).astype("uint8")
+    flat = graph_module.flatten(model)
+    cut = graph_module.cut(flat, 0, [])
+    stem = graph_module.frozen_stem(flat, cut)
+    assert stem is not None and [type(layer).__name__ for layer in stem.model.layers[len(stem.model.inputs):]] \
+        == [type(model.get_layer(f"pool_{pooling}")).__name__]
+    pooled = [name for name in stem.after.names if name.startswith(graph_module.STEM_PREFIX)]
+    assert len(pooled) == 1 and len(stem.model.outputs) == 1 and len(stem.model.outputs[0].shape) == 2
+    cached_tensors = {n: t for n, t in zip(cut.names, cut.tensors) if not n.startswith("input:")}
+    cached = dict(zip(cached_tensors, _as_list(graph_module.prefix_model(flat, cached_tensors).predict(x, verbose=0))))
+    known = {**cached, **{name: x[name[6:]] for name in cut.names if name.startswith("input:")}}
+    known[pooled[0]] = keras.ops.convert_to_numpy(stem.model([known[name] for name in stem.reads]))
+    head = graph_module.suffix_model(flat, stem.after)
+    assert not any(type(layer).__name__.startswith(("Global", "Masked", "FirstToken")) for layer in head.layers)
+    np.testing.assert_allclose(head.predict([known[name] for name in stem.after.names], verbose=0),
+                               model.predict(x, verbose=0), atol=1e-5)
+    # The same pooling over the same cut has the same name in another trial's model; another pooling not.
+    again, _, _ = trial_model(backbone_name, options, pooling, depth=0)
+    flat_again = graph_module.flatten(again)
+    assert graph_module.frozen_stem(flat_again, graph_module.cut(flat_again, 0, [])).after.names == stem.after.names
+    if backbone_name == "bert":
+        other_pooling = "cls" if pooling == "mean" else "mean"
+        other, _, _ = trial_model(backbone_name, options, other_pooling, depth=0)
+        flat_other = graph_module.flatten(other)
+        assert not set(pooled) & set(graph_module.frozen_stem(flat_other, graph_module.cut(flat_other, 0, [])).after.names)
+
+
+def test_a_cut_whose_trainable_part_begins_with_weights_has_no_stem():
+    model, blocks, _ = trial_model("tiny_cnn", {"image_size": (16, 16)}, "avg", depth=1)
+    flat = graph_module.flatten(model)
+    top = [layer for layer in blocks[-1]]
+    assert graph_module.frozen_stem(flat, graph_module.cut(flat, 1, top)) is None
+
+
 def _as_list(outputs):
     return outputs if isinstance(outputs, list) else [outputs]
 
@@ -96,6 +143,40 @@ def test_a_second_search_on_the_same_data_does_no_backbone_pass(mnist_dir, tmp_p
     assert {e.key: e.meta["created_at"] for e in ActivationCache(tmp_path / "cache").entries()} == entries
     # Same seed, same data, same cache: the same results as the first search.
     assert [t.value for t in second.trials] == pytest.approx([t.value for t in first.trials])
+
+
+def test_trials_sharing_a_pooling_pool_the_cached_activations_once(mnist_dir, tmp_path, monkeypatch):
+    calls = []
+    compute = StemOutputs._compute
+
+    def counted(self, model, inputs):
+        calls.append(len(inputs[0]))
+        return compute(self, model, inputs)
+
+    monkeypatch.setattr(StemOutputs, "_compute", counted)
+    (tmp_path / "space.json").write_text(json.dumps({"pooling": "avg", "unfreeze_depth": 0}))
+    store = Store(tmp_path / "autotl.db")
+    result = api.search(tiny_config(mnist_dir, tmp_path, "pooled", space_file=str(tmp_path / "space.json")), store)
+    assert [t.status for t in result.trials] == ["completed"] * 3
+    assert len(calls) == 2 and sum(calls) == 120  # one pooling pass per split (120 digits), for all three trials
+
+
+def test_a_best_epoch_in_fine_tuning_is_checkpointed_with_the_predictions_of_the_fine_tuned_blocks(
+        mnist_dir, tmp_path):
+    """The saved validation predictions (what an export must reproduce) come from the cut the trial
+    fine-tuned at, not from the backbone's cached output, which the fine-tuned blocks no longer compute."""
+    (tmp_path / "space.json").write_text(json.dumps({"unfreeze_depth": 1, "head_lr": 1e-6, "finetune_lr": 3e-3}))
+    store = Store(tmp_path / "autotl.db")
+    config = tiny_config(mnist_dir, tmp_path, "tuned", max_trials=1, epochs=1, finetune_epochs=4,
+                         space_file=str(tmp_path / "space.json"))
+    result = api.search(config, store)
+    assert result.best.best_phase == "finetune"  # the head alone (learning rate 1e-6) learns nothing
+    checkpoint = store.artifacts(result.search.id, kind="checkpoint")[0]
+    preprocessor = load_registry([str(TINY_PLUGIN)]).get("tiny_cnn").preprocessor("none", {"image_size": (16, 16)})
+    _, val = api.load_split(config, "image", preprocessor)
+    probs = keras.saving.load_model(checkpoint.path).predict(preprocessor(val.examples), verbose=0)
+    np.testing.assert_allclose(np.load(Path(checkpoint.path).parent / VAL_PROBS_NAME), probs, atol=1e-5)
+    assert float(np.mean(probs.argmax(axis=1) == val.labels)) == pytest.approx(result.best.value, abs=1e-6)
 
 
 def test_a_changed_image_is_a_new_cache_entry(mnist_dir, tmp_path):
@@ -200,7 +281,8 @@ def test_text_cropped_to_its_longest_sequence_gives_the_same_outputs():
     x = preprocessor(["a tender, funny film", "dull", "long-winded, but the last act is worth the wait"])
     lengths = sequence_lengths(x)
     crop = cropped_length(lengths)
-    assert max(lengths) <= crop < 32 and crop % 8 == 0
+    step = JAX_LENGTH_STEP if keras.backend.backend() == "jax" else 1
+    assert max(lengths) <= crop < max(lengths) + step and crop % step == 0 and crop < 32
     cropped = {name: array[:, :crop] for name, array in x.items()}
     np.testing.assert_allclose(model.predict(cropped, verbose=0), model.predict(x, verbose=0), atol=1e-5)
 
@@ -211,6 +293,7 @@ def test_length_batches_cover_every_example_once_per_epoch_cropped_to_their_long
     mask = (np.arange(48)[None, :] < lengths[:, None]).astype("int32")
     x = {"padding_mask": mask, "token_ids": mask * 7}
     y = np.arange(200)
+    step = JAX_LENGTH_STEP if keras.backend.backend() == "jax" else 1
     dataset = batches(x, y, 16, shuffle=True, seed=1, lengths=lengths,
                       croppable={"padding_mask": True, "token_ids": True}).x
     epochs = []
@@ -219,7 +302,8 @@ def test_length_batches_cover_every_example_once_per_epoch_cropped_to_their_long
         for index in range(len(dataset)):
             inputs, labels = dataset[index]
             width = inputs["token_ids"].shape[1]
-            assert width % 8 == 0 and width >= lengths[labels].max() and width < 48
+            longest = lengths[labels].max()
+            assert width % step == 0 and longest <= width < longest + step  # cut to its longest example
             np.testing.assert_array_equal(inputs["padding_mask"].sum(axis=1), lengths[labels])
             seen += list(labels)
         assert sorted(seen) == list(range(200))
@@ -257,3 +341,24 @@ def test_a_model_trains_on_length_batches_of_varying_widths():
     assert len(history.history["loss"]) == 2
     widths = {feed.x[i][0]["padding_mask"].shape[1] for i in range(len(feed.x))}
     assert len(widths) > 2
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TensorFlow's tracing")
+def test_each_phase_traces_its_train_step_once(mnist_dir, tmp_path, monkeypatch):
+    """The optimizer's and metrics' variables exist before `fit` traces (else TensorFlow traces twice)."""
+    from keras.src.backend.tensorflow.trainer import TensorFlowTrainer
+
+    traces = []
+    train_step = TensorFlowTrainer.train_step
+
+    def counted(self, data):
+        traces.append(self.name)
+        return train_step(self, data)
+
+    monkeypatch.setattr(TensorFlowTrainer, "train_step", counted)
+    (tmp_path / "space.json").write_text(json.dumps({"unfreeze_depth": 1}))
+    store = Store(tmp_path / "autotl.db")
+    result = api.search(tiny_config(mnist_dir, tmp_path, "traced", max_trials=2,
+                                    space_file=str(tmp_path / "space.json")), store)
+    assert [t.status for t in result.trials] == ["completed"] * 2
+    assert traces == ["autotl_suffix_0", "autotl_suffix_1"] * 2  # head, then fine-tuning, once each per trial
