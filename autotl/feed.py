@@ -2,8 +2,9 @@
 
 On the cached path (`CachedFeed`) each phase of a trial fits only the part of
 the model above its cut (`autotl.graph`): the head phase fits the head on the
-backbone's cached output, the fine-tuning phase fits the top k blocks and the
-head on the cached input of those blocks. The cut tensors of every depth the
+backbone's cached output (pooled once per process, `StemOutputs`), the
+fine-tuning phase fits the top k blocks and the head on the cached input of
+those blocks. The cut tensors of every depth the
 search space allows are computed together, in one pass of the frozen backbone
 over each split, the first time any trial needs them (`ActivationSource`).
 
