@@ -69,7 +69,7 @@ class CachedFeed:
     status: str
     seconds: float
     cached_bytes: int
-    stems: StemOutputs | None = None
+    stems: StemOutputs
     _phases: dict[int, tuple[graph_module.Cut, keras.Model]] = field(default_factory=dict)
 
     def phase(self, depth: int) -> Phase:
@@ -82,7 +82,7 @@ class CachedFeed:
     def _through_stem(self, item: graph_module.Cut) -> graph_module.Cut:
         """The cut above the frozen stem of `item` (pooling) when its outputs are smaller than
         what it reads, with the stem's outputs added to `arrays`; otherwise `item` itself."""
-        stem = graph_module.frozen_stem(self.graph, item) if self.stems is not None else None
+        stem = graph_module.frozen_stem(self.graph, item)
         if stem is None or not _shrinks(stem, [self.arrays[("train", n)] for n in stem.reads
                                                if graph_module.input_name(n) is None]):
             return item
@@ -133,13 +133,8 @@ class StemOutputs:
         return [name for name in stem.after.names if name.startswith(graph_module.STEM_PREFIX)]
 
     def _compute(self, model: keras.Model, inputs: list) -> list[np.ndarray]:
-        """The stem called directly (eagerly) batch by batch: a few cheap ops need no traced function."""
-        parts: list[list[np.ndarray]] = []
-        for start in range(0, len(inputs[0]), self.batch_size):
-            batch = [np.asarray(a[start:start + self.batch_size]) for a in inputs]
-            outputs = model(batch, training=False)
-            parts.append([keras.ops.convert_to_numpy(o) for o in _as_list(outputs)])
-        return [np.concatenate(column) for column in zip(*parts)]
+        """The stem called eagerly: a few cheap ops need no traced function."""
+        return _call_eagerly(model, _slices(inputs, self.batch_size))
 
 
 def _shrinks(stem: graph_module.Stem, activations: list) -> bool:
@@ -154,6 +149,23 @@ def _shrinks(stem: graph_module.Stem, activations: list) -> bool:
 
 def _as_list(outputs) -> list:
     return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+
+
+def _slices(x: Any, batch_size: int) -> list:
+    """`x` (an array, a list or a dict of arrays) cut into consecutive batches."""
+    count = len(_leaves(x)[0])
+    return [_map_leaves(x, lambda a, _: np.asarray(a[start:start + batch_size])) for start in range(0, count, batch_size)]
+
+
+def _call_eagerly(model: keras.Model, batch_inputs: list) -> list[np.ndarray]:
+    """Each of the model's outputs over all the batches, concatenated, the model called directly."""
+    parts = [[keras.ops.convert_to_numpy(o) for o in _as_list(model(_as_call_inputs(inputs), training=False))]
+             for inputs in batch_inputs]
+    return [np.concatenate(column) for column in zip(*parts)]
+
+
+def _as_call_inputs(inputs: Any) -> Any:
+    return list(inputs) if isinstance(inputs, tuple) else inputs
 
 
 class ActivationSource:
@@ -269,7 +281,7 @@ class ActivationSource:
                 batch = [_take(_model_input(x, t.name), rows, crop if can else None)
                          for t, can in zip(prefix.inputs, croppable)]
                 outputs = prefix.predict_on_batch(batch)
-                outputs = [np.asarray(o) for o in (outputs if isinstance(outputs, (list, tuple)) else [outputs])]
+                outputs = [np.asarray(o) for o in _as_list(outputs)]
                 if crop is not None:
                     outputs = [_pad_sequence(o, crop, full_length) for o in outputs]
                 if not writers:
@@ -396,23 +408,12 @@ def predict_in_order(model: keras.Model, x: Any, batch_size: int, lengths: np.nd
     times what running them does.
     """
     feed = batches(x, None, batch_size, lengths=lengths, croppable=variable_length_inputs(model, x))
-    if isinstance(feed.x, _Batches):
-        batch_inputs = [feed.x[index][0] for index in range(len(feed.x))]
-        rows = np.concatenate(feed.x.batch_rows())
-    else:
-        count = len(_leaves(x)[0])
-        batch_inputs = [_map_leaves(x, lambda a, _: np.asarray(a[start:start + batch_size]))
-                        for start in range(0, count, batch_size)]
-        rows = np.arange(count)
-    outputs = [keras.ops.convert_to_numpy(model(_as_call_inputs(inputs), training=False)) for inputs in batch_inputs]
-    predictions = np.concatenate(outputs)
+    if not isinstance(feed.x, _Batches):
+        return _call_eagerly(model, _slices(x, batch_size))[0]
+    predictions = _call_eagerly(model, [feed.x[index][0] for index in range(len(feed.x))])[0]
     in_order = np.empty_like(predictions)
-    in_order[rows] = predictions
+    in_order[np.concatenate(feed.x.batch_rows())] = predictions
     return in_order
-
-
-def _as_call_inputs(inputs: Any) -> Any:
-    return list(inputs) if isinstance(inputs, tuple) else inputs
 
 
 def variable_length_inputs(model: keras.Model, x: Any) -> Any:

@@ -22,14 +22,13 @@ Only functional backbones can be cut. A subclassed backbone is one opaque layer;
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 import keras
 from keras import tree
 
+from .cache import digest
 from .hypermodel import BACKBONE_LAYER
 
 
@@ -181,7 +180,7 @@ def frozen_stem(graph: FlatGraph, item: Cut) -> Stem | None:
             signature = [type(node.layer).__name__, _config_without_name(node.layer),
                          [names[id(t)] for t in node.inputs]]
             for position, tensor in enumerate(node.outputs):
-                names[id(tensor)] = f"{STEM_PREFIX}{_digest([signature, position])}"
+                names[id(tensor)] = f"{STEM_PREFIX}{digest([signature, position])}"
             stem.append(node)
         else:
             rest.append(node)
@@ -232,10 +231,6 @@ def _config_without_name(layer) -> Any:
         return f"{type(layer).__name__}@{id(layer)}"
     config.pop("name", None)
     return config
-
-
-def _digest(value: Any) -> str:
-    return hashlib.blake2b(json.dumps(value, sort_keys=True, default=repr).encode(), digest_size=12).hexdigest()
 
 
 def prefix_model(graph: FlatGraph, tensors: Mapping[str, Any]) -> keras.Model:

@@ -46,6 +46,21 @@ def trial_model(backbone_name: str, options: dict, pooling: str, depth: int):
     return model, blocks, preprocessor
 
 
+def sample_inputs(backbone_name: str, options: dict, preprocessor):
+    """Four model-ready examples: review snippets for text, random pixels for images."""
+    if backbone_name == "bert":
+        return preprocessor(["a tender, funny film", "dull and far too long", "fine", "not bad at all"])
+    return np.random.default_rng(0).integers(0, 256, (4, *options["image_size"], 3)).astype("uint8")
+
+
+def across_the_cut(flat, cut, x) -> dict:
+    """Name -> value of each tensor crossing `cut` for inputs `x`: the frozen part's outputs, or model inputs."""
+    cached_tensors = {n: t for n, t in zip(cut.names, cut.tensors) if graph_module.input_name(n) is None}
+    cached = dict(zip(cached_tensors, _as_list(graph_module.prefix_model(flat, cached_tensors).predict(x, verbose=0))))
+    return {**cached, **{name: x[graph_module.input_name(name)] for name in cut.names
+                         if graph_module.input_name(name) is not None}}
+
+
 @pytest.mark.parametrize("backbone_name, options, pooling", [
     ("tiny_cnn", {"image_size": (16, 16)}, "avg"),
     ("efficientnet_lite0", {"image_size": (32, 32)}, "flatten"),
@@ -54,19 +69,14 @@ def trial_model(backbone_name: str, options: dict, pooling: str, depth: int):
 def test_prefix_then_suffix_computes_what_the_whole_model_computes(backbone_name, options, pooling):
     """The cut is exact: frozen part once, then the trainable part, equals the end-to-end model."""
     model, blocks, preprocessor = trial_model(backbone_name, options, pooling, depth=2)
-    if backbone_name == "bert":
-        x = preprocessor(["a tender, funny film", "dull and far too long", "fine", "not bad at all"])
-    else:
-        x = np.random.default_rng(0).integers(0, 256, (4, *options["image_size"], 3)).astype("uint8")
+    x = sample_inputs(backbone_name, options, preprocessor)
     flat = graph_module.flatten(model)
     expected = model.predict(x, verbose=0)
     for depth in (0, 1, 2):
         top = [layer for block in blocks[len(blocks) - depth:] for layer in block] if depth else []
         cut = graph_module.cut(flat, depth, top)
-        cached_tensors = {n: t for n, t in zip(cut.names, cut.tensors) if not n.startswith("input:")}
-        outputs = _as_list(graph_module.prefix_model(flat, cached_tensors).predict(x, verbose=0))
-        cached = dict(zip(cached_tensors, outputs))
-        feed = [x[name[6:]] if name.startswith("input:") else cached[name] for name in cut.names]
+        known = across_the_cut(flat, cut, x)
+        feed = [known[name] for name in cut.names]
         suffix = graph_module.suffix_model(flat, cut)
         np.testing.assert_allclose(suffix.predict(feed, verbose=0), expected, atol=1e-4)
         # The suffix trains exactly the trainable weights of the whole model at this depth.
@@ -84,10 +94,7 @@ def test_the_pooling_stem_is_computed_once_and_the_head_trains_on_its_outputs(ba
     """Above the depth-0 cut, pooling has no weights and no randomness: a trial pools the cached
     activations once and trains the head on vectors, and the result is still the whole model's."""
     model, _, preprocessor = trial_model(backbone_name, options, pooling, depth=0)
-    if backbone_name == "bert":
-        x = preprocessor(["a tender, funny film", "dull and far too long", "fine", "not bad at all"])
-    else:
-        x = np.random.default_rng(0).integers(0, 256, (4, *options["image_size"], 3)).astype("uint8")
+    x = sample_inputs(backbone_name, options, preprocessor)
     flat = graph_module.flatten(model)
     cut = graph_module.cut(flat, 0, [])
     stem = graph_module.frozen_stem(flat, cut)
@@ -95,9 +102,7 @@ def test_the_pooling_stem_is_computed_once_and_the_head_trains_on_its_outputs(ba
         == [type(model.get_layer(f"pool_{pooling}")).__name__]
     pooled = [name for name in stem.after.names if name.startswith(graph_module.STEM_PREFIX)]
     assert len(pooled) == 1 and len(stem.model.outputs) == 1 and len(stem.model.outputs[0].shape) == 2
-    cached_tensors = {n: t for n, t in zip(cut.names, cut.tensors) if not n.startswith("input:")}
-    cached = dict(zip(cached_tensors, _as_list(graph_module.prefix_model(flat, cached_tensors).predict(x, verbose=0))))
-    known = {**cached, **{name: x[name[6:]] for name in cut.names if name.startswith("input:")}}
+    known = across_the_cut(flat, cut, x)
     known[pooled[0]] = keras.ops.convert_to_numpy(stem.model([known[name] for name in stem.reads]))
     head = graph_module.suffix_model(flat, stem.after)
     assert not any(type(layer).__name__.startswith(("Global", "Masked", "FirstToken")) for layer in head.layers)
