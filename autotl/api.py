@@ -340,6 +340,7 @@ def _run_tuner(config: SearchConfig, store: Store, row: Search, prepared: _Prepa
     data_dir = workdir / (TRIAL_DATA_DIR if role == "single" else f"{TRIAL_DATA_DIR}-{os.getpid()}")
     if worker is not None:
         _configure_worker(worker, store, row, prepared, plan, data, config.plugin_files, data_dir)
+    tuner = None
     try:
         tuner = TransferTuner(oracle, hypermodel, store=store, search_id=row.id, plan=plan, reporter=reporter,
                               workdir=workdir, max_trials=config.max_trials, max_failures=config.max_failures,
@@ -347,6 +348,8 @@ def _run_tuner(config: SearchConfig, store: Store, row: Search, prepared: _Prepa
         tuner.search(data, verbose=0)
         return tuner.completed_here
     finally:
+        if tuner is not None:
+            tuner.runner.close()
         if worker is not None:
             worker.close()
             remove_trial_data(data_dir)

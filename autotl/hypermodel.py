@@ -96,12 +96,16 @@ class ReusableBackbone:
             self._node_counts = [(layer, len(layer._inbound_nodes), len(layer._outbound_nodes))
                                  for layer in _self_and_sublayers(self._model)]
         else:
-            for layer, inbound, outbound in self._node_counts:  # the nodes past trials' models added
-                del layer._inbound_nodes[inbound:], layer._outbound_nodes[outbound:]
+            self.forget_past_trials()
             if self._changed:
                 self._model.set_weights(self._pretrained)
         self._changed = False
         return self._model
+
+    def forget_past_trials(self) -> None:
+        """Drop the nodes past trials' models added to the backbone's layers (and with them those models)."""
+        for layer, inbound, outbound in self._node_counts:
+            del layer._inbound_nodes[inbound:], layer._outbound_nodes[outbound:]
 
     def mark_changed(self) -> None:
         """The current trial is about to train (some of) the backbone: reset it before the next one."""

@@ -247,6 +247,7 @@ def worker_main(spec: WorkerSpec, connection) -> None:
         while True:
             message = connection.recv()
             if message[0] == "stop":
+                runner.close()
                 return
             _, trial_id, trial_number, values = message
             try:

@@ -13,8 +13,10 @@ import pytest
 from autotl import graph as graph_module
 from autotl import space as space_module
 from autotl.hypermodel import ReusableBackbone, TransferHyperModel
+from autotl.plan import Objective, TrainingPlan
 from autotl.registry import load_registry
-from autotl.trial import traced_gradients_released
+from autotl.store import Store
+from autotl.trial import TrialRunner, traced_gradients_released
 
 from conftest import TINY_PLUGIN
 
@@ -61,3 +63,51 @@ def test_the_reused_backbone_forgets_the_models_of_past_trials():
     assert first_head() is None  # nothing of the first trial's model is left
     assert counts == [(len(layer._inbound_nodes), len(layer._outbound_nodes))
                       for layer in feature_model._flatten_layers(include_self=True, recursive=True)]
+
+
+def tiny_runner(tmp_path) -> TrialRunner:
+    backbone = load_registry([str(TINY_PLUGIN)]).get("tiny_cnn")
+    preprocessor = backbone.preprocessor("none", {"image_size": (16, 16)})
+    space = space_module.build_space(backbone.modality, backbone.search_space(), None)
+    hypermodel = TransferHyperModel(backbone, "none", preprocessor, 3, space)
+    return TrialRunner(hypermodel, TrainingPlan(cache_dir=str(tmp_path / "cache")), Objective("val_accuracy", "max"),
+                       Store(tmp_path / "autotl.db"), 0, tmp_path)
+
+
+def test_between_trials_what_survives_is_frozen_and_past_trials_models_are_still_collected(tmp_path):
+    """Collections skip what lived through a trial's start (gc.freeze), but not the models of past
+    trials: those are dropped from the reused backbone before the collection that precedes the freeze."""
+    assert gc.get_freeze_count() == 0
+    runner = tiny_runner(tmp_path)
+
+    def trial() -> weakref.ref:
+        hp = kt.HyperParameters()
+        runner.hypermodel.declare(hp)
+        hp.values.update(pooling="avg", head_layers=1, head_units=8)
+        model = runner.hypermodel.build(hp, runner.backbone.fresh())
+        graph_module.flatten(model)
+        return weakref.ref(model.get_layer("head_dense_0"))
+
+    try:
+        heads = []
+        for _ in range(3):
+            heads.append(trial())
+            runner.release_past_trials()
+            assert gc.get_freeze_count() > 0
+            assert [head() for head in heads] == [None] * len(heads)
+    finally:
+        runner.close()
+    assert gc.get_freeze_count() == 0  # all given back to the collector
+
+
+def test_a_process_that_froze_objects_itself_is_left_as_it_was(tmp_path):
+    runner = tiny_runner(tmp_path)
+    gc.freeze()
+    frozen = gc.get_freeze_count()
+    try:
+        runner.release_past_trials()
+        assert gc.get_freeze_count() <= frozen  # nothing added (frozen objects may have been freed since)
+        runner.close()
+        assert 0 < gc.get_freeze_count() <= frozen  # and nothing thawed
+    finally:
+        gc.unfreeze()
