@@ -253,19 +253,19 @@ class ActivationSource:
         return self._split_fingerprints[split]
 
     def _compute_missing(self, graph, data: TrialData, keys) -> bool:
-        computed = False
+        prefixes: dict[tuple[str, ...], keras.Model] = {}  # one model (one traced function) for both splits
         for split, x in (("train", data.x_train), ("val", data.x_val)):
             missing = {name: tensor for (s, name), (key, tensor) in keys.items()
                        if s == split and key not in self._loaded and self.cache.get(key) is None}
             if missing:
-                self._run_prefix(graph, x, split, missing, {name: keys[(split, name)][0] for name in missing})
-                computed = True
-        return computed
+                if tuple(missing) not in prefixes:
+                    prefixes[tuple(missing)] = graph_module.prefix_model(graph, missing)
+                self._run_prefix(prefixes[tuple(missing)], x, split, list(missing),
+                                 {name: keys[(split, name)][0] for name in missing})
+        return bool(prefixes)
 
-    def _run_prefix(self, graph, x, split: str, tensors: dict[str, Any], keys: dict[str, str]) -> None:
-        """One pass of the frozen part over `x`, writing each tensor of `tensors` to its entry."""
-        prefix = graph_module.prefix_model(graph, tensors)
-        names = list(tensors)
+    def _run_prefix(self, prefix: keras.Model, x, split: str, names: list[str], keys: dict[str, str]) -> None:
+        """One pass of the frozen part over `x`, writing each output of `prefix` (`names`) to its entry."""
         count = len(_model_input(x, prefix.inputs[0].name))
         lengths = sequence_lengths(x)
         # Text goes through in order of length, each batch cropped to its longest sequence:
@@ -278,10 +278,13 @@ class ActivationSource:
             for start in range(0, count, self.batch_size):
                 rows = order[start:start + self.batch_size]
                 crop = None if lengths is None else cropped_length(lengths[rows])
-                batch = [_take(_model_input(x, t.name), rows, crop if can else None)
+                # A short last batch is filled up with its own rows: a batch of a new size
+                # would trace the backbone's function again (a second of the pass on CPU).
+                padded = np.resize(rows, self.batch_size) if count > self.batch_size else rows
+                batch = [_take(_model_input(x, t.name), padded, crop if can else None)
                          for t, can in zip(prefix.inputs, croppable)]
                 outputs = prefix.predict_on_batch(batch)
-                outputs = [np.asarray(o) for o in _as_list(outputs)]
+                outputs = [np.asarray(o)[:len(rows)] for o in _as_list(outputs)]
                 if crop is not None:
                     outputs = [_pad_sequence(o, crop, full_length) for o in outputs]
                 if not writers:

@@ -17,6 +17,7 @@ from autotl import space as space_module
 from autotl.cache import ActivationCache
 from autotl.feed import JAX_LENGTH_STEP, ActivationSource, StemOutputs, batches, cropped_length, sequence_lengths
 from autotl.hypermodel import BACKBONE_LAYER, TransferHyperModel, set_unfreeze_depth
+from autotl.plan import TrialData
 from autotl.registry import load_registry
 from autotl.store import Store
 from autotl.trial import VAL_PROBS_NAME
@@ -368,3 +369,34 @@ def test_each_phase_traces_its_train_step_once(mnist_dir, tmp_path, monkeypatch)
                                     space_file=str(tmp_path / "space.json")), store)
     assert [t.status for t in result.trials] == ["completed"] * 2
     assert traces == ["autotl_suffix_0", "autotl_suffix_1"] * 2  # head, then fine-tuning, once each per trial
+
+
+def test_the_cache_pass_traces_the_backbone_once_for_both_splits_and_their_short_last_batches(tmp_path, monkeypatch):
+    """The last batch of a split is filled up with its own rows: a batch of another size would
+    trace the backbone's function again. The filling rows are not written to the cache."""
+    model, _, preprocessor = trial_model("tiny_cnn", {"image_size": (16, 16)}, "avg", depth=0)
+    rng = np.random.default_rng(0)
+    x_train, x_val = (rng.integers(0, 256, (count, 16, 16, 3)).astype("uint8") for count in (23, 10))
+    data = TrialData(x_train, np.zeros(23, "int32"), x_val, np.zeros(10, "int32"))
+    prefixes = []
+    build_prefix = graph_module.prefix_model
+
+    def recorded(*args):
+        prefixes.append(build_prefix(*args))
+        return prefixes[-1]
+
+    monkeypatch.setattr(graph_module, "prefix_model", recorded)
+    backbone = load_registry([str(TINY_PLUGIN)]).get("tiny_cnn")
+    source = ActivationSource(ActivationCache(tmp_path / "cache"), backbone, preprocessor.config(), [0, 1],
+                              batch_size=8)
+    feed = source.feed(model, data, {})
+    assert feed.status == "computed" and len(prefixes) == 1  # one model for both splits
+    if keras.backend.backend() == "tensorflow":
+        assert prefixes[0].predict_function.experimental_get_tracing_count() == 1
+    for split, x in (("train", x_train), ("val", x_val)):
+        for depth, cut in feed.cuts.items():
+            expected = across_the_cut(feed.graph, cut, x)
+            for name in cut.cached_names:
+                assert feed.arrays[(split, name)].shape == expected[name].shape
+                np.testing.assert_allclose(feed.arrays[(split, name)], expected[name], atol=1e-5)
+
