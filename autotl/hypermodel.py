@@ -39,6 +39,13 @@ class TransferHyperModel(kt.HyperModel):
     def declare(self, hp: kt.HyperParameters) -> None:
         space_module.declare(self.space, hp)
 
+    def hyperparameters(self, values: Mapping[str, Any]) -> kt.HyperParameters:
+        """This search space's hyperparameters, set to `values` (a trial's, as the oracle chose them)."""
+        hp = kt.HyperParameters()
+        self.declare(hp)
+        hp.values.update(values)
+        return hp
+
     def build(self, hp: kt.HyperParameters, feature_model: keras.Model | None = None) -> keras.Model:
         """Build the untrained-head model for `hp` around `feature_model` (default: a new
         backbone); the backbone is left frozen."""

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import keras
-import keras_tuner as kt
 import numpy as np
 
 from . import space as space_module
@@ -94,7 +93,7 @@ class TrialRunner:
                on_epoch: EpochCallback, board: TrialBoard | None) -> TrialOutcome:
         feature_model = self.backbone.fresh()
         keras.utils.set_random_seed(self.plan.seed * 1000 + trial_number)
-        hp = self._hyperparameters(values)
+        hp = self.hypermodel.hyperparameters(values)
         model = self.hypermodel.build(hp, feature_model)
         feed = self.activations.feed(model, data, values)
         tracker = BestEpoch(self.objective)
@@ -127,12 +126,6 @@ class TrialRunner:
         best_depth = depth if outcome.phase == FINETUNE else 0
         self._checkpoint_if_best(model, feed.phase(best_depth), data, trial_id, trial_number, outcome)
         return outcome
-
-    def _hyperparameters(self, values: dict[str, Any]) -> kt.HyperParameters:
-        hp = kt.HyperParameters()
-        self.hypermodel.declare(hp)
-        hp.values.update(values)
-        return hp
 
     def _epoch_budget(self, values: dict[str, Any]) -> tuple[int, int]:
         if "tuner/epochs" in values:  # Hyperband decides the budget of each bracket

@@ -20,7 +20,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import keras_tuner as kt
 import numpy as np
 
 from autotl.cache import ActivationCache
@@ -30,12 +29,19 @@ from autotl.plan import TrialData
 from autotl.store import Store
 
 
+def runs_here() -> bool:
+    """Whether Keras runs on TensorFlow, whose compiled functions this times."""
+    import keras
+
+    return keras.backend.backend() == "tensorflow"
+
+
 def head_phase_seconds(store: Store, search_name: str, backbone, preprocessor, data: TrialData,
                        cache_dir: str) -> list[dict[str, Any]]:
     """Per completed trial of `search_name`: its number, head epochs run and the seconds of their arithmetic."""
     import keras
 
-    if keras.backend.backend() != "tensorflow":
+    if not runs_here():
         raise RuntimeError("head_arithmetic times compiled TensorFlow functions: run it on the TensorFlow backend")
     search = store.get_search(search_name)
     config = search.config
@@ -47,9 +53,7 @@ def head_phase_seconds(store: Store, search_name: str, backbone, preprocessor, d
         if trial.status != "completed":
             continue
         epochs = len({m.epoch for m in store.epoch_metrics(trial.id) if m.phase == "head"})
-        hp = kt.HyperParameters()
-        hypermodel.declare(hp)
-        hp.values.update(trial.hyperparameters)
+        hp = hypermodel.hyperparameters(trial.hyperparameters)
         keras.utils.clear_session()
         feed = source.feed(hypermodel.build(hp, reusable.fresh()), data, trial.hyperparameters)
         if feed.status != "hit":

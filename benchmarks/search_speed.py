@@ -469,13 +469,11 @@ def run_workload(workload: Workload, settings: Settings, workdir: Path, memory: 
 
 def heads_arithmetic(store: Store, search: str, backbone, preprocessor, splits: dict, cache_dir: Path) -> dict | None:
     """The depth-0 trials' head phases, arithmetic only (`head_arithmetic.py`); None off TensorFlow."""
-    import keras
-
-    if keras.backend.backend() != "tensorflow":
+    if not head_arithmetic.runs_here():
         return None
     log(f"heads' arithmetic of {search}")
-    data = TrialData(*(value for split in ("train", "val")
-                       for value in (preprocessor(splits[split].examples), splits[split].labels)))
+    train, val = splits["train"], splits["val"]
+    data = TrialData(preprocessor(train.examples), train.labels, preprocessor(val.examples), val.labels)
     trials = head_arithmetic.head_phase_seconds(store, search, backbone, preprocessor, data, str(cache_dir))
     return {"seconds": round(sum(t["seconds"] for t in trials), 2), "trials": trials}
 

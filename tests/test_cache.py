@@ -7,7 +7,6 @@ import shutil
 from pathlib import Path
 
 import keras
-import keras_tuner as kt
 import numpy as np
 import pytest
 
@@ -37,10 +36,7 @@ def trial_model(backbone_name: str, options: dict, pooling: str, depth: int):
     preprocessor = backbone.preprocessor(backbone.default_weights, options)
     space = space_module.build_space(backbone.modality, backbone.search_space(), None)
     hypermodel = TransferHyperModel(backbone, backbone.default_weights, preprocessor, 3, space)
-    hp = kt.HyperParameters()
-    hypermodel.declare(hp)
-    hp.values.update(pooling=pooling, head_layers=1, head_units=16)
-    model = hypermodel.build(hp)
+    model = hypermodel.build(hypermodel.hyperparameters(dict(pooling=pooling, head_layers=1, head_units=16)))
     feature_model = model.get_layer(BACKBONE_LAYER)
     blocks = backbone.blocks(feature_model)
     set_unfreeze_depth(feature_model, blocks, depth)

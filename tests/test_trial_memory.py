@@ -6,7 +6,6 @@ import gc
 import weakref
 
 import keras
-import keras_tuner as kt
 import numpy as np
 import pytest
 
@@ -37,27 +36,30 @@ def test_a_fit_leaves_no_custom_gradient_registered():
     assert set(registry) == before
 
 
-def test_the_reused_backbone_forgets_the_models_of_past_trials():
+def tiny_hypermodel() -> TransferHyperModel:
     backbone = load_registry([str(TINY_PLUGIN)]).get("tiny_cnn")
     preprocessor = backbone.preprocessor("none", {"image_size": (16, 16)})
     space = space_module.build_space(backbone.modality, backbone.search_space(), None)
-    hypermodel = TransferHyperModel(backbone, "none", preprocessor, 3, space)
+    return TransferHyperModel(backbone, "none", preprocessor, 3, space)
+
+
+def build_trial_model(hypermodel: TransferHyperModel, reusable: ReusableBackbone) -> weakref.ref:
+    """What a trial does to the reused backbone; a weak reference to the trial's head layer."""
+    hp = hypermodel.hyperparameters(dict(pooling="avg", head_layers=1, head_units=8))
+    model = hypermodel.build(hp, reusable.fresh())
+    graph_module.flatten(model)  # calls every backbone layer again, as the cached path does
+    return weakref.ref(model.get_layer("head_dense_0"))
+
+
+def test_the_reused_backbone_forgets_the_models_of_past_trials():
+    hypermodel = tiny_hypermodel()
     reusable = ReusableBackbone(hypermodel, seed=0)
-
-    def trial() -> weakref.ref:
-        hp = kt.HyperParameters()
-        hypermodel.declare(hp)
-        hp.values.update(pooling="avg", head_layers=1, head_units=8)
-        model = hypermodel.build(hp, reusable.fresh())
-        graph_module.flatten(model)  # calls every backbone layer again, as the cached path does
-        return weakref.ref(model.get_layer("head_dense_0"))
-
-    first_head = trial()
+    first_head = build_trial_model(hypermodel, reusable)
     feature_model = reusable.fresh()
     counts = [(len(layer._inbound_nodes), len(layer._outbound_nodes))
               for layer in feature_model._flatten_layers(include_self=True, recursive=True)]
     for _ in range(2):
-        trial()
+        build_trial_model(hypermodel, reusable)
         reusable.fresh()
     gc.collect()
     assert first_head() is None  # nothing of the first trial's model is left
@@ -66,11 +68,7 @@ def test_the_reused_backbone_forgets_the_models_of_past_trials():
 
 
 def tiny_runner(tmp_path) -> TrialRunner:
-    backbone = load_registry([str(TINY_PLUGIN)]).get("tiny_cnn")
-    preprocessor = backbone.preprocessor("none", {"image_size": (16, 16)})
-    space = space_module.build_space(backbone.modality, backbone.search_space(), None)
-    hypermodel = TransferHyperModel(backbone, "none", preprocessor, 3, space)
-    return TrialRunner(hypermodel, TrainingPlan(cache_dir=str(tmp_path / "cache")), Objective("val_accuracy", "max"),
+    return TrialRunner(tiny_hypermodel(), TrainingPlan(cache_dir=str(tmp_path / "cache")), Objective("val_accuracy", "max"),
                        Store(tmp_path / "autotl.db"), 0, tmp_path)
 
 
@@ -79,19 +77,10 @@ def test_between_trials_what_survives_is_frozen_and_past_trials_models_are_still
     trials: those are dropped from the reused backbone before the collection that precedes the freeze."""
     assert gc.get_freeze_count() == 0
     runner = tiny_runner(tmp_path)
-
-    def trial() -> weakref.ref:
-        hp = kt.HyperParameters()
-        runner.hypermodel.declare(hp)
-        hp.values.update(pooling="avg", head_layers=1, head_units=8)
-        model = runner.hypermodel.build(hp, runner.backbone.fresh())
-        graph_module.flatten(model)
-        return weakref.ref(model.get_layer("head_dense_0"))
-
     try:
         heads = []
         for _ in range(3):
-            heads.append(trial())
+            heads.append(build_trial_model(runner.hypermodel, runner.backbone))
             runner.release_past_trials()
             assert gc.get_freeze_count() > 0
             assert [head() for head in heads] == [None] * len(heads)
