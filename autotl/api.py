@@ -438,6 +438,12 @@ def _check_build(backbone, weights, preprocessor) -> None:
                           f"{first_line(exc)}") from None
     if not blocks:
         raise AutotlError(f"backbone {backbone.name!r} reports no blocks to fine-tune")
+    from .hypermodel import fresh_inputs
+
+    try:
+        fresh_inputs(model)
+    except AutotlError as exc:
+        raise AutotlError(f"backbone {backbone.name!r}: {exc}") from None
     del model
     import keras
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from . import space as space_module
 from .backbone import Backbone, Preprocessor
+from .errors import AutotlError
 from .layers import FirstTokenPooling, MaskedMeanPooling
 
 BACKBONE_LAYER = "backbone"
@@ -51,7 +52,7 @@ class TransferHyperModel(kt.HyperModel):
         backbone); the backbone is left frozen."""
         self.declare(hp)
         feature_model = feature_model or self.build_backbone()
-        inputs = _fresh_inputs(feature_model)
+        inputs = fresh_inputs(feature_model)
         augment = "augment" in hp.values and hp.get("augment")
         features = feature_model(augmentation(inputs) if augment else inputs, training=False)
         x = pool(features, hp.get("pooling"), inputs)
@@ -138,12 +139,21 @@ def pool(features, pooling: str, inputs):
     raise ValueError(f"unknown pooling {pooling!r}")
 
 
-def _fresh_inputs(feature_model: keras.Model):
-    """New Input tensors shaped like the feature model's (a tensor or a dict of them)."""
+def fresh_inputs(feature_model: keras.Model):
+    """New Input tensors shaped like the feature model's: a dict of them for a dict input, else one.
+
+    A model's `input` is a tensor, a dict, or a list: `keras.applications` models built
+    with ``input_tensor=`` (ResNet50, MobileNetV2, DenseNet...) expose a one-element list.
+    The preprocessor yields one array or a dict of them, so a list must hold exactly one.
+    """
     structure = feature_model.input
     if isinstance(structure, dict):
         return {name: keras.Input(shape=t.shape[1:], dtype=t.dtype, name=name) for name, t in structure.items()}
-    return keras.Input(shape=structure.shape[1:], dtype=structure.dtype, name="image")
+    flat = keras.tree.flatten(structure)
+    if len(flat) != 1:
+        raise AutotlError(f"the backbone's model takes {len(flat)} inputs as a list; autotl feeds one tensor "
+                          "(images) or a dict of named inputs (text)")
+    return keras.Input(shape=flat[0].shape[1:], dtype=flat[0].dtype, name="image")
 
 
 def set_unfreeze_depth(feature_model: keras.Model, blocks: list[list], depth: int) -> int:

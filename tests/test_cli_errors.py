@@ -112,6 +112,8 @@ def cases(w: dict) -> dict[str, tuple[list, int, list[str]]]:
                                     ["no_backbone.py", "defines no Backbone subclass"]),
         "plugin_build_raises": (with_plugin("broken_build.py", "broken_build"), 1,
                                 ["'broken_build'", "failed to build", "weights server down"]),
+        "plugin_model_takes_two_inputs": (with_plugin("two_inputs.py", "two_inputs"), 1,
+                                          ["'two_inputs'", "takes 2 inputs", "one tensor", "dict"]),
         # --- search-space files
         "space_does_not_parse": (search(w["data"], "--space", w["space_bad"]), 2,
                                  ["does not parse", "bad.yaml", "line 2"]),
@@ -208,6 +210,11 @@ def write_plugins(bad: Path) -> None:
                                     "    modality = 'image'\n    def build(self, weights, preprocessor):\n"
                                     "        raise RuntimeError('weights server down')\n"
                                     "    def blocks(self, model):\n        return []\n",
+        "two_inputs.py": header + "import keras\nclass TwoInputs(Backbone):\n    name = 'two_inputs'\n"
+                                  "    modality = 'image'\n    def build(self, weights, preprocessor):\n"
+                                  "        a, b = keras.Input((16, 16, 3)), keras.Input((16, 16, 3))\n"
+                                  "        return keras.Model([a, b], keras.layers.Add(name='add')([a, b]))\n"
+                                  "    def blocks(self, model):\n        return [[model.get_layer('add')]]\n",
     }
     for name, content in plugins.items():
         (bad / name).write_text(content)
