@@ -12,6 +12,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -296,7 +297,7 @@ def _prepare(config: SearchConfig, registry: Registry) -> _Prepared:
 
 
 def _create_search_row(store: Store, config: SearchConfig, prepared: _Prepared) -> Search:
-    name = config.name or _default_name(config.backbone)
+    name = config.name or _default_name(prepared.backbone.name)
     return store.create_search(
         name=name, backbone=prepared.backbone.name, weights=prepared.weights, modality=prepared.backbone.modality,
         dataset_path=str(Path(config.data).resolve()),
@@ -486,7 +487,8 @@ def _image_size(value: int | None):
 
 
 def _default_name(backbone: str) -> str:
-    return f"{backbone}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    """The backbone and the time, made fit to name a folder (``keras:ConvNeXtTiny`` -> ``keras-ConvNeXtTiny-...``)."""
+    return f"{re.sub(r'[^A-Za-z0-9_.-]+', '-', backbone).strip('-')}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
 def _config_record(config: SearchConfig, prepared: _Prepared) -> dict[str, Any]:

@@ -11,7 +11,9 @@ A backbone plugin tells autotl four things about a pretrained network:
 
 The core never imports a plugin by name: plugins are found through the
 ``autotl.backbones`` entry-point group or loaded from a file (see
-`autotl.registry`). A plugin is a subclass of `Backbone` (or an instance of one).
+`autotl.registry`). A plugin is a subclass of `Backbone` (or an instance of one),
+or a `BackboneFamily`: many backbones behind one prefix, named
+``PREFIX:VARIANT`` (``keras:ConvNeXtTiny``), made on demand.
 
 Contract of `Backbone.build`: the returned Keras model maps the preprocessor's
 output to features, *including* any input normalisation, so the exported model
@@ -165,6 +167,33 @@ class Backbone(abc.ABC):
         names, sizes and modification times, so a changed file yields a new identity.
         """
         return describe_weights_source(weights)
+
+
+class BackboneFamily(abc.ABC):
+    """Many backbones behind one prefix: ``--backbone PREFIX:VARIANT``.
+
+    A family makes the `Backbone` for a variant on demand, so that a whole
+    catalogue (every `keras.applications` model, any keras-hub preset) is
+    available without one plugin class per network. The backbone it returns
+    must be named ``PREFIX:VARIANT`` exactly as the user may type it again:
+    that name is stored with the search and looked up again by trial workers,
+    exports and ``autotl predict``.
+
+    Attributes:
+        prefix: what comes before the colon; lowercase, no spaces or colons.
+        description: one line shown by ``autotl plugins``.
+    """
+
+    prefix: ClassVar[str]
+    description: ClassVar[str] = ""
+
+    @abc.abstractmethod
+    def variants(self) -> list[str]:
+        """The variants to list in ``autotl plugins`` (a family may accept others, e.g. a folder)."""
+
+    @abc.abstractmethod
+    def backbone(self, variant: str) -> Backbone:
+        """The backbone named ``PREFIX:VARIANT``; raise `autotl.errors.AutotlError` for an unknown variant."""
 
 
 def describe_weights_source(weights: str) -> str:

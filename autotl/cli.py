@@ -11,6 +11,7 @@ import functools
 import json
 import os
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any, Callable
 
@@ -448,18 +449,28 @@ def serve(model_dir: str, host: str, port: int, model_format: str, max_request_b
 @JSON_OPTION
 @handle_errors
 def plugins(plugin_files: tuple[str, ...], as_json: bool) -> None:
-    """List the backbone plugins autotl can use, and those that failed to load."""
+    """List the backbone plugins autotl can use, and those that failed to load.
+
+    A family (``keras:NAME``) offers many backbones under one prefix: its names follow.
+    """
     from .registry import load_registry
 
     registry = load_registry(plugin_files)
     rows = [{"name": name, "modality": b.modality, "default_weights": b.default_weights,
              "source": registry.sources[name], "description": b.description}
             for name, b in sorted(registry.backbones.items())]
+    families = [{"name": f"{prefix}:NAME", "description": family.description,
+                 "source": registry.family_sources[prefix], "variants": family.variants()}
+                for prefix, family in sorted(registry.families.items())]
     failures = [f.__dict__ for f in registry.failures]
     if as_json:
-        click.echo(json.dumps({"backbones": rows, "failed": failures}, indent=2))
+        click.echo(json.dumps({"backbones": rows, "families": families, "failed": failures}, indent=2))
         return
     _table(rows, ["name", "modality", "default_weights", "source"])
+    for family in families:
+        click.echo(f"\n{family['name']}: {family['description']} ({family['source']})")
+        click.echo(textwrap.fill(", ".join(family["variants"]), width=100, initial_indent="  ",
+                                 subsequent_indent="  "))
     for failure in failures:
         click.echo(f"Warning: plugin {failure['name']!r} from {failure['source']} failed to load: "
                    f"{failure['error']}", err=True)

@@ -220,8 +220,12 @@ def _nodes_above(graph: FlatGraph, item: Cut) -> list[int]:
     return sorted(needed)
 
 
-def _frozen_and_deterministic(layer) -> bool:
-    return not layer.weights and not getattr(layer, "_call_has_training_arg", True)
+def _frozen_and_deterministic(operation) -> bool:
+    """No weights and no ``training`` argument. A functional graph also holds plain operations
+    (``x + y`` between layers, as in ConvNeXt): those are weightless and deterministic."""
+    if not isinstance(operation, keras.layers.Layer):
+        return True
+    return not operation.weights and not getattr(operation, "_call_has_training_arg", True)
 
 
 def _config_without_name(layer) -> Any:

@@ -13,6 +13,7 @@ computed once, in inference mode.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Mapping
 
 import keras
@@ -30,7 +31,7 @@ BACKBONE_LAYER = "backbone"
 class TransferHyperModel(kt.HyperModel):
     def __init__(self, backbone: Backbone, weights: str, preprocessor: Preprocessor, num_classes: int,
                  space: Mapping[str, Mapping[str, Any]]):
-        super().__init__(name=f"autotl_{backbone.name}")
+        super().__init__(name=model_name(backbone.name))
         self.backbone = backbone
         self.weights = weights
         self.preprocessor = preprocessor
@@ -62,7 +63,7 @@ class TransferHyperModel(kt.HyperModel):
         if hp.get("head_layers") == 0:
             x = keras.layers.Dropout(hp.get("dropout"), name="head_dropout")(x)
         outputs = keras.layers.Dense(self.num_classes, activation="softmax", dtype="float32", name="classes")(x)
-        model = keras.Model(inputs, outputs, name=f"autotl_{self.backbone.name}")
+        model = keras.Model(inputs, outputs, name=model_name(self.backbone.name))
         set_unfreeze_depth(feature_model, self.backbone.blocks(feature_model), 0)
         return model
 
@@ -118,6 +119,12 @@ class ReusableBackbone:
     def mark_changed(self) -> None:
         """The current trial is about to train (some of) the backbone: reset it before the next one."""
         self._changed = True
+
+
+def model_name(backbone_name: str) -> str:
+    """The trial model's name: Keras refuses a ``/`` in it, and TensorFlow a ``:`` in the name
+    scope it becomes, both of which a family's backbone names hold (``keras:ConvNeXtTiny``)."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", f"autotl_{backbone_name}")
 
 
 def augmentation(images):

@@ -6,7 +6,8 @@ A plugin is registered either by a package that declares an entry point::
     my_net = "my_package.module:MyNet"
 
 or by a Python file given with ``--plugin path/to/file.py`` that defines one or
-more `Backbone` subclasses. A plugin that fails to import is recorded with its
+more `Backbone` subclasses. An entry point may also name a `BackboneFamily`,
+whose backbones are looked up as ``PREFIX:VARIANT`` and made on first use. A plugin that fails to import is recorded with its
 error and reported by name; the other plugins keep working.
 """
 
@@ -20,7 +21,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Iterable
 
-from .backbone import MODALITIES, Backbone
+from .backbone import MODALITIES, Backbone, BackboneFamily
 from .errors import AutotlError, first_line
 
 ENTRY_POINT_GROUP = "autotl.backbones"
@@ -38,15 +39,50 @@ class Registry:
     backbones: dict[str, Backbone] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)
     failures: list[PluginFailure] = field(default_factory=list)
+    families: dict[str, BackboneFamily] = field(default_factory=dict)
+    family_sources: dict[str, str] = field(default_factory=dict)
 
     def get(self, name: str) -> Backbone:
         if name in self.backbones:
             return self.backbones[name]
+        prefix, colon, variant = name.partition(":")
+        if colon:
+            return self._from_family(prefix, variant)
+        self._raise_failed(name)
+        known = ", ".join(sorted(self.backbones)) or "none"
+        raise AutotlError(f"unknown backbone {name!r} (available: {known}; see `autotl plugins`)")
+
+    def _from_family(self, prefix: str, variant: str) -> Backbone:
+        family = self.families.get(prefix)
+        if family is None:
+            self._raise_failed(prefix)
+            known = ", ".join(f"{p}:NAME" for p in sorted(self.families)) or "none"
+            raise AutotlError(f"unknown backbone family {prefix!r} (families: {known}; see `autotl plugins`)")
+        backbone = family.backbone(variant)
+        problem = _check_backbone(backbone)
+        if problem is None and not backbone.name.startswith(f"{prefix}:"):
+            problem = f"the family named its backbone {backbone.name!r}, not {prefix}:..."
+        if problem:
+            raise AutotlError(f"backbone family {prefix!r} ({self.family_sources[prefix]}): {problem}")
+        # Under the name asked for and the family's own spelling of it (the one a search records).
+        for name in {f"{prefix}:{variant}", backbone.name}:
+            self.backbones[name] = backbone
+            self.sources[name] = self.family_sources[prefix]
+        return backbone
+
+    def _raise_failed(self, name: str) -> None:
         failed = next((f for f in self.failures if f.name == name), None)
         if failed is not None:
             raise AutotlError(f"backbone plugin {name!r} failed to load from {failed.source}: {failed.error}")
-        known = ", ".join(sorted(self.backbones)) or "none"
-        raise AutotlError(f"unknown backbone {name!r} (available: {known}; see `autotl plugins`)")
+
+    def add_family(self, family: BackboneFamily, source: str) -> None:
+        prefix = getattr(family, "prefix", None)
+        if not isinstance(prefix, str) or not prefix or any(c in prefix for c in ": "):
+            self.failures.append(PluginFailure(str(prefix), source, "a backbone family needs a `prefix` "
+                                                                     "without spaces or colons"))
+            return
+        self.families[prefix] = family
+        self.family_sources[prefix] = source
 
     def add(self, backbone: Backbone, source: str) -> None:
         problem = _check_backbone(backbone)
@@ -63,8 +99,11 @@ def load_registry(plugin_files: Iterable[str | Path] = ()) -> Registry:
     for entry_point in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name):
         source = f"entry point {entry_point.value}"
         try:
-            plugin = entry_point.load()
-            registry.add(_instantiate(plugin), source)
+            plugin = _instantiate(entry_point.load())
+            if isinstance(plugin, BackboneFamily):
+                registry.add_family(plugin, source)
+            else:
+                registry.add(plugin, source)
         except Exception as exc:  # noqa: BLE001 - any import error of a third-party plugin
             registry.failures.append(PluginFailure(entry_point.name, source, _one_line(exc)))
     for path in plugin_files:
