@@ -72,16 +72,9 @@ class EfficientNetLite0(Backbone):
 
     def build(self, weights, preprocessor):
         """A Keras model: float pixels in [0, 255], (B, H, W, 3) -> features (B, h, w, 1280)."""
-        import keras
-        from autotl.layers import PixelNormalization
-
         height, width = preprocessor.image_size
         backbone, mean, std = _load_backbone(weights, input_shape=(height, width, 3))
-
-        inputs = keras.Input(shape=(height, width, 3), name="pixels")
-        x = PixelNormalization(mean=mean, std=std, name="pixel_normalization")(inputs)
-        features = backbone(x)
-        return keras.Model(inputs, features, name=self.name)
+        return feature_model(backbone, mean, std, name=self.name)
 
     def blocks(self, model):
         """Stem, the 16 MBConv blocks, then the head conv (``top_*``), from input to output.
@@ -146,12 +139,33 @@ def _load_backbone(weights: str, input_shape):
     else:
         raise AutotlError(f"efficientnet_lite0: no such weights file or folder: {weights}")
     try:
-        backbone = keras_hub.models.EfficientNetBackbone.from_preset(source, **options)
-        mean, std = _normalisation_of_preset(source)
+        backbone, mean, std = load_preset(source, input_shape)
     except Exception as error:  # keras-hub raises many kinds; the user needs one line
         reason = " ".join(str(error).split())[:300] or type(error).__name__
         raise AutotlError(f"efficientnet_lite0: cannot load weights {weights!r} with keras-hub: {reason}") from error
     return backbone, mean, std
+
+
+def load_preset(source: str, input_shape, load_weights: bool = True):
+    """An `EfficientNetBackbone` (named `BACKBONE_LAYER`) from a keras-hub preset name, a hub handle or a
+    local keras-hub / timm folder, and its normalisation (mean, std) in pixel units; keras-hub's errors pass
+    through. ``load_weights=False``: the preset's architecture, randomly initialised."""
+    import keras_hub
+
+    backbone = keras_hub.models.EfficientNetBackbone.from_preset(
+        source, load_weights=load_weights, input_shape=input_shape, name=BACKBONE_LAYER
+    )
+    return (backbone, *_normalisation_of_preset(source))
+
+
+def feature_model(backbone, mean, std, name: str):
+    """float pixels in [0, 255] -> normalised as the backbone expects -> the nested backbone's feature map."""
+    import keras
+    from autotl.layers import PixelNormalization
+
+    inputs = keras.Input(shape=tuple(backbone.input.shape[1:]), name="pixels")
+    x = PixelNormalization(mean=mean, std=std, name="pixel_normalization")(inputs)
+    return keras.Model(inputs, backbone(x), name=name)
 
 
 def _normalisation_of_preset(source: str):
