@@ -7,8 +7,9 @@ A plugin is registered either by a package that declares an entry point::
 
 or by a Python file given with ``--plugin path/to/file.py`` that defines one or
 more `Backbone` subclasses. An entry point may also name a `BackboneFamily`,
-whose backbones are looked up as ``PREFIX:VARIANT`` and made on first use. A plugin that fails to import is recorded with its
-error and reported by name; the other plugins keep working.
+whose backbones are looked up as ``PREFIX:VARIANT`` and made on first use. A
+plugin that fails to import is recorded with its error and reported by name;
+the other plugins keep working.
 """
 
 from __future__ import annotations
@@ -58,7 +59,13 @@ class Registry:
             self._raise_failed(prefix)
             known = ", ".join(f"{p}:NAME" for p in sorted(self.families)) or "none"
             raise AutotlError(f"unknown backbone family {prefix!r} (families: {known}; see `autotl plugins`)")
-        backbone = family.backbone(variant)
+        try:
+            backbone = family.backbone(variant)
+        except AutotlError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a third-party family's failure, in one line
+            raise AutotlError(f"backbone family {prefix!r} ({self.family_sources[prefix]}) failed to make "
+                              f"{variant!r}: {_one_line(exc)}") from None
         problem = _check_backbone(backbone)
         if problem is None and not backbone.name.startswith(f"{prefix}:"):
             problem = f"the family named its backbone {backbone.name!r}, not {prefix}:..."

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from autotl.backbone import Backbone
+from autotl.backbone import Backbone, BackboneFamily
 from autotl.errors import AutotlError
 from autotl.registry import ENTRY_POINT_GROUP, Registry, load_plugin_file, load_registry
 
@@ -216,3 +216,58 @@ def test_search_with_broken_plugin_is_one_line(broken_runs):
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("Error")
     assert "'broken'" in lines[0] and "needs libfoo" in lines[0]
+
+
+# --------------------------------------------------------------------------- families (PREFIX:VARIANT)
+
+
+class _TinyFamily(BackboneFamily):
+    """A family of tiny CNNs, one per variant; 'wrong' names its backbone badly, 'boom' raises."""
+
+    prefix = "tiny"
+
+    def variants(self):
+        return ["a", "b"]
+
+    def backbone(self, variant):
+        if variant == "boom":
+            raise RuntimeError("the catalogue is down")
+        [tiny] = load_plugin_file(TINY_PLUGIN)
+        tiny.name = "other:a" if variant == "wrong" else f"tiny:{variant.lower()}"
+        return tiny
+
+
+def test_a_family_makes_its_backbones_on_demand_under_both_spellings():
+    registry = Registry()
+    registry.add_family(_TinyFamily(), "test")
+    backbone = registry.get("tiny:A")
+    assert backbone.name == "tiny:a" and registry.get("tiny:a") is backbone is registry.get("tiny:A")
+    assert registry.sources["tiny:a"] == "test"
+
+
+@pytest.mark.parametrize("name, fragments", [
+    ("tiny:wrong", ["'tiny'", "'other:a'", "not tiny:"]),
+    ("tiny:boom", ["'tiny'", "failed to make 'boom'", "RuntimeError", "the catalogue is down"]),
+    ("huge:a", ["unknown backbone family 'huge'", "tiny:NAME", "autotl plugins"]),
+])
+def test_family_lookups_that_fail_are_one_line(name, fragments):
+    registry = Registry()
+    registry.add_family(_TinyFamily(), "test")
+    with pytest.raises(AutotlError) as excinfo:
+        registry.get(name)
+    one_line(excinfo, *fragments)
+
+
+def test_a_family_without_a_usable_prefix_is_a_load_failure():
+    registry = Registry()
+    family = _TinyFamily()
+    family.prefix = "ti ny"
+    registry.add_family(family, "test")
+    assert not registry.families and "prefix" in registry.failures[0].error
+
+
+def test_the_keras_family_comes_from_an_entry_point(registry):
+    declared = {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    assert declared["keras"] == "autotl_plugins.keras_applications:KerasApplications"
+    assert registry.family_sources["keras"] == f"entry point {declared['keras']}"
+    assert registry.get("keras:MobileNet").name == "keras:MobileNet"
