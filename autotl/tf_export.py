@@ -188,15 +188,30 @@ class _Graph:
         archive.write_out(str(path), verbose=False)
 
     def write_onnx(self, path: Path) -> None:
+        """Convert the portable function, frozen, with tf2onnx; write it only if ONNX's checker accepts it.
+
+        Freezing first turns what the function captures into constants: tf2onnx's own
+        `from_function` freezes variables but leaves captured tensors (a Keras
+        ``Normalization`` layer's mean and variance, in EfficientNet) as extra graph inputs.
+        The checker refuses ops no ONNX runtime has (a nested XLA function of a grouped
+        convolution, TensorFlow's ``Erfc``), which tf2onnx writes as they are.
+        """
+        import onnx
         import tensorflow as tf
         import tf2onnx
         from keras.src.export.tf2onnx_lib import patch_tf2onnx
+        # TensorFlow 2 has no public way to freeze a function; tf2onnx and Keras use this one too.
+        from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
         function, signature = self.portable()
         patch_tf2onnx()  # tf2onnx's numpy>=2 fixes, as Keras' own ONNX export applies them
-        traced = tf.function(function, input_signature=signature, autograph=False)
-        proto, _ = tf2onnx.convert.from_function(traced, input_signature=signature, opset=ONNX_OPSET)
+        frozen = convert_variables_to_constants_v2(
+            tf.function(function, input_signature=signature, autograph=False).get_concrete_function())
+        proto, _ = tf2onnx.convert.from_graph_def(
+            frozen.graph.as_graph_def(), input_names=[t.name for t in frozen.inputs],
+            output_names=[t.name for t in frozen.outputs], opset=ONNX_OPSET)
         _rename_onnx_io(proto, [spec.name for spec in signature], [OUTPUT])
+        onnx.checker.check_model(proto)
         path.write_bytes(proto.SerializeToString())
 
     def write_tflite(self, path: Path, scratch: Path) -> None:
@@ -250,9 +265,9 @@ def _rename_onnx_io(proto, inputs: list[str], outputs: list[str]) -> None:
                     rename(sub)
 
     rename(proto.graph)
-    missing = sorted(set(inputs) - {value.name for value in proto.graph.input})
-    if missing:
-        raise AutotlError(f"the ONNX graph lost the inputs {missing}")
+    names = {value.name for value in proto.graph.input}
+    if names != set(inputs):
+        raise AutotlError(f"the ONNX graph takes {sorted(names)}, not {sorted(inputs)}")
 
 
 # --------------------------------------------------------------------------- images

@@ -210,3 +210,43 @@ def test_model_keras_holds_no_autotl_layer_and_loads_without_autotl(pooling, tmp
                                               tmp_path)
     assert "autotl" not in imported
     np.testing.assert_allclose(results["model_inputs"], model.predict(tokens, verbose=0), atol=1e-6)
+
+
+def _pixel_model(middle) -> keras.Model:
+    """float pixels (N, 8, 8, 3) -> `middle` -> class probabilities; built without a search."""
+    inputs = keras.Input((8, 8, 3), name="image")
+    x = middle(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3, name="conv")(x))
+    return keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x))
+
+
+IMAGE_PREPROCESSING = {"type": "image", "image_size": [8, 8], "resize": "bilinear"}
+
+
+def test_onnx_freezes_constants_the_model_captures(tmp_path):
+    """A Keras Normalization layer's mean and variance are tensors its call captures (as in EfficientNet):
+    the ONNX file takes `pixels` alone and computes what the model computes."""
+    from autotl.tf_export import ONNX_FILE, write_formats
+    import onnxruntime
+
+    normalization = keras.layers.Normalization(mean=[120.0, 110.0, 100.0], variance=[3000.0, 2500.0, 2000.0])
+    model = _pixel_model(normalization)
+    write_formats(model, tmp_path, ["onnx"], IMAGE_PREPROCESSING, None)
+    session = onnxruntime.InferenceSession(str(tmp_path / ONNX_FILE), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["pixels"]
+    pixels = np.random.default_rng(0).integers(0, 256, (4, 8, 8, 3)).astype("uint8")
+    got = session.run(["probabilities"], {"pixels": pixels})[0]
+    np.testing.assert_allclose(got, model.predict(pixels.astype("float32"), verbose=0), atol=1e-5)
+
+
+def test_onnx_with_an_op_no_runtime_has_fails_in_one_line_and_writes_nothing(tmp_path):
+    """TensorFlow's exact GELU uses Erfc, which tf2onnx writes as it is and no ONNX runtime runs."""
+    from autotl.errors import AutotlError
+    from autotl.tf_export import write_formats
+
+    model = _pixel_model(keras.layers.Activation("gelu"))
+    with pytest.raises(AutotlError) as failure:
+        write_formats(model, tmp_path, ["onnx"], IMAGE_PREPROCESSING, None)
+    message = str(failure.value)
+    assert "\n" not in message and message.startswith("the onnx export failed") and "Erfc" in message
+    assert not (tmp_path / "model.onnx").exists()
