@@ -50,8 +50,9 @@ class Registry:
         if colon:
             return self._from_family(prefix, variant)
         self._raise_failed(name)
-        known = ", ".join(sorted(self.backbones)) or "none"
-        raise AutotlError(f"unknown backbone {name!r} (available: {known}; see `autotl plugins`)")
+        known = ", ".join([*sorted(self.backbones), *(f"{p}:NAME" for p in sorted(self.families))]) or "none"
+        raise AutotlError(f"unknown backbone {name!r} (available: {known}; one from a plugin file needs "
+                          "--plugin FILE; see `autotl plugins`)")
 
     def _from_family(self, prefix: str, variant: str) -> Backbone:
         family = self.families.get(prefix)
