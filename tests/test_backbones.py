@@ -113,7 +113,8 @@ def validation_inputs(search, plugin, count: int = 10) -> list[str]:
 
 
 def saved_probabilities(store: Store, search, count: int) -> np.ndarray:
-    best = max((t for t in store.list_trials(search.id) if t.status == COMPLETED), key=lambda t: t.value)
+    """The first `count` validation probabilities the search saved with its best trial's checkpoint."""
+    best = store.best_trial(search)  # the trial autotl export exports
     (checkpoint,) = [a for a in store.artifacts(search.id, kind="checkpoint") if a.trial_id == best.id]
     return np.load(Path(checkpoint.path).parent / VAL_PROBS_NAME)[:count]
 
