@@ -175,9 +175,10 @@ class BackboneFamily(abc.ABC):
     A family makes the `Backbone` for a variant on demand, so that a whole
     catalogue (every `keras.applications` model, any keras-hub preset) is
     available without one plugin class per network. The backbone it returns
-    must be named ``PREFIX:VARIANT`` exactly as the user may type it again:
-    that name is stored with the search and looked up again by trial workers,
-    exports and ``autotl predict``.
+    is named ``PREFIX:`` and the family's own spelling of the variant
+    (``keras:ConvNeXtTiny`` for ``keras:convnexttiny``, a folder's absolute
+    path): that name is stored with the search and looked up again by trial
+    workers, exports and ``autotl predict``, so `backbone` must accept it too.
 
     Attributes:
         prefix: what comes before the colon; lowercase, no spaces or colons.
@@ -193,7 +194,7 @@ class BackboneFamily(abc.ABC):
 
     @abc.abstractmethod
     def backbone(self, variant: str) -> Backbone:
-        """The backbone named ``PREFIX:VARIANT``; raise `autotl.errors.AutotlError` for an unknown variant."""
+        """The backbone for `variant`, named ``PREFIX:...``; raise `autotl.errors.AutotlError` for an unknown one."""
 
 
 def describe_weights_source(weights: str) -> str:
