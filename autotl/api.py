@@ -20,17 +20,17 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from . import data as data_module
-from . import space as space_module
-from .backbone import Backbone, Preprocessor
-from .distributed import OracleServer, default_tuner_id, parse_address, worker_environment
-from .errors import AutotlError, UsageError, first_line
-from .lock import SearchLock
-from .plan import Objective, TrainingPlan, TrialData
-from .progress import Reporter
-from .registry import Registry, load_registry
-from .store import COMPLETED, DEFAULT_STORE, FAILED, INTERRUPTED, Search, Store, Trial
-from .worker import TrialWorker, WorkerSpec, remove_trial_data, save_trial_data
+from autotl.data import dataset as data_module
+from autotl.search import space as space_module
+from autotl.backbones.protocol import Backbone, Preprocessor
+from autotl.search.distributed import OracleServer, default_tuner_id, parse_address, worker_environment
+from autotl.errors import AutotlError, UsageError, first_line
+from autotl.search.lock import SearchLock
+from autotl.search.records import Objective, TrainingPlan, TrialData
+from autotl.insight.progress import Reporter
+from autotl.backbones.registry import Registry, load_registry
+from autotl.store.store import COMPLETED, DEFAULT_STORE, FAILED, INTERRUPTED, Search, Store, Trial
+from autotl.search.trial_process import TrialWorker, WorkerSpec, remove_trial_data, save_trial_data
 
 TUNERS = ("random", "bayesian", "hyperband")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
@@ -117,7 +117,7 @@ class SearchConfig:
         if self.objective not in ("val_accuracy", "val_loss"):
             raise UsageError("--objective must be val_accuracy or val_loss")
         if self.tensorboard_dir is not None:
-            from .board import require_tensorboard
+            from autotl.insight.board import require_tensorboard
 
             require_tensorboard()
 
@@ -199,7 +199,7 @@ def join(search_ref: str | int, chief: str, store: Store | str = DEFAULT_STORE, 
         raise AutotlError(f"search {row.name!r} has already finished; there is nothing to join")
     config = config_from_record(row, data=data)
     if config.tensorboard_dir is not None:
-        from .board import require_tensorboard
+        from autotl.insight.board import require_tensorboard
 
         require_tensorboard()
     reporter = reporter or Reporter()
@@ -246,7 +246,7 @@ def _reopen(store: Store, row: Search, config: SearchConfig, reporter: Reporter)
 def _run_search(config: SearchConfig, store: Store, row: Search, prepared: "_Prepared", reporter: Reporter,
                 worker: TrialWorker | None, resume: bool) -> None:
     """Run the tuner and record how the search ended; errors leave as one-line AutotlErrors."""
-    from .tuner import TooManyFailures
+    from autotl.search.tuner import TooManyFailures
 
     reporter.search_started(row.name, store.display_url, config.max_trials)
     reporter.examples_skipped(data_module.skipped_of(prepared.train, prepared.val))
@@ -316,8 +316,8 @@ def _run_tuner(config: SearchConfig, store: Store, row: Search, prepared: _Prepa
     # `autotl --help` and the listing commands stay fast.
     import keras_tuner as kt
 
-    from .hypermodel import TransferHyperModel
-    from .tuner import TransferTuner, make_oracle, open_oracle
+    from autotl.search.hypermodel import TransferHyperModel
+    from autotl.search.tuner import TransferTuner, make_oracle, open_oracle
 
     num_classes = len(prepared.train.class_names)
     hypermodel = TransferHyperModel(prepared.backbone, prepared.weights, prepared.preprocessor, num_classes,
@@ -329,7 +329,7 @@ def _run_tuner(config: SearchConfig, store: Store, row: Search, prepared: _Prepa
     if role != "worker":
         open_oracle(oracle, hypermodel, workdir, resume)
         if plan.tensorboard_dir is not None:
-            from .board import write_experiment
+            from autotl.insight.board import write_experiment
 
             write_experiment(plan.tensorboard_dir, prepared.space, Objective(row.objective, row.direction))
     if role == "chief":
@@ -371,7 +371,7 @@ def _training_plan(config: SearchConfig, search_name: str) -> TrainingPlan:
 
 def _serve_workers(config: SearchConfig, store: Store, row: Search, oracle, reporter: Reporter) -> None:
     """The chief: serve the oracle, start `config.workers` local workers, wait for the search to end."""
-    from .tuner import TooManyFailures, too_many_failures_message
+    from autotl.search.tuner import TooManyFailures, too_many_failures_message
 
     server = OracleServer(oracle, config.oracle_address)
     address = server.start()
@@ -439,7 +439,7 @@ def _check_build(backbone, weights, preprocessor) -> None:
                           f"{first_line(exc)}") from None
     if not blocks:
         raise AutotlError(f"backbone {backbone.name!r} reports no blocks to fine-tune")
-    from .hypermodel import fresh_inputs
+    from autotl.search.hypermodel import fresh_inputs
 
     try:
         fresh_inputs(model)
@@ -467,7 +467,7 @@ def _check_precision(precision: str) -> None:
     import keras
     import numpy as np
 
-    from .trial import dtype_policy
+    from autotl.search.runner import dtype_policy
 
     try:
         with dtype_policy(precision):

@@ -1,4 +1,4 @@
-"""The `autotl` command line: a thin shell over `autotl.api` and `autotl.exporter`.
+"""The `autotl` command line: a thin shell over `autotl.api` and `autotl.export.exporter`.
 
 Exit codes: 0 ok, 1 failure, 2 usage error (click's convention). Errors a user
 can cause print one line on stderr, never a traceback; set AUTOTL_DEBUG=1 to
@@ -17,8 +17,8 @@ from typing import Any, Callable
 
 import click
 
-from .errors import AutotlError, first_line
-from .quiet import import_keras_quietly
+from autotl.errors import AutotlError, first_line
+from autotl.quiet import import_keras_quietly
 
 
 STORE_OPTION = click.option(
@@ -136,9 +136,9 @@ def search(data: str, **options: Any) -> None:
     text and label. Run again with the --name of a search that was killed or
     interrupted, and it resumes (or use `autotl resume`).
     """
-    from . import api
-    from .progress import ConsoleReporter
-    from .store import Store
+    from autotl import api
+    from autotl.insight.progress import ConsoleReporter
+    from autotl.store.store import Store
 
     options["plugin_files"] = list(options["plugin_files"])
     store = Store(options.pop("store"))
@@ -156,9 +156,9 @@ def resume(search_ref: str, store: str) -> None:
     Completed trials are kept; the trials that were running are marked interrupted
     and run again. A search that has finished says so and exits 0.
     """
-    from . import api
-    from .progress import ConsoleReporter
-    from .store import Store
+    from autotl import api
+    from autotl.insight.progress import ConsoleReporter
+    from autotl.store.store import Store
 
     opened = Store(store)
     _print_result(api.resume(search_ref, opened, reporter=ConsoleReporter(opened.get_search(search_ref).objective)))
@@ -179,11 +179,11 @@ def worker(search_ref: str, chief: str, store: str, data: str | None, workdir: s
     Trials this worker runs land in the same store (use the chief's --store URL;
     across machines, a PostgreSQL URL).
     """
-    from . import api
-    from .distributed import default_tuner_id
-    from .progress import ConsoleReporter
-    from .store import Store
-    from .worker import die_with_parent
+    from autotl import api
+    from autotl.search.distributed import default_tuner_id
+    from autotl.insight.progress import ConsoleReporter
+    from autotl.store.store import Store
+    from autotl.search.trial_process import die_with_parent
 
     die_with_parent(os.environ.get("AUTOTL_PARENT_PID"))
     opened = Store(store)
@@ -214,7 +214,7 @@ def _print_result(result) -> None:
 @handle_errors(needs_keras=False)
 def searches(store: str, as_json: bool) -> None:
     """List the searches in the store."""
-    from .store import Store, as_dict
+    from autotl.store.store import Store, as_dict
 
     opened = Store(store)
     rows = []
@@ -248,8 +248,8 @@ def searches(store: str, as_json: bool) -> None:
 def trials(search_ref: str, store: str, as_json: bool, with_epochs: bool, sort_by: str,
            statuses: tuple[str, ...], conditions: tuple[str, ...], limit: int | None) -> None:
     """List the trials of SEARCH (a name or id) with their hyperparameters and results."""
-    from .errors import UsageError
-    from .store import Store, as_dict
+    from autotl.errors import UsageError
+    from autotl.store.store import Store, as_dict
 
     wanted = _parse_where(conditions)
     opened = Store(store)
@@ -283,7 +283,7 @@ def trials(search_ref: str, store: str, as_json: bool, with_epochs: bool, sort_b
 
 
 def _parse_where(conditions: tuple[str, ...]) -> dict[str, str]:
-    from .errors import UsageError
+    from autotl.errors import UsageError
 
     wanted: dict[str, str] = {}
     for condition in conditions:
@@ -326,7 +326,7 @@ def _sort_trials(trials: list, sort_by: str, direction: str) -> list:
 @handle_errors(needs_keras=False)
 def best(search_ref: str, store: str, as_json: bool) -> None:
     """Show the best completed trial of SEARCH."""
-    from .store import Store, as_dict
+    from autotl.store.store import Store, as_dict
 
     opened = Store(store)
     search = opened.get_search(search_ref)
@@ -356,9 +356,9 @@ def best(search_ref: str, store: str, as_json: bool) -> None:
 @handle_errors
 def export(search_ref: str, out_dir: str, formats: tuple[str, ...], store: str, plugin_files: tuple[str, ...]) -> None:
     """Export the best model of SEARCH, with its manifest autotl.json."""
-    from . import exporter
-    from .registry import load_registry
-    from .store import Store
+    from autotl.export import exporter
+    from autotl.backbones.registry import load_registry
+    from autotl.store.store import Store
 
     opened = Store(store)
     search = opened.get_search(search_ref)
@@ -377,8 +377,8 @@ def export(search_ref: str, out_dir: str, formats: tuple[str, ...], store: str, 
 def report(search_ref: str, out_dir: str, store: str) -> None:
     """Write an HTML report of SEARCH (a name or id): progress, hyperparameters, learning curves,
     confusion matrix of the best model, and every trial. It opens offline (plots are PNG files beside it)."""
-    from .report import write_report
-    from .store import Store
+    from autotl.insight.report import write_report
+    from autotl.store.store import Store
 
     result = write_report(Store(store), search_ref, out_dir)
     for note in result.notes:
@@ -398,8 +398,8 @@ def report(search_ref: str, out_dir: str, store: str) -> None:
 def predict(model_dir: str, inputs: tuple[str, ...], model_format: str, as_text: bool,
             plugin_files: tuple[str, ...], as_json: bool) -> None:
     """Predict INPUTS (image files, or texts) with an exported model in MODEL_DIR."""
-    from .exporter import LoadedModel
-    from .registry import load_registry
+    from autotl.export.exporter import LoadedModel
+    from autotl.backbones.registry import load_registry
 
     model = LoadedModel(model_dir, model_format, load_registry(plugin_files))
     if model.manifest["modality"] == "image":
@@ -438,7 +438,7 @@ def serve(model_dir: str, host: str, port: int, model_format: str, max_request_b
     for image models, strings or {"text": "..."} for text models. Prints the URL
     it listens on to stderr, logs one line per request; Ctrl-C or SIGTERM stops it.
     """
-    from .serve import serve as run_server
+    from autotl.runtime.serve import serve as run_server
 
     run_server(model_dir, host=host, port=port, model_format=model_format, plugin_files=list(plugin_files),
                max_request_bytes=max_request_bytes, max_instances=max_instances)
@@ -453,7 +453,7 @@ def plugins(plugin_files: tuple[str, ...], as_json: bool) -> None:
 
     A family (``keras:NAME``) offers many backbones under one prefix: its names follow.
     """
-    from .registry import load_registry
+    from autotl.backbones.registry import load_registry
 
     registry = load_registry(plugin_files)
     rows = [{"name": name, "modality": b.modality, "default_weights": b.default_weights,
@@ -487,7 +487,7 @@ def cache() -> None:
 @handle_errors(needs_keras=False)
 def cache_ls(cache_dir: str | None, as_json: bool) -> None:
     """List the cached activations: one entry per backbone cut and dataset split."""
-    from .cache import ActivationCache
+    from autotl.cache.entries import ActivationCache
 
     activations = ActivationCache(cache_dir)
     rows = [{"key": e.key, "backbone": e.meta.get("backbone"), "tensor": e.meta.get("tensor"),
@@ -511,7 +511,7 @@ def cache_ls(cache_dir: str | None, as_json: bool) -> None:
 @handle_errors(needs_keras=False)
 def cache_clear(keys: tuple[str, ...], cache_dir: str | None) -> None:
     """Remove the entries KEYS (see `autotl cache ls`), or every entry when none is given."""
-    from .cache import ActivationCache
+    from autotl.cache.entries import ActivationCache
 
     activations = ActivationCache(cache_dir)
     unknown = [k for k in keys if activations.get(k) is None]

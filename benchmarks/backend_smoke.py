@@ -37,10 +37,12 @@ def main() -> None:
     import keras
     import numpy as np
 
-    from autotl import api, exporter
-    from autotl.registry import load_registry
-    from autotl.store import Store
-    from autotl.trial import VAL_PROBS_NAME
+    from autotl import api
+
+    from autotl.export import exporter
+    from autotl.backbones.registry import load_registry
+    from autotl.store.store import Store
+    from autotl.search.runner import VAL_PROBS_NAME
 
     with tempfile.TemporaryDirectory() as tmp:
         data = write_mnist_digits(Path(tmp) / "digits", args.per_class)

@@ -245,8 +245,8 @@ def _run(command: list[str]) -> str | None:
 
 def run_search(args, paths: dict[str, Path], workdir: Path):
     from autotl import api
-    from autotl.progress import ConsoleReporter
-    from autotl.store import Store
+    from autotl.insight.progress import ConsoleReporter
+    from autotl.store.store import Store
 
     space = workdir / "space.json"
     space.write_text(json.dumps({"unfreeze_depth": {"min": 0, "max": args.max_depth}}))
@@ -308,8 +308,8 @@ def backbone_forward(args, paths: dict[str, Path]) -> dict[str, Any]:
     batch (what the cache pass does at most, without autotl's bookkeeping around it)."""
     import keras
 
-    from autotl import data as data_module
-    from autotl.registry import load_registry
+    from autotl.data import dataset as data_module
+    from autotl.backbones.registry import load_registry
 
     backbone = load_registry([str(PLUGIN_FILE)]).get(BACKBONE)
     preprocessor = backbone.preprocessor(backbone.default_weights, {"image_size": (args.image_size,) * 2})
@@ -339,12 +339,12 @@ def parity_inputs(val_dir: Path, count: int) -> list[str]:
 
 
 def predict_here(export_dir: Path, inputs: list[str]) -> np.ndarray:
-    from autotl import layers  # noqa: F401 - see below
-    from autotl.exporter import LoadedModel
-    from autotl.registry import load_registry
+    from autotl.backbones import layers  # noqa: F401 - see below
+    from autotl.export.exporter import LoadedModel
+    from autotl.backbones.registry import load_registry
 
     # Without autotl's entry points (not installed on the GPU machine) nothing else may import
-    # autotl.layers, and a .keras file that holds autotl's own layers (PixelNormalization, ...) would
+    # autotl.backbones.layers, and a .keras file that holds autotl's own layers (PixelNormalization, ...) would
     # not deserialise: the import above registers them first.
     return LoadedModel(export_dir, registry=load_registry([str(PLUGIN_FILE)])).predict_proba(inputs)
 
@@ -494,7 +494,7 @@ def finish(report: dict[str, Any], checks: dict[str, dict[str, Any]], out: Path)
 def parity(args, store, workdir: Path, paths: dict[str, Path], check) -> dict[str, Any]:
     import torch
 
-    from autotl import exporter
+    from autotl.export import exporter
 
     export_dir = workdir / "export"
     exporter.export(store, "gpu_check", export_dir, formats=("keras",), plugin_files=[str(PLUGIN_FILE)])

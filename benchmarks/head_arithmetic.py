@@ -4,7 +4,7 @@ A depth-0 trial trains a head on the backbone's cached (and pooled) output. Its
 wall time is Keras' fixed costs (building the model, tracing, the per-epoch data
 pipeline, callbacks, checkpoints) plus the head's own arithmetic. This times the
 arithmetic only: for each trial of a finished search, the trial's own head phase
-(its model built as the trial built it, `autotl.hypermodel` then `autotl.feed`,
+(its model built as the trial built it, `autotl.search.hypermodel` then `autotl.cache.source`,
 on the same cached activations), trained for as many epochs as the trial ran,
 at its batch size, with one validation pass an epoch, each epoch a single
 compiled TensorFlow function: no per-step Python, no data pipeline, no
@@ -22,11 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from autotl.cache import ActivationCache
-from autotl.feed import ActivationSource
-from autotl.hypermodel import ReusableBackbone, TransferHyperModel
-from autotl.plan import TrialData
-from autotl.store import Store
+from autotl.cache.entries import ActivationCache
+from autotl.cache.source import ActivationSource
+from autotl.search.hypermodel import ReusableBackbone, TransferHyperModel
+from autotl.search.records import TrialData
+from autotl.store.store import Store
 
 
 def runs_here() -> bool:

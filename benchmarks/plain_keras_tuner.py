@@ -11,7 +11,7 @@ every trial; nothing is cached.
 
 It shares with autotl only what must be identical for a fair comparison: the
 plugin's pretrained feature model and preprocessor, its block list (what
-"unfreeze depth k" means), the search-space declaration (`autotl.space.declare`)
+"unfreeze depth k" means), the search-space declaration (`autotl.search.space.declare`)
 and the masked-mean / first-token pooling layers. It uses none of autotl's
 engine (trial, hypermodel, tuner, worker, cache). `ReplayOracle` proposes
 exactly the hyperparameter values autotl tried, so trials compare one by one.
@@ -29,8 +29,8 @@ import keras
 import keras_tuner as kt
 import numpy as np
 
-from autotl import space as space_module
-from autotl.layers import FirstTokenPooling, MaskedMeanPooling
+from autotl.search import space as space_module
+from autotl.backbones.layers import FirstTokenPooling, MaskedMeanPooling
 
 OBJECTIVE = kt.Objective("val_accuracy", direction="max")
 

@@ -71,13 +71,15 @@ import head_arithmetic  # noqa: E402
 import make_datasets  # noqa: E402
 from trial_memory import rss_mb  # noqa: E402
 
-from autotl import api, exporter  # noqa: E402
-from autotl import data as data_module  # noqa: E402
+from autotl import api
+
+from autotl.export import exporter  # noqa: E402
+from autotl.data import dataset as data_module  # noqa: E402
 from autotl.errors import AutotlError  # noqa: E402
-from autotl.plan import TrialData  # noqa: E402
-from autotl.progress import Reporter  # noqa: E402
-from autotl.registry import load_registry  # noqa: E402
-from autotl.store import Store  # noqa: E402
+from autotl.search.records import TrialData  # noqa: E402
+from autotl.insight.progress import Reporter  # noqa: E402
+from autotl.backbones.registry import load_registry  # noqa: E402
+from autotl.store.store import Store  # noqa: E402
 
 IMAGE_SIZE = 96
 SEQUENCE_LENGTH = 64
@@ -595,7 +597,7 @@ def render_workload(name: str, w: dict[str, Any]) -> list[str]:
     lines += [f"| (b) plain KerasTuner: {sampled}; measured {plain['wall_s']} s in all | {plain['projected_wall_s']} | "
               f"{plain['peak_rss_mb']} | {plain['rss_start_mb']} | {fmt(plain['best_val_accuracy'])} (sample) | "
               f"{fmt(plain['test_accuracy_of_best'])} |", "",
-              "Test accuracy: autotl's exported best model (`autotl.exporter`); plain KerasTuner's best trial "
+              "Test accuracy: autotl's exported best model (`autotl.export.exporter`); plain KerasTuner's best trial "
               "reloaded from its best-epoch checkpoint (`get_best_models`).", "",
               "### Plain KerasTuner vs autotl, trial by trial (same hyperparameters)", "",
               "| trial | unfreeze depth | plain val acc | autotl val acc | plain - autotl | plain s | autotl s |",

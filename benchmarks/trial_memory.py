@@ -25,9 +25,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 from common import write_mnist_digits  # noqa: E402
 
 from autotl import api  # noqa: E402
-from autotl.progress import Reporter  # noqa: E402
-from autotl.store import Store  # noqa: E402
-from autotl.worker import resident_mb  # noqa: E402
+from autotl.insight.progress import Reporter  # noqa: E402
+from autotl.store.store import Store  # noqa: E402
+from autotl.search.trial_process import resident_mb  # noqa: E402
 
 
 def rss_mb(pid: int | str = "self") -> float:

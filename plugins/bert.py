@@ -26,7 +26,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from autotl.backbone import TEXT, Backbone, Preprocessor, describe_weights_source
+from autotl.backbones import TEXT, Backbone, Preprocessor, describe_weights_source
 from autotl.errors import AutotlError
 
 DEFAULT_WEIGHTS = "all-minilm-l6-v2"

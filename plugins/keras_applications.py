@@ -30,9 +30,9 @@ from pathlib import Path
 
 import keras
 
-from autotl.backbone import Backbone, BackboneFamily
+from autotl.backbones import Backbone, BackboneFamily
 from autotl.errors import AutotlError, first_line
-from autotl.layers import PixelNormalization
+from autotl.backbones.layers import PixelNormalization
 
 # What each `keras.applications` module's `preprocess_input` does to pixels in [0, 255].
 CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)  # BGR, ImageNet mean removed, no scaling

@@ -36,7 +36,7 @@ import json
 import os
 from pathlib import Path
 
-from autotl.backbone import IMAGE, TEXT, Backbone, BackboneFamily
+from autotl.backbones import IMAGE, TEXT, Backbone, BackboneFamily
 from autotl.errors import AutotlError, first_line
 from autotl_plugins.bert import Bert
 from autotl_plugins.efficientnet_lite0 import EfficientNetLite0, feature_model, load_preset

@@ -21,10 +21,10 @@ import pytest
 from PIL import Image
 
 from autotl import api
-from autotl.data import read_image
-from autotl.registry import load_registry
-from autotl.store import COMPLETED, Store
-from autotl.trial import VAL_PROBS_NAME
+from autotl.data.dataset import read_image
+from autotl.backbones.registry import load_registry
+from autotl.store.store import COMPLETED, Store
+from autotl.search.runner import VAL_PROBS_NAME
 
 from conftest import run_cli
 from test_export_formats import reload_without_autotl

@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 
 from autotl import api
-from autotl import graph as graph_module
-from autotl import space as space_module
-from autotl.cache import ActivationCache
-from autotl.feed import JAX_LENGTH_STEP, ActivationSource, StemOutputs, batches, cropped_length, sequence_lengths
-from autotl.hypermodel import BACKBONE_LAYER, TransferHyperModel, set_unfreeze_depth
-from autotl.plan import TrialData
-from autotl.registry import load_registry
-from autotl.store import Store
-from autotl.trial import VAL_PROBS_NAME
+from autotl.cache import cut as graph_module
+from autotl.search import space as space_module
+from autotl.cache.entries import ActivationCache
+from autotl.cache.source import JAX_LENGTH_STEP, ActivationSource, StemOutputs, batches, cropped_length, sequence_lengths
+from autotl.search.hypermodel import BACKBONE_LAYER, TransferHyperModel, set_unfreeze_depth
+from autotl.search.records import TrialData
+from autotl.backbones.registry import load_registry
+from autotl.store.store import Store
+from autotl.search.runner import VAL_PROBS_NAME
 
 from conftest import TINY_PLUGIN, run_cli
 

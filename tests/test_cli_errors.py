@@ -211,7 +211,7 @@ def write_text_tables(bad: Path) -> None:
 
 
 def write_plugins(bad: Path) -> None:
-    header = "from autotl.backbone import Backbone\n"
+    header = "from autotl.backbones import Backbone\n"
     plugins = {
         "syntax_error.py": "import os\ndef broken(:\n    pass\n",
         "import_error.py": "import autotl_no_such_module_xyz\n",
@@ -232,7 +232,7 @@ def write_plugins(bad: Path) -> None:
 
 def add_search_without_completed_trial(url: str, data: Path, workdir: Path) -> None:
     """A search whose only trial failed, written through the Store API as a search would."""
-    from autotl.store import FAILED, Store
+    from autotl.store.store import FAILED, Store
 
     store = Store(url)
     try:

@@ -8,7 +8,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from autotl.backbone import ImagePreprocessor  # noqa: E402
+from autotl.backbones import ImagePreprocessor  # noqa: E402
 from autotl.errors import AutotlError  # noqa: E402
 
 lite0 = pytest.importorskip("autotl_plugins.efficientnet_lite0")
@@ -151,7 +151,7 @@ def test_bad_weights_sources_are_one_line_errors(plugin, tmp_path, monkeypatch):
 
 
 def test_autotl_unfreezes_inside_the_nested_backbone(plugin, random_model):
-    from autotl.hypermodel import set_unfreeze_depth
+    from autotl.search.hypermodel import set_unfreeze_depth
 
     blocks = plugin.blocks(random_model)
     counts = []

@@ -15,9 +15,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from autotl import api, layers  # noqa: F401 - layers: the reference loads the checkpoint, which holds autotl's
-from autotl.data import read_image
-from autotl.store import Store
+from autotl import api
+
+from autotl.backbones import layers  # noqa: F401 - layers: the reference loads the checkpoint, which holds autotl's
+from autotl.data.dataset import read_image
+from autotl.store.store import Store
 
 from conftest import REPO, TINY_PLUGIN, run_cli
 
@@ -156,7 +158,7 @@ def test_an_onnx_export_without_onnx_installed_says_what_to_install(exported, tm
 
 def test_in_model_resize_is_pillows_bilinear_bit_for_bit():
     """The resize inside image exports against Pillow itself, on sizes up, down, tall, wide and unchanged."""
-    from autotl.tf_export import pil_resize, pillow_vertical_first
+    from autotl.export.tf_formats import pil_resize, pillow_vertical_first
 
     rng = np.random.default_rng(7)
     cases = [((28, 28), (16, 16)), ((16, 16), (16, 16)), ((120, 20), (16, 16)), ((20, 90), (16, 16)),
@@ -172,7 +174,7 @@ def test_in_model_resize_is_pillows_bilinear_bit_for_bit():
 
 
 def test_in_model_alpha_flattening_is_pillows():
-    from autotl.tf_export import flatten_alpha
+    from autotl.export.tf_formats import flatten_alpha
 
     rgba = np.random.default_rng(3).integers(0, 256, (64, 64, 4), dtype=np.uint8)
     rgba[:8, :, 3] = 0
@@ -185,8 +187,8 @@ def test_in_model_alpha_flattening_is_pillows():
 @pytest.mark.parametrize("pooling", ["mean", "cls"])
 def test_model_keras_holds_no_autotl_layer_and_loads_without_autotl(pooling, tmp_path):
     """autotl's pooling layers (and pixel normalisation, in the image tests above) become Keras operations."""
-    from autotl.hypermodel import pool
-    from autotl.keras_export import plain_keras_model
+    from autotl.search.hypermodel import pool
+    from autotl.export.keras_model import plain_keras_model
 
     sys.path.insert(0, str(REPO / "tests" / "plugins"))
     from tiny_text import TinyText
@@ -226,7 +228,7 @@ IMAGE_PREPROCESSING = {"type": "image", "image_size": [8, 8], "resize": "bilinea
 def test_onnx_freezes_constants_the_model_captures(tmp_path):
     """A Keras Normalization layer's mean and variance are tensors its call captures (as in EfficientNet):
     the ONNX file takes `pixels` alone and computes what the model computes."""
-    from autotl.tf_export import ONNX_FILE, write_formats
+    from autotl.export.tf_formats import ONNX_FILE, write_formats
     import onnxruntime
 
     normalization = keras.layers.Normalization(mean=[120.0, 110.0, 100.0], variance=[3000.0, 2500.0, 2000.0])
@@ -242,7 +244,7 @@ def test_onnx_freezes_constants_the_model_captures(tmp_path):
 def test_onnx_with_an_op_no_runtime_has_fails_in_one_line_and_writes_nothing(tmp_path):
     """TensorFlow's exact GELU uses Erfc, which tf2onnx writes as it is and no ONNX runtime runs."""
     from autotl.errors import AutotlError
-    from autotl.tf_export import write_formats
+    from autotl.export.tf_formats import write_formats
 
     model = _pixel_model(keras.layers.Activation("gelu"))
     with pytest.raises(AutotlError) as failure:

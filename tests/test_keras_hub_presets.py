@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 
 from autotl import api
-from autotl.backbone import IMAGE, TEXT, ImagePreprocessor
+from autotl.backbones import IMAGE, TEXT, ImagePreprocessor
 from autotl.errors import AutotlError
-from autotl.registry import load_registry
-from autotl.store import COMPLETED, Store
+from autotl.backbones.registry import load_registry
+from autotl.store.store import COMPLETED, Store
 
 from conftest import run_cli
 

@@ -7,9 +7,9 @@ import re
 
 import keras
 
-from autotl.backbone import ImagePreprocessor
-from autotl.hypermodel import set_unfreeze_depth
-from autotl.registry import load_plugin_file
+from autotl.backbones import ImagePreprocessor
+from autotl.search.hypermodel import set_unfreeze_depth
+from autotl.backbones.registry import load_plugin_file
 
 from conftest import REPO, run_cli
 

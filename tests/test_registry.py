@@ -1,4 +1,4 @@
-"""Tests of autotl.registry: entry points, plugin files, and plugins that fail to load."""
+"""Tests of autotl.backbones.registry: entry points, plugin files, and plugins that fail to load."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from autotl.backbone import Backbone, BackboneFamily
+from autotl.backbones import Backbone, BackboneFamily
 from autotl.errors import AutotlError
-from autotl.registry import ENTRY_POINT_GROUP, Registry, load_plugin_file, load_registry
+from autotl.backbones.registry import ENTRY_POINT_GROUP, Registry, load_plugin_file, load_registry
 
 from conftest import TINY_PLUGIN, autotl_command
 
@@ -61,7 +61,7 @@ def test_plugin_file_is_loaded(registry):
 def test_a_plugin_file_may_define_several_backbones_but_not_import_them(tmp_path):
     path = tmp_path / "two.py"
     path.write_text(
-        "from autotl.backbone import Backbone\n"
+        "from autotl.backbones import Backbone\n"
         "from autotl_plugins.resnet50 import ResNet50  # imported: not this file's plugin\n"
         "class A(Backbone):\n    name = 'net_a'\n    modality = 'image'\n"
         "    def build(self, weights, preprocessor): ...\n    def blocks(self, model): return []\n"
@@ -102,7 +102,7 @@ def test_plugin_file_failing_to_import_is_one_line_naming_the_file(tmp_path, sou
 
 def test_plugin_file_without_backbone_subclass(tmp_path):
     path = tmp_path / "empty_plugin.py"
-    path.write_text("from autotl.backbone import Backbone  # imported, not defined here\n\nclass Other:\n    pass\n")
+    path.write_text("from autotl.backbones import Backbone  # imported, not defined here\n\nclass Other:\n    pass\n")
     with pytest.raises(AutotlError) as excinfo:
         load_plugin_file(path)
     one_line(excinfo, str(path), "no Backbone subclass")
@@ -110,7 +110,7 @@ def test_plugin_file_without_backbone_subclass(tmp_path):
 
 def test_plugin_file_whose_backbone_is_incomplete_names_what_is_missing(tmp_path):
     path = tmp_path / "half.py"
-    path.write_text("from autotl.backbone import Backbone\n"
+    path.write_text("from autotl.backbones import Backbone\n"
                     "class Half(Backbone):\n    name = 'half'\n    modality = 'image'\n")
     with pytest.raises(AutotlError) as excinfo:
         load_plugin_file(path)
@@ -119,7 +119,7 @@ def test_plugin_file_whose_backbone_is_incomplete_names_what_is_missing(tmp_path
 
 def test_plugin_whose_constructor_raises_is_one_line(tmp_path):
     path = tmp_path / "ctor.py"
-    path.write_text("from autotl.backbone import Backbone\n"
+    path.write_text("from autotl.backbones import Backbone\n"
                     "class Picky(Backbone):\n    name = 'picky'\n    modality = 'image'\n"
                     "    def __init__(self):\n        raise OSError('license file missing')\n"
                     "    def build(self, weights, preprocessor): ...\n    def blocks(self, model): return []\n")
@@ -142,7 +142,7 @@ def test_missing_or_non_python_plugin_file(tmp_path):
 def test_plugin_with_invalid_name_is_recorded_as_failed(tmp_path):
     path = tmp_path / "badname.py"
     path.write_text(
-        "from autotl.backbone import Backbone\n"
+        "from autotl.backbones import Backbone\n"
         "class Bad(Backbone):\n    name = 'has space'\n    modality = 'image'\n"
         "    def build(self, weights, preprocessor): ...\n    def blocks(self, model): return []\n"
         "class Odd(Backbone):\n    name = 'odd'\n    modality = 'audio'\n"

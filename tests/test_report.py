@@ -14,9 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from autotl import api, report
-from autotl.store import FAILED, Store
-from autotl.trial import VAL_PROBS_NAME
+from autotl import api
+
+from autotl.insight import report
+from autotl.store.store import FAILED, Store
+from autotl.search.runner import VAL_PROBS_NAME
 
 from conftest import TINY_PLUGIN, run_cli
 

@@ -7,9 +7,9 @@ import keras
 import numpy as np
 import pytest
 
-from autotl.backbone import ImagePreprocessor
+from autotl.backbones import ImagePreprocessor
 from autotl.errors import AutotlError
-from autotl.hypermodel import set_unfreeze_depth
+from autotl.search.hypermodel import set_unfreeze_depth
 from autotl_plugins.resnet50 import ResNet50
 
 SIZE = (32, 32)

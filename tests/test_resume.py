@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from autotl.store import COMPLETED, FAILED, INTERRUPTED, RUNNING, Store
+from autotl.store.store import COMPLETED, FAILED, INTERRUPTED, RUNNING, Store
 
 from conftest import TINY_PLUGIN, autotl_command, run_cli
 
@@ -39,14 +39,14 @@ def completed_rows(store: Store, name: str) -> dict[int, tuple]:
 
 
 def orphan_trial_workers(parent_pid: int) -> list[int]:
-    """Trial worker processes (`python -m autotl.worker FD PARENT_PID`) of a given search process."""
+    """Trial worker processes (`python -m autotl.search.trial_process FD PARENT_PID`) of a given search process."""
     found = []
     for entry in Path("/proc").iterdir():
         try:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"autotl.worker" in argv and str(parent_pid).encode() in argv:
+        if b"autotl.search.trial_process" in argv and str(parent_pid).encode() in argv:
             found.append(int(entry.name))
     return found
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from autotl import api
-from autotl.registry import load_registry
-from autotl.store import COMPLETED, Store
-from autotl.trial import VAL_PROBS_NAME
+from autotl.backbones.registry import load_registry
+from autotl.store.store import COMPLETED, Store
+from autotl.search.runner import VAL_PROBS_NAME
 
 from conftest import TINY_PLUGIN, run_cli
 
@@ -155,7 +155,7 @@ import sys
 
 import keras
 
-from autotl.backbone import Backbone
+from autotl.backbones import Backbone
 
 
 class Crashing(Backbone):
@@ -166,7 +166,7 @@ class Crashing(Backbone):
     default_image_size = (16, 16)
 
     def build(self, weights, preprocessor):
-        if sys.modules["__main__"].__spec__ and sys.modules["__main__"].__spec__.name == "autotl.worker":
+        if sys.modules["__main__"].__spec__ and sys.modules["__main__"].__spec__.name == "autotl.search.trial_process":
             os.kill(os.getpid(), signal.SIGKILL)
         inputs = keras.Input((16, 16, 3))
         return keras.Model(inputs, keras.layers.Conv2D(4, 3, name="conv")(inputs))
@@ -257,7 +257,7 @@ def test_a_worker_is_replaced_once_its_memory_grew_past_the_limit():
     import subprocess
     import sys
 
-    from autotl.worker import TrialWorker, resident_mb
+    from autotl.search.trial_process import TrialWorker, resident_mb
 
     worker = TrialWorker(spec=None, trials_per_worker=10, max_growth_mb=50)
     worker._process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])

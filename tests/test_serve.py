@@ -28,8 +28,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from autotl import api, exporter
-from autotl.store import Store
+from autotl import api
+
+from autotl.export import exporter
+from autotl.store.store import Store
 
 from conftest import REPO, TINY_PLUGIN, autotl_command, run_cli
 

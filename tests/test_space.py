@@ -1,4 +1,4 @@
-"""Tests of autotl.space: defaults, overrides, space files, and declaring on KerasTuner."""
+"""Tests of autotl.search.space: defaults, overrides, space files, and declaring on KerasTuner."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import keras_tuner as kt
 import pytest
 
 from autotl.errors import UsageError
-from autotl.space import DEFAULT_SPACE, build_space, declare, default_space, depth_choices, load_space_file
+from autotl.search.space import DEFAULT_SPACE, build_space, declare, default_space, depth_choices, load_space_file
 
 HP_NAMES = {"pooling", "head_layers", "head_units", "dropout", "unfreeze_depth", "head_lr", "finetune_lr"}
 IMAGE_HP_NAMES = HP_NAMES | {"augment"}

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from autotl import api
-from autotl.registry import load_registry
-from autotl.store import COMPLETED, Store
-from autotl.trial import VAL_PROBS_NAME
+from autotl.backbones.registry import load_registry
+from autotl.store.store import COMPLETED, Store
+from autotl.search.runner import VAL_PROBS_NAME
 
 from conftest import run_cli
 from test_export_formats import reload_without_autotl

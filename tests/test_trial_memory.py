@@ -9,13 +9,13 @@ import keras
 import numpy as np
 import pytest
 
-from autotl import graph as graph_module
-from autotl import space as space_module
-from autotl.hypermodel import ReusableBackbone, TransferHyperModel
-from autotl.plan import Objective, TrainingPlan
-from autotl.registry import load_registry
-from autotl.store import Store
-from autotl.trial import TrialRunner, traced_gradients_released
+from autotl.cache import cut as graph_module
+from autotl.search import space as space_module
+from autotl.search.hypermodel import ReusableBackbone, TransferHyperModel
+from autotl.search.records import Objective, TrainingPlan
+from autotl.backbones.registry import load_registry
+from autotl.store.store import Store
+from autotl.search.runner import TrialRunner, traced_gradients_released
 
 from conftest import TINY_PLUGIN
 

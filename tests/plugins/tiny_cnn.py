@@ -5,8 +5,8 @@ It is also a complete example of a plugin file (``--plugin tests/plugins/tiny_cn
 
 import keras
 
-from autotl.backbone import Backbone
-from autotl.layers import PixelNormalization
+from autotl.backbones import Backbone
+from autotl.backbones.layers import PixelNormalization
 
 
 class TinyCNN(Backbone):

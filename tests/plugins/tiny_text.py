@@ -9,7 +9,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from autotl.backbone import Backbone, Preprocessor
+from autotl.backbones import Backbone, Preprocessor
 
 VOCABULARY = 258  # 0 padding, 1 start, 2 + byte value
 

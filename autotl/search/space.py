@@ -22,8 +22,8 @@ from typing import Any, Mapping
 
 import yaml
 
-from .backbone import IMAGE
-from .errors import UsageError, first_line
+from autotl.backbones.protocol import IMAGE
+from autotl.errors import UsageError, first_line
 
 # name -> spec. "values" is a choice; min/max with "step" or "sampling" is a range.
 # A spec's "type" ("int" or "float") says how a range is sampled.
@@ -38,7 +38,7 @@ DEFAULT_SPACE: dict[str, dict[str, Any]] = {
 }
 # Images only: random flips, shifts and zooms before the backbone. Off unless a space
 # file asks (``augment: {values: [false, true]}``): a trial that augments sees new
-# inputs every epoch, so it cannot train on cached activations (see `autotl.cache`).
+# inputs every epoch, so it cannot train on cached activations (see `autotl.cache.entries`).
 AUGMENT = {"values": [False]}
 TEXT_POOLING = {"values": ["mean", "cls"]}
 IMAGE_POOLING = {"values": ["avg", "flatten"]}

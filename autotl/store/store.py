@@ -22,7 +22,7 @@ from sqlalchemy import event
 from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
-from .errors import AutotlError, first_line
+from autotl.errors import AutotlError, first_line
 
 SCHEMA_VERSION = 2
 # Upgrades of an existing store, by the version they bring it to. Each adds what that

@@ -7,9 +7,9 @@ Each takes raw inputs as far as its format can hold the preprocessing:
   the ONNX model and the TFLite model take uint8 RGB pixels ``(N, H, W, 3)`` of any H and W (one
   size per call). The resize inside reproduces Pillow's BILINEAR resize bit for bit (integer
   arithmetic carried exactly in float32, see `pil_resize`), which is what autotl's reader
-  applies (`autotl.data.read_image`): an export predicts what ``autotl predict`` does.
+  applies (`autotl.data.dataset.read_image`): an export predicts what ``autotl predict`` does.
 * text: the SavedModel's ``serving_default`` takes strings where the plugin's preprocessor has
-  TensorFlow graph code (`autotl.backbone.Preprocessor.graph_function`; BERT's WordPiece
+  TensorFlow graph code (`autotl.backbones.Preprocessor.graph_function`; BERT's WordPiece
   tokenizer, whose ops are tensorflow-text's: ``import tensorflow_text`` before loading it).
   ONNX and TFLite take the tokenizer's outputs: their runtimes have no tokenizer ops.
 
@@ -18,7 +18,7 @@ The SavedModel keeps its ``serve`` signature, which takes what the `.keras` mode
 Keras writes these only on its TensorFlow backend. A `.keras` file is backend-independent, so on
 torch or JAX the export reloads it in a child process running the TensorFlow backend::
 
-    python -m autotl.tf_export MODEL.keras OUT_DIR --format savedmodel [--format onnx ...] \\
+    python -m autotl.export.tf_formats MODEL.keras OUT_DIR --format savedmodel [--format onnx ...] \\
         --backbone NAME --preprocessing JSON [--plugin FILE ...]
 """
 
@@ -34,7 +34,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
-from .errors import AutotlError
+from autotl.errors import AutotlError
 
 SAVED_MODEL_DIR = "saved_model"
 ONNX_FILE = "model.onnx"
@@ -72,7 +72,7 @@ def export_formats(keras_file: Path, out_dir: Path, formats: Sequence[str], prep
         write_formats(model, Path(out_dir), formats, preprocessing, preprocessor)
         return
     env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    args = [sys.executable, "-m", "autotl.tf_export", str(keras_file), str(out_dir),
+    args = [sys.executable, "-m", "autotl.export.tf_formats", str(keras_file), str(out_dir),
             "--backbone", backbone_name, "--preprocessing", json.dumps(preprocessing)]
     for fmt in formats:
         args += ["--format", fmt]
@@ -274,7 +274,7 @@ def _rename_onnx_io(proto, inputs: list[str], outputs: list[str]) -> None:
 
 
 def decode_image(contents):
-    """An encoded image file (scalar ``tf.string``) -> uint8 RGB ``(H, W, 3)``, as `autotl.data` reads it.
+    """An encoded image file (scalar ``tf.string``) -> uint8 RGB ``(H, W, 3)``, as `autotl.data.dataset` reads it.
 
     JPEG through libjpeg's accurate integer DCT (Pillow's); PNG and BMP with transparency
     composited onto white with Pillow's integer formula (`flatten_alpha`); GIF's first frame.
@@ -423,8 +423,8 @@ def _export_here(keras_file: Path, out_dir: Path, formats: list[str], backbone_n
                  preprocessing: dict[str, Any], plugin_files: list[str]) -> None:
     import keras
 
-    from . import layers  # noqa: F401 - registers autotl's serialisable layers
-    from .registry import load_registry
+    from autotl.backbones import layers  # noqa: F401 - registers autotl's serialisable layers
+    from autotl.backbones.registry import load_registry
 
     registry = load_registry(plugin_files)  # imports plugin modules, registering their custom layers
     preprocessor = registry.get(backbone_name).load_preprocessor(out_dir / PREPROCESSOR_DIR, preprocessing)

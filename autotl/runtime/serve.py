@@ -8,7 +8,7 @@ Standard library only (`http.server.ThreadingHTTPServer`). Endpoints::
 Request bodies of ``/predict``:
 
 * image models: ``{"instances": [{"image_b64": "<base64 of an image file>"}, {"pixels": [[[r, g, b], ...]]}]}``
-  (an image file's bytes are decoded by `autotl.data.read_image`, exactly as
+  (an image file's bytes are decoded by `autotl.data.dataset.read_image`, exactly as
   ``autotl predict`` reads the file; pixels are uint8 values, (H, W), (H, W, 1),
   (H, W, 3) or (H, W, 4), resized the same way);
 * text models: ``{"instances": ["text", {"text": "..."}]}``.
@@ -20,7 +20,7 @@ method, 408 body too slow, 411/400 unreadable body framing, 413 body over
 while reading a body without one) or too many instances, 422 an image or pixel
 array that cannot be used. One line per request is logged to stderr.
 
-The model is loaded through `autotl.exporter.LoadedModel` (Keras ``safe_mode``:
+The model is loaded through `autotl.export.exporter.LoadedModel` (Keras ``safe_mode``:
 a model file cannot run Python code) and called under a lock, with the image
 bytes or pixels as sent, so it reads them exactly as ``autotl predict`` reads
 files; each image is first decoded once in its request thread to check it.
@@ -44,8 +44,8 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from .errors import AutotlError, first_line
-from .quiet import import_keras_quietly
+from autotl.errors import AutotlError, first_line
+from autotl.quiet import import_keras_quietly
 
 DEFAULT_MAX_REQUEST_BYTES = 16 * 2**20
 DEFAULT_MAX_INSTANCES = 1024
@@ -68,7 +68,7 @@ class PredictionService:
     """An exported model behind the two endpoints, independent of HTTP."""
 
     def __init__(self, model, max_instances: int = DEFAULT_MAX_INSTANCES):
-        self.model = model  # an autotl.exporter.LoadedModel
+        self.model = model  # an autotl.export.exporter.LoadedModel
         self.manifest = model.manifest
         self.modality = self.manifest["modality"]
         self.labels = list(model.labels)
@@ -125,7 +125,7 @@ class PredictionService:
         The model is given these, not the decoded array, so that it reads them
         exactly as `autotl predict` reads a file, whatever the export format.
         """
-        from .data import read_image
+        from autotl.data.dataset import read_image
 
         where = f"instance {index}"
         if not isinstance(instance, dict) or not ({"image_b64", "pixels"} & set(instance)):
@@ -482,8 +482,8 @@ def _stderr_logger() -> Callable[[str], None]:
 def load_service(model_dir: str | Path, model_format: str = "keras", plugin_files: Sequence[str] = (),
                  max_instances: int = DEFAULT_MAX_INSTANCES) -> PredictionService:
     """Load the export in `model_dir` for serving (Keras safe mode: no code from the model file)."""
-    from .exporter import LoadedModel
-    from .registry import load_registry
+    from autotl.export.exporter import LoadedModel
+    from autotl.backbones.registry import load_registry
 
     directory = Path(model_dir).expanduser()
     if not directory.exists():

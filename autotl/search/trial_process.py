@@ -34,8 +34,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .errors import first_line
-from .plan import Objective, TrainingPlan, TrialData, TrialFailed, TrialOutcome
+from autotl.errors import first_line
+from autotl.search.records import Objective, TrainingPlan, TrialData, TrialFailed, TrialOutcome
 
 _SPLITS = ("x_train", "y_train", "x_val", "y_val")
 
@@ -83,7 +83,7 @@ def load_trial_data(directory: Path) -> TrialData:
 class TrialWorker:
     """The search process's handle on a worker process; starts and recycles it.
 
-    The worker is a fresh interpreter (``python -m autotl.worker FD``) talking over a
+    The worker is a fresh interpreter (``python -m autotl.search.trial_process FD``) talking over a
     private socket pair: never a fork of a process that holds TensorFlow, and, unlike
     multiprocessing's spawn, it does not re-import the caller's ``__main__`` (a script
     without a main guard, ``python -`` or a notebook all work).
@@ -177,7 +177,7 @@ class TrialWorker:
         package_root = str(Path(__file__).resolve().parent.parent)
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
         with ours, theirs:
-            self._process = subprocess.Popen([sys.executable, "-m", "autotl.worker", str(theirs.fileno()),
+            self._process = subprocess.Popen([sys.executable, "-m", "autotl.search.trial_process", str(theirs.fileno()),
                                               str(os.getpid())],
                                              pass_fds=[theirs.fileno()], env=env)
             self._connection = Connection(ours.detach())
@@ -268,13 +268,13 @@ def worker_main(spec: WorkerSpec, connection) -> None:
 
 
 def _set_up(spec: WorkerSpec):
-    from .quiet import import_keras_quietly
+    from autotl.quiet import import_keras_quietly
 
     import_keras_quietly()
-    from .hypermodel import TransferHyperModel
-    from .registry import load_registry
-    from .store import Store
-    from .trial import TrialRunner
+    from autotl.search.hypermodel import TransferHyperModel
+    from autotl.backbones.registry import load_registry
+    from autotl.store.store import Store
+    from autotl.search.runner import TrialRunner
 
     backbone = load_registry(spec.plugin_files).get(spec.backbone)
     preprocessor = backbone.preprocessor(spec.weights, spec.preprocessor_options)
@@ -294,8 +294,8 @@ def remove_trial_data(directory: Path) -> None:
     shutil.rmtree(directory, ignore_errors=True)
 
 
-if __name__ == "__main__":  # python -m autotl.worker FD PARENT_PID, started by TrialWorker
-    from .quiet import import_keras_quietly
+if __name__ == "__main__":  # python -m autotl.search.trial_process FD PARENT_PID, started by TrialWorker
+    from autotl.quiet import import_keras_quietly
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # see worker_main
     die_with_parent(sys.argv[2] if len(sys.argv) > 2 else None)

@@ -1,12 +1,12 @@
 """The tuner: KerasTuner's search loop, autotl's two-phase trials and the SQL store.
 
 KerasTuner splits the work three ways: the *HyperModel* builds a model from
-hyperparameters (`autotl.hypermodel`), the *Oracle* proposes hyperparameters
+hyperparameters (`autotl.search.hypermodel`), the *Oracle* proposes hyperparameters
 (random, Bayesian or Hyperband, used unchanged) and the *Tuner* runs a trial.
 `TransferTuner` is that last part: it writes each trial's row to the store when
 the trial starts and when it ends, and hands the training itself to a
-`TrialRunner` (`autotl.trial`), in this process or in a trial worker process
-(`autotl.worker`).
+`TrialRunner` (`autotl.search.runner`), in this process or in a trial worker process
+(`autotl.search.trial_process`).
 
 A search survives being killed at any moment. The oracle's state (KerasTuner's
 own files, written atomically here) says which trials were handed out; the store
@@ -27,14 +27,14 @@ from pathlib import Path
 
 import keras_tuner as kt
 
-from . import store as store_module
-from .errors import AutotlError
-from .hypermodel import TransferHyperModel
-from .plan import Objective, TrainingPlan, TrialData, TrialFailed, TrialOutcome
-from .progress import Reporter
-from .store import Store
-from .trial import TrialRunner
-from .worker import TrialWorker
+from autotl.store import store as store_module
+from autotl.errors import AutotlError
+from autotl.search.hypermodel import TransferHyperModel
+from autotl.search.records import Objective, TrainingPlan, TrialData, TrialFailed, TrialOutcome
+from autotl.insight.progress import Reporter
+from autotl.store.store import Store
+from autotl.search.runner import TrialRunner
+from autotl.search.trial_process import TrialWorker
 
 PROJECT_NAME = "keras_tuner"
 

@@ -2,7 +2,7 @@
 
 For unfreeze depth k, everything below the top k blocks of the backbone is
 frozen and runs in inference mode: it computes the same function in every trial
-that shares the cut. `autotl.cache` stores what crosses the cut once; this
+that shares the cut. `autotl.cache.entries` stores what crosses the cut once; this
 module finds those tensors and builds the two halves:
 
 * the *prefix* (inputs -> the tensors crossing the cut), run once per dataset;
@@ -28,8 +28,8 @@ from typing import Any, Iterable, Mapping
 import keras
 from keras import tree
 
-from .cache import digest
-from .hypermodel import BACKBONE_LAYER
+from autotl.cache.entries import digest
+from autotl.search.hypermodel import BACKBONE_LAYER
 
 
 INPUT_PREFIX = "input:"  # how a cut names a tensor that is a model input, not an activation

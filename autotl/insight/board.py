@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from .errors import UsageError, first_line
-from .plan import Objective
+from autotl.errors import UsageError, first_line
+from autotl.search.records import Objective
 
 _EVENT_GLOB = "events.out.tfevents.*"
 

@@ -28,7 +28,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from autotl.backbone import IMAGE, MODALITIES, TEXT
+from autotl.backbones.protocol import IMAGE, MODALITIES, TEXT
 from autotl.errors import AutotlError, UsageError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
@@ -140,7 +140,7 @@ def read_image(source: str | Path | bytes | np.ndarray, image_size: tuple[int, i
 def decode_image(source: str | Path | bytes | np.ndarray) -> np.ndarray:
     """`read_image` without the resize: a uint8 ``(H, W, 3)`` RGB array at the source's own size.
 
-    What exports that resize inside the model take (see `autotl.tf_export`):
+    What exports that resize inside the model take (see `autotl.export.tf_formats`):
     their resize reproduces the one `read_image` applies.
     """
     return np.asarray(_decode_rgb(source), dtype=np.uint8)

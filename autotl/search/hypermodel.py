@@ -7,7 +7,7 @@ their ImageNet statistics even while the top blocks are fine-tuned, the recipe
 of Keras' transfer-learning guide. The backbone is called with
 ``training=False``, but Keras 3 passes `fit`'s training flag through to a
 nested model's layers regardless, so dropout inside a backbone is active while
-it trains end to end; on the cached path (`autotl.feed`) the frozen part is
+it trains end to end; on the cached path (`autotl.cache.source`) the frozen part is
 computed once, in inference mode.
 """
 
@@ -20,10 +20,10 @@ import keras
 import keras_tuner as kt
 import numpy as np
 
-from . import space as space_module
-from .backbone import Backbone, Preprocessor
-from .errors import AutotlError
-from .layers import FirstTokenPooling, MaskedMeanPooling
+from autotl.search import space as space_module
+from autotl.backbones.protocol import Backbone, Preprocessor
+from autotl.errors import AutotlError
+from autotl.backbones.layers import FirstTokenPooling, MaskedMeanPooling
 
 BACKBONE_LAYER = "backbone"
 
@@ -83,7 +83,7 @@ class ReusableBackbone:
     process of a search, as the activation cache requires.
 
     Each trial calls the backbone's layers on new symbolic inputs (its model, and
-    the flattened copy `autotl.graph` cuts), and Keras keeps a node for every
+    the flattened copy `autotl.cache.cut` cuts), and Keras keeps a node for every
     call on the layer called and on the layers feeding it: through the nodes of
     past trials the backbone would keep their head layers and weights alive. They
     are dropped before the next trial builds its model.

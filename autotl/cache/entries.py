@@ -31,7 +31,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from .errors import AutotlError
+from autotl.errors import AutotlError
 
 FORMAT_VERSION = 1
 ACTIVATIONS_DIR = "activations"

@@ -11,7 +11,7 @@ A backbone plugin tells autotl four things about a pretrained network:
 
 The core never imports a plugin by name: plugins are found through the
 ``autotl.backbones`` entry-point group or loaded from a file (see
-`autotl.registry`). A plugin is a subclass of `Backbone` (or an instance of one),
+`autotl.backbones.registry`). A plugin is a subclass of `Backbone` (or an instance of one),
 or a `BackboneFamily`: many backbones behind one prefix, named
 ``PREFIX:VARIANT`` (``keras:ConvNeXtTiny``), made on demand.
 
@@ -27,8 +27,8 @@ takes the same inputs as the search did:
   masked encoder): autotl crops trailing padding from batches.
 
 A functional Keras model (not a subclassed one) lets autotl cut it between
-blocks and cache what its frozen part computes (`autotl.graph`,
-`autotl.feed`); any other model is trained end to end.
+blocks and cache what its frozen part computes (`autotl.cache.cut`,
+`autotl.cache.source`); any other model is trained end to end.
 """
 
 from __future__ import annotations
@@ -80,9 +80,9 @@ class Preprocessor(abc.ABC):
 
 
 class ImagePreprocessor(Preprocessor):
-    """Images arrive already decoded and resized by `autotl.data`, as uint8 arrays.
+    """Images arrive already decoded and resized by `autotl.data.dataset`, as uint8 arrays.
 
-    Resizing happens when images are read (see `autotl.data.read_image`) and
+    Resizing happens when images are read (see `autotl.data.dataset.read_image`) and
     they stay uint8: the model's float32 input casts each batch, so the search
     never holds (or writes for its trial workers) a float copy four times the
     size. Normalisation is part of the model.
@@ -154,9 +154,9 @@ class Backbone(abc.ABC):
         raise NotImplementedError(f"{self.name}: text plugins must define load_preprocessor()")
 
     def search_space(self) -> dict:
-        """Overrides of the default search space (see `autotl.space`), e.g.
+        """Overrides of the default search space (see `autotl.search.space`), e.g.
         ``{"unfreeze_depth": {"min": 0, "max": 3}}``. Without one, unfreeze depth
-        ranges over 0 to 2 (see `autotl.space.DEFAULT_SPACE`)."""
+        ranges over 0 to 2 (see `autotl.search.space.DEFAULT_SPACE`)."""
         return {}
 
     def describe_weights(self, weights: str) -> str:

@@ -1,6 +1,6 @@
 """The exported `.keras` file: the best checkpoint, loadable by plain Keras.
 
-A trial model holds autotl's own layers (`autotl.layers`: pixel normalisation inside image
+A trial model holds autotl's own layers (`autotl.backbones.layers`: pixel normalisation inside image
 backbones, masked-mean and first-token pooling in text heads). A `.keras` file names its
 layer classes, so loading the checkpoint needs autotl installed. The export rewrites each
 of those layers as the Keras operations its ``call`` runs (``keras.ops`` on symbolic
@@ -18,7 +18,7 @@ import inspect
 import keras
 from keras import tree
 
-from . import layers as autotl_layers
+from autotl.backbones import layers as autotl_layers
 
 AUTOTL_LAYERS = (autotl_layers.PixelNormalization, autotl_layers.MaskedMeanPooling, autotl_layers.FirstTokenPooling)
 

@@ -25,9 +25,9 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from . import __version__
-from .errors import AutotlError, first_line
-from .store import COMPLETED, EpochMetric, Search, Store, Trial
+from autotl import __version__
+from autotl.errors import AutotlError, first_line
+from autotl.store.store import COMPLETED, EpochMetric, Search, Store, Trial
 
 INDEX = "index.html"
 PLOTS_DIR = "plots"
@@ -37,7 +37,7 @@ PHASES = ("head", "finetune")
 # Above this many classes the confusion matrix shows colours without the counts in each cell.
 ANNOTATED_CLASSES = 25
 DPI = 100
-# The best trial's validation probabilities, next to its checkpoint: `autotl.trial.VAL_PROBS_NAME`, repeated
+# The best trial's validation probabilities, next to its checkpoint: `autotl.search.runner.VAL_PROBS_NAME`, repeated
 # here so that a report never imports Keras (tests/test_report.py checks the two agree).
 VAL_PROBS_NAME = "val_probs.npy"
 
@@ -336,7 +336,7 @@ def _confusion(store: Store, search: Search, best: Trial) -> tuple[np.ndarray | 
 
 def _validation_labels(search: Search) -> tuple[np.ndarray | None, str]:
     """The labels of the search's validation split, re-created from its configuration and data."""
-    from . import api
+    from autotl import api
 
     try:
         config = api.config_from_record(search)

@@ -22,8 +22,8 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Iterable
 
-from .backbone import MODALITIES, Backbone, BackboneFamily
-from .errors import AutotlError, first_line
+from autotl.backbones.protocol import MODALITIES, Backbone, BackboneFamily
+from autotl.errors import AutotlError, first_line
 
 ENTRY_POINT_GROUP = "autotl.backbones"
 
@@ -147,7 +147,7 @@ def load_plugin_file(path: str | Path) -> list[Backbone]:
 def _no_backbone_message(path: Path, classes: list[type]) -> str:
     if not classes:
         return (f"plugin file {path} defines no Backbone subclass: define one, "
-                "e.g. `class MyNet(autotl.backbone.Backbone)` with a name, a modality, build() and blocks()")
+                "e.g. `class MyNet(autotl.backbones.Backbone)` with a name, a modality, build() and blocks()")
     cls = classes[0]
     missing = ", ".join(f"{name}()" for name in sorted(cls.__abstractmethods__))
     them = "them" if len(cls.__abstractmethods__) > 1 else "it"
@@ -169,7 +169,7 @@ def _instantiate(plugin) -> Backbone:
 
 def _check_backbone(backbone) -> str | None:
     if not isinstance(backbone, Backbone):
-        return f"{type(backbone).__name__} is not an autotl.backbone.Backbone"
+        return f"{type(backbone).__name__} is not an autotl.backbones.Backbone"
     name = getattr(backbone, "name", None)
     if not isinstance(name, str) or not name or " " in name:
         return "a backbone needs a `name` without spaces"

@@ -18,7 +18,7 @@ import os
 import socket
 from concurrent import futures
 
-from .errors import UsageError
+from autotl.errors import UsageError
 
 TUNER_ID, ORACLE_IP, ORACLE_PORT = "KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT"
 

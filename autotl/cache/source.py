@@ -1,7 +1,7 @@
 """How a trial's data reach the layers it trains: from the activation cache, or end to end.
 
 On the cached path (`CachedFeed`) each phase of a trial fits only the part of
-the model above its cut (`autotl.graph`): the head phase fits the head on the
+the model above its cut (`autotl.cache.cut`): the head phase fits the head on the
 backbone's cached output (pooled once per process, `StemOutputs`), the
 fine-tuning phase fits the top k blocks and the head on the cached input of
 those blocks. The cut tensors of every depth the
@@ -24,14 +24,14 @@ from typing import Any, Mapping
 import keras
 import numpy as np
 
-from . import graph as graph_module
-from .cache import ActivationCache, digest, storage_dtype
-from .hypermodel import BACKBONE_LAYER
-from .plan import TrialData
+from autotl.cache import cut as graph_module
+from autotl.cache.entries import ActivationCache, digest, storage_dtype
+from autotl.search.hypermodel import BACKBONE_LAYER
+from autotl.search.records import TrialData
 
 HIT, COMPUTED, BYPASSED = "hit", "computed", "bypassed"
 SPLITS = ("train", "val")
-PADDING_MASK = "padding_mask"  # the text input that says which positions are real (`autotl.backbone`)
+PADDING_MASK = "padding_mask"  # the text input that says which positions are real (`autotl.backbones.protocol`)
 #: Cropped text lengths are rounded up to a multiple of this on JAX, which compiles a
 #: function for every input shape; TensorFlow traces one for any length (`_Batches`),
 #: and torch compiles nothing, so there every batch is cut to its longest example.
@@ -107,7 +107,7 @@ class CachedFeed:
 
 
 class StemOutputs:
-    """Outputs of frozen stems (`autotl.graph.frozen_stem`) over the cached activations, kept in
+    """Outputs of frozen stems (`autotl.cache.cut.frozen_stem`) over the cached activations, kept in
     memory for the trials of this process: each pooling is computed once per split, not per epoch."""
 
     max_entries = 16  # a few poolings x two splits
@@ -228,7 +228,7 @@ class ActivationSource:
         The weights are hashed from their values (not named by their source), so
         random or changed weights never match an old entry. Once per process:
         every trial resets the same backbone to the same values
-        (`autotl.hypermodel.ReusableBackbone`).
+        (`autotl.search.hypermodel.ReusableBackbone`).
         """
         backbone = model.get_layer(BACKBONE_LAYER)
         if id(backbone) not in self._fingerprints:

@@ -26,12 +26,12 @@ class TrainingPlan:
     patience: int = 3
     seed: int = 0
     precision: str = "float32"  # a Keras dtype policy: float32 | mixed_float16 | mixed_bfloat16
-    cache: bool = True  # train on cached activations of the frozen part (autotl.feed)
+    cache: bool = True  # train on cached activations of the frozen part (autotl.cache.source)
     cache_dir: str | None = None  # None: $AUTOTL_CACHE_DIR or ~/.cache/autotl
     cache_storage: str = "auto"  # float activations kept as float32, float16, or auto (float16 beyond the budget)
     cache_memory_mb: int = 4096  # a trial's cached activations up to this size are loaded, larger read from disk
     inference_batch_size: int = 128  # batch of the one pass that fills the cache
-    tensorboard_dir: str | None = None  # the search's TensorBoard folder (DIR/NAME, autotl.board); None: no logs
+    tensorboard_dir: str | None = None  # the search's TensorBoard folder (DIR/NAME, autotl.insight.board); None: no logs
 
 
 @dataclass
@@ -51,7 +51,7 @@ class TrialOutcome:
     phase: str
     epoch: int
     metrics: dict[str, float]
-    data_path: dict[str, Any] | None = None  # cache hit / computed / bypassed (autotl.feed)
+    data_path: dict[str, Any] | None = None  # cache hit / computed / bypassed (autotl.cache.source)
 
 
 class TrialFailed(Exception):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import AutotlError
+from autotl.errors import AutotlError
 
 try:
     import fcntl

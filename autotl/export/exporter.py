@@ -3,7 +3,7 @@
 An export folder holds, for the formats asked for::
 
     model.keras          the best trial's model at its best epoch, loadable by plain Keras
-                         (`autotl.keras_export`); takes what the search fed it
+                         (`autotl.export.keras_model`); takes what the search fed it
     saved_model/         TensorFlow SavedModel: ``serving_default`` takes image files or
                          strings, ``pixels`` uint8 images of any size, ``serve`` what
                          model.keras takes
@@ -16,7 +16,7 @@ An export folder holds, for the formats asked for::
                          checksums, package versions
 
 The SavedModel, ONNX and TFLite files resize and normalise images themselves (see
-`autotl.tf_export`), so they run where autotl is not installed.
+`autotl.export.tf_formats`), so they run where autotl is not installed.
 """
 
 from __future__ import annotations
@@ -33,10 +33,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import AutotlError, UsageError
-from .registry import Registry
-from .store import Store
-from .tf_export import (IMAGES_INPUT, MODEL_SIGNATURE, ONNX_FILE, OUTPUT, PIXELS_INPUT, PIXELS_SIGNATURE,
+from autotl.errors import AutotlError, UsageError
+from autotl.backbones.registry import Registry
+from autotl.store.store import Store
+from autotl.export.tf_formats import (IMAGES_INPUT, MODEL_SIGNATURE, ONNX_FILE, OUTPUT, PIXELS_INPUT, PIXELS_SIGNATURE,
                         PREPROCESSOR_DIR, RAW_SIGNATURE, SAVED_MODEL_DIR, TEXTS_INPUT, TFLITE_FILE, export_formats,
                         takes_pixels)
 
@@ -63,8 +63,8 @@ def export(store: Store, search_ref: str, out_dir: str | Path, formats: Sequence
     """Write the best trial's model of `search_ref` to `out_dir` in each of `formats`."""
     import keras
 
-    from .keras_export import plain_keras_model
-    from .registry import load_registry
+    from autotl.export.keras_model import plain_keras_model
+    from autotl.backbones.registry import load_registry
 
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
@@ -148,7 +148,7 @@ class LoadedModel:
     """An exported model with its preprocessor, ready to predict raw inputs."""
 
     def __init__(self, model_dir: str | Path, model_format: str = "keras", registry: Registry | None = None):
-        from .registry import load_registry
+        from autotl.backbones.registry import load_registry
 
         self.directory = Path(model_dir).expanduser()
         manifest_path = self.directory / MANIFEST
@@ -247,7 +247,7 @@ class LoadedModel:
         ]
 
     def predict_proba(self, inputs: Sequence[Any], batch_size: int = 32) -> np.ndarray:
-        from . import data as data_module
+        from autotl.data import dataset as data_module
 
         if not len(inputs):
             raise UsageError("nothing to predict: give at least one input")

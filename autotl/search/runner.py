@@ -10,7 +10,7 @@ is what the trial reports, and what is checkpointed when it is the best of the
 search so far. Each epoch is written to the store as it ends.
 
 `TrialRunner` runs in the search process or in a trial worker process
-(`autotl.worker`); it needs nothing from KerasTuner but hyperparameter values.
+(`autotl.search.trial_process`); it needs nothing from KerasTuner but hyperparameter values.
 """
 
 from __future__ import annotations
@@ -25,14 +25,14 @@ from typing import Any, Callable
 import keras
 import numpy as np
 
-from . import space as space_module
-from .board import TrialBoard
-from .cache import ActivationCache
-from .feed import (ActivationSource, Batches, Phase, batches, predict_in_order, sequence_lengths,
+from autotl.search import space as space_module
+from autotl.insight.board import TrialBoard
+from autotl.cache.entries import ActivationCache
+from autotl.cache.source import (ActivationSource, Batches, Phase, batches, predict_in_order, sequence_lengths,
                    variable_length_inputs)
-from .hypermodel import BACKBONE_LAYER, ReusableBackbone, TransferHyperModel, set_unfreeze_depth
-from .plan import Objective, TrainingPlan, TrialData, TrialFailed, TrialOutcome
-from .store import Store
+from autotl.search.hypermodel import BACKBONE_LAYER, ReusableBackbone, TransferHyperModel, set_unfreeze_depth
+from autotl.search.records import Objective, TrainingPlan, TrialData, TrialFailed, TrialOutcome
+from autotl.store.store import Store
 
 HEAD, FINETUNE = "head", "finetune"
 CHECKPOINT_NAME = "model.keras"
@@ -258,7 +258,7 @@ class _EpochLogger(keras.callbacks.Callback):
 
 
 class _BoardLogger(keras.callbacks.Callback):
-    """Each epoch's metrics to the trial's TensorBoard run (`autotl.board`)."""
+    """Each epoch's metrics to the trial's TensorBoard run (`autotl.insight.board`)."""
 
     def __init__(self, board: TrialBoard, phase: str):
         super().__init__()
