@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from autotl.data import dataset as data_module
+from autotl import data as data_module
 from autotl.search import space as space_module
 from autotl.backbones.protocol import Backbone, Preprocessor
 from autotl.search.distributed import OracleServer, default_tuner_id, parse_address, worker_environment

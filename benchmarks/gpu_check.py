@@ -308,7 +308,7 @@ def backbone_forward(args, paths: dict[str, Path]) -> dict[str, Any]:
     batch (what the cache pass does at most, without autotl's bookkeeping around it)."""
     import keras
 
-    from autotl.data import dataset as data_module
+    from autotl import data as data_module
     from autotl.backbones.registry import load_registry
 
     backbone = load_registry([str(PLUGIN_FILE)]).get(BACKBONE)

@@ -74,7 +74,7 @@ from trial_memory import rss_mb  # noqa: E402
 from autotl import api
 
 from autotl.export import exporter  # noqa: E402
-from autotl.data import dataset as data_module  # noqa: E402
+from autotl import data as data_module  # noqa: E402
 from autotl.errors import AutotlError  # noqa: E402
 from autotl.search.records import TrialData  # noqa: E402
 from autotl.insight.progress import Reporter  # noqa: E402

@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from autotl import api
-from autotl.data.dataset import read_image
+from autotl.data import read_image
 from autotl.backbones.registry import load_registry
 from autotl.store.store import COMPLETED, Store
 from autotl.search.runner import VAL_PROBS_NAME

@@ -1,4 +1,4 @@
-"""Tests of autotl.data.dataset and examples/make_datasets.py, on real files written to tmp_path."""
+"""Tests of autotl.data and examples/make_datasets.py, on real files written to tmp_path."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from autotl.data.dataset import (
+from autotl.data import (
     Dataset,
     UnreadableImageError,
     fingerprint,
@@ -500,7 +500,7 @@ def test_fingerprint_is_stable_and_sees_one_pixel(tmp_path):
     assert len(first) == 64 and first == fingerprint(load_image_folder(root, (8, 8)))
 
     code = (
-        "import sys; from autotl.data.dataset import fingerprint, load_image_folder; "
+        "import sys; from autotl.data import fingerprint, load_image_folder; "
         "print(fingerprint(load_image_folder(sys.argv[1], (8, 8))))"
     )
     other_process = subprocess.run([sys.executable, "-c", code, str(root)], capture_output=True, text=True, check=True)

@@ -18,7 +18,7 @@ from PIL import Image
 from autotl import api
 
 from autotl.backbones import layers  # noqa: F401 - layers: the reference loads the checkpoint, which holds autotl's
-from autotl.data.dataset import read_image
+from autotl.data import read_image
 from autotl.store.store import Store
 
 from conftest import REPO, TINY_PLUGIN, run_cli

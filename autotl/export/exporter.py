@@ -247,7 +247,7 @@ class LoadedModel:
         ]
 
     def predict_proba(self, inputs: Sequence[Any], batch_size: int = 32) -> np.ndarray:
-        from autotl.data import dataset as data_module
+        from autotl import data as data_module
 
         if not len(inputs):
             raise UsageError("nothing to predict: give at least one input")

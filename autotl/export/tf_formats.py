@@ -7,7 +7,7 @@ Each takes raw inputs as far as its format can hold the preprocessing:
   the ONNX model and the TFLite model take uint8 RGB pixels ``(N, H, W, 3)`` of any H and W (one
   size per call). The resize inside reproduces Pillow's BILINEAR resize bit for bit (integer
   arithmetic carried exactly in float32, see `pil_resize`), which is what autotl's reader
-  applies (`autotl.data.dataset.read_image`): an export predicts what ``autotl predict`` does.
+  applies (`autotl.data.read_image`): an export predicts what ``autotl predict`` does.
 * text: the SavedModel's ``serving_default`` takes strings where the plugin's preprocessor has
   TensorFlow graph code (`autotl.backbones.Preprocessor.graph_function`; BERT's WordPiece
   tokenizer, whose ops are tensorflow-text's: ``import tensorflow_text`` before loading it).
@@ -274,7 +274,7 @@ def _rename_onnx_io(proto, inputs: list[str], outputs: list[str]) -> None:
 
 
 def decode_image(contents):
-    """An encoded image file (scalar ``tf.string``) -> uint8 RGB ``(H, W, 3)``, as `autotl.data.dataset` reads it.
+    """An encoded image file (scalar ``tf.string``) -> uint8 RGB ``(H, W, 3)``, as `autotl.data.decode_image` reads it.
 
     JPEG through libjpeg's accurate integer DCT (Pillow's); PNG and BMP with transparency
     composited onto white with Pillow's integer formula (`flatten_alpha`); GIF's first frame.

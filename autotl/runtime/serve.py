@@ -8,7 +8,7 @@ Standard library only (`http.server.ThreadingHTTPServer`). Endpoints::
 Request bodies of ``/predict``:
 
 * image models: ``{"instances": [{"image_b64": "<base64 of an image file>"}, {"pixels": [[[r, g, b], ...]]}]}``
-  (an image file's bytes are decoded by `autotl.data.dataset.read_image`, exactly as
+  (an image file's bytes are decoded by `autotl.data.read_image`, exactly as
   ``autotl predict`` reads the file; pixels are uint8 values, (H, W), (H, W, 1),
   (H, W, 3) or (H, W, 4), resized the same way);
 * text models: ``{"instances": ["text", {"text": "..."}]}``.
@@ -125,7 +125,7 @@ class PredictionService:
         The model is given these, not the decoded array, so that it reads them
         exactly as `autotl predict` reads a file, whatever the export format.
         """
-        from autotl.data.dataset import read_image
+        from autotl.data import read_image
 
         where = f"instance {index}"
         if not isinstance(instance, dict) or not ({"image_b64", "pixels"} & set(instance)):

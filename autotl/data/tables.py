@@ -1,0 +1,229 @@
+"""Loading a text dataset: a ``.csv`` / ``.tsv`` table or a ``.jsonl`` file of text and label columns."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+
+from autotl.backbones.protocol import TEXT
+from autotl.data.dataset import Dataset, one_line, resolve_class_names, role_of
+from autotl.errors import AutotlError
+
+CSV_SUFFIXES = frozenset({".csv", ".tsv"})
+JSONL_SUFFIXES = frozenset({".jsonl", ".json-lines", ".ndjson"})
+TEXT_SUFFIXES = CSV_SUFFIXES | JSONL_SUFFIXES
+
+
+def load_text_table(
+    path: str | Path,
+    text_col: str = "text",
+    label_col: str = "label",
+    class_names: Sequence[str] | None = None,
+    strict: bool = False,
+) -> Dataset:
+    """Load a ``.csv`` / ``.tsv`` (header row) or ``.jsonl`` (one object per line) file.
+
+    Labels are class names, compared as text: a string is stripped of
+    surrounding spaces, and a JSON number or boolean becomes the text it stands
+    for, so ``1``, ``1.0`` and ``"1"`` are one class ``"1"`` (and ``"cat"``
+    another); ``true`` is ``"true"``. A JSON list or object is not a label (one
+    label per row), and a row with an empty label is an error, reported with
+    the count and the first such row.
+
+    A row whose text is empty (or only spaces) is skipped and recorded in
+    ``skipped``, as an unreadable image is; with ``strict=True`` it is an
+    error. So is a table with no text at all, or a class whose every row is empty.
+
+    Sources are ``"file.csv:ROW"`` with the header as row 1 (as a spreadsheet
+    numbers rows) or ``"file.jsonl:LINE"`` (1-based; blank lines are ignored).
+    """
+    file = _require_file(path, role_of(class_names))
+    suffix = file.suffix.lower()
+    if suffix not in TEXT_SUFFIXES:
+        raise AutotlError(f"{file} is not a supported text table: use one of {' '.join(sorted(TEXT_SUFFIXES))}")
+    records = _csv_records(file) if suffix in CSV_SUFFIXES else _jsonl_records(file)
+    rows = _collect(file, records, text_col, label_col)
+    if not rows.texts and not rows.empty:
+        raise AutotlError(f"no rows in {file}: it needs a header line and at least one row per class")
+    _check_empty_texts(file, rows, text_col, strict)
+    found = sorted(set(rows.labels) | {label for _, label in rows.empty})
+    names = resolve_class_names(found, class_names, file)
+    _check_classes_have_text(file, found, rows)
+    index = {name: i for i, name in enumerate(names)}
+    return Dataset(
+        modality=TEXT,
+        examples=rows.texts,
+        labels=np.asarray([index[label] for label in rows.labels], dtype=np.int64),
+        class_names=list(names),
+        sources=rows.sources,
+        skipped=[(source, "empty text") for source, _ in rows.empty],
+    )
+
+
+# A record is (source, available column names, row mapping).
+Record = tuple[str, list[str], dict]
+
+
+def _csv_records(file: Path) -> Iterator[Record]:
+    delimiter = "\t" if file.suffix.lower() == ".tsv" else ","
+    # utf-8-sig: spreadsheet exports often start with a byte-order mark, which
+    # would otherwise become part of the first column's name.
+    with _open_text(file) as handle:
+        reader = csv.reader(handle, delimiter=delimiter)
+        try:
+            header = next(reader, None)
+            if header is None:
+                return
+            columns = [c.strip() for c in header]
+            for row_number, row in enumerate(reader, start=2):
+                yield f"{file.name}:{row_number}", columns, dict(zip(columns, row))
+        except csv.Error as exc:
+            raise AutotlError(f"{file}:{reader.line_num} is not valid CSV: {one_line(exc)}") from None
+        except UnicodeDecodeError as exc:
+            raise _not_utf8(file, exc) from None
+
+
+def _jsonl_records(file: Path) -> Iterator[Record]:
+    with _open_text(file) as handle:
+        try:
+            for line_number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                yield f"{file.name}:{line_number}", *_parse_json_line(file, line_number, line)
+        except UnicodeDecodeError as exc:
+            raise _not_utf8(file, exc) from None
+
+
+def _parse_json_line(file: Path, line_number: int, line: str) -> tuple[list[str], dict]:
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise AutotlError(f"{file}:{line_number} is not valid JSON: {exc.msg} (column {exc.colno})") from None
+    if not isinstance(obj, dict):
+        raise AutotlError(
+            f"{file}:{line_number} holds a JSON {type(obj).__name__}, not an object: "
+            'write one object per line, e.g. {"text": "...", "label": "..."}'
+        )
+    return list(obj), obj
+
+
+def _open_text(file: Path):
+    return open(file, encoding="utf-8-sig", newline="")
+
+
+def _not_utf8(file: Path, exc: UnicodeDecodeError) -> AutotlError:
+    return AutotlError(f"{file} is not UTF-8 text (bad byte at offset {exc.start}): re-save it as UTF-8")
+
+
+@dataclass
+class _Rows:
+    """A text table's rows: those kept, and ``(source, label)`` of those with empty text."""
+
+    texts: list[str] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
+    empty: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _collect(file: Path, records: Iterable[Record], text_col: str, label_col: str) -> _Rows:
+    rows = _Rows()
+    empty_label: list[str] = []
+    for source, columns, row in records:
+        _check_columns(file, source, columns, (text_col, label_col))
+        text, label = row.get(text_col), _label_str(source, label_col, row.get(label_col))
+        if not isinstance(text, str) and text is not None:
+            raise AutotlError(f"{source}: the {text_col!r} value must be a string, got {type(text).__name__}")
+        if not label:
+            empty_label.append(source)
+        if text is None or not text.strip():
+            rows.empty.append((source, label))
+            continue
+        rows.texts.append(text)
+        rows.labels.append(label)
+        rows.sources.append(source)
+    _raise_if_empty(file, empty_label, "an empty label")
+    return rows
+
+
+def _check_empty_texts(file: Path, rows: _Rows, text_col: str, strict: bool) -> None:
+    if not rows.empty:
+        return
+    first = rows.empty[0][0]
+    if not rows.texts:
+        raise AutotlError(
+            f"every row of {file} has empty text in column {text_col!r} (first: {first}): "
+            "fill them in, or choose the text column with --text-col"
+        )
+    if strict:
+        count = f"{len(rows.empty)} rows" if len(rows.empty) > 1 else "1 row"
+        raise AutotlError(
+            f"{count} in {file} with empty text (first: {first}): fill them in or remove them, "
+            "or run without --strict to skip them"
+        )
+
+
+def _check_classes_have_text(file: Path, classes: list[str], rows: _Rows) -> None:
+    """A class whose every row has empty text would vanish from the data: an error, as for images."""
+    kept = set(rows.labels)
+    for name in classes:
+        if name not in kept:
+            first = next(source for source, label in rows.empty if label == name)
+            raise AutotlError(
+                f"class {name!r} in {file} has only rows with empty text (first: {first}): "
+                "fill them in, or remove the class"
+            )
+
+
+def _check_columns(file: Path, source: str, columns: list[str], wanted: tuple[str, str]) -> None:
+    missing = [c for c in wanted if c not in columns]
+    if not missing:
+        return
+    # A CSV's columns come from its header; a JSON line's from that line alone.
+    where = str(file) if file.suffix.lower() in CSV_SUFFIXES else f"{file} (line {source.rsplit(':', 1)[1]})"
+    available = ", ".join(repr(c) for c in columns) or "none"
+    raise AutotlError(
+        f"{where} has no column {missing[0]!r}: available columns are {available} "
+        "(choose them with --text-col / --label-col)"
+    )
+
+
+def _label_str(source: str, label_col: str, value: object) -> str:
+    """A label as its class name ("" when missing; see `load_text_table`)."""
+    if value is None:
+        return ""
+    if isinstance(value, (dict, list)):
+        kind = "object" if isinstance(value, dict) else "list"
+        raise AutotlError(
+            f"{source}: the {label_col!r} value is a JSON {kind}, not a label: "
+            "give each row one label, a string or a number (multi-label data is not supported)"
+        )
+    if isinstance(value, bool):
+        return json.dumps(value)  # "true", as written in the file, not Python's "True"
+    if isinstance(value, float):
+        if value != value:  # NaN: how pandas writes a missing value
+            return ""
+        if value.is_integer():
+            return str(int(value))  # 1.0 is the class "1", as 1 and "1" are
+    return str(value).strip()
+
+
+def _raise_if_empty(file: Path, rows: list[str], what: str) -> None:
+    if rows:
+        count = f"{len(rows)} rows" if len(rows) > 1 else "1 row"
+        raise AutotlError(f"{count} in {file} with {what} (first: {rows[0]}): fill them in or remove them")
+
+
+def _require_file(path: str | Path, role: str = "dataset") -> Path:
+    file = Path(path).expanduser()
+    if not file.exists():
+        raise AutotlError(f"{role} path {file} does not exist")
+    if file.is_dir():
+        raise AutotlError(
+            f"{role} path {file} is a folder: a text dataset is one {' / '.join(sorted(TEXT_SUFFIXES))} file"
+        )
+    return file
