@@ -14,8 +14,9 @@ from autotl.search import space as space_module
 from autotl.search.hypermodel import ReusableBackbone, TransferHyperModel
 from autotl.search.records import Objective, TrainingPlan
 from autotl.backbones.registry import load_registry
-from autotl.store.store import Store
-from autotl.search.runner import TrialRunner, traced_gradients_released
+from autotl.store import Store
+from autotl.search.runner import TrialRunner
+from autotl.workarounds import traced_gradients_released
 
 from conftest import TINY_PLUGIN
 
@@ -39,7 +40,7 @@ def test_a_fit_leaves_no_custom_gradient_registered():
 def tiny_hypermodel() -> TransferHyperModel:
     backbone = load_registry([str(TINY_PLUGIN)]).get("tiny_cnn")
     preprocessor = backbone.preprocessor("none", {"image_size": (16, 16)})
-    space = space_module.build_space(backbone.modality, backbone.search_space(), None)
+    space = space_module.build_space(backbone.modality, backbone.search_space("none"), None)
     return TransferHyperModel(backbone, "none", preprocessor, 3, space)
 
 

@@ -30,6 +30,7 @@ from keras import tree
 
 from autotl.cache.entries import digest
 from autotl.search.hypermodel import BACKBONE_LAYER
+from autotl.workarounds import is_functional, self_and_sublayers
 
 
 INPUT_PREFIX = "input:"  # how a cut names a tensor that is a model input, not an activation
@@ -84,7 +85,7 @@ def input_name(name: str) -> str | None:
 
 def flatten(model: keras.Model) -> FlatGraph:
     """Replay `model` (a functional trial model with a nested ``backbone``) as one flat graph."""
-    if not _is_functional(model) or not _is_functional(model.get_layer(BACKBONE_LAYER)):
+    if not is_functional(model) or not is_functional(model.get_layer(BACKBONE_LAYER)):
         raise NotFunctional(f"{model.get_layer(BACKBONE_LAYER).__class__.__name__} is not a functional model")
     graph = FlatGraph(inputs={}, outputs=None, nodes=[])
     fresh = [keras.Input(batch_shape=t.shape, dtype=t.dtype, name=t.name) for t in model.inputs]
@@ -103,7 +104,7 @@ def flatten(model: keras.Model) -> FlatGraph:
 def _replay(model, flat_inputs: list, graph: FlatGraph, in_backbone: bool):
     def operation_fn(operation):
         def call(*args, **kwargs):
-            if _is_functional(operation):  # replay its layers instead of calling it whole
+            if is_functional(operation):  # replay its layers instead of calling it whole
                 inner = tree.flatten(args[0] if len(args) == 1 else list(args))  # the order of `.inputs`
                 return _replay(operation, inner, graph, in_backbone or operation.name == BACKBONE_LAYER)
             outputs = operation(*args, **kwargs)
@@ -129,7 +130,7 @@ def cut(graph: FlatGraph, depth: int, top_blocks: Iterable) -> Cut:
     is those layers, the head (the layers after the backbone) and everything
     downstream of them; the cut is every tensor it consumes from the rest.
     """
-    starts = {id(layer) for block_layer in top_blocks for layer in _self_and_sublayers(block_layer)}
+    starts = {id(layer) for block_layer in top_blocks for layer in self_and_sublayers(block_layer)}
     backbone_outputs = {id(t) for node in graph.nodes if node.in_backbone for t in node.outputs}
     suffix_outputs: set[int] = set()
     crossing: list = []
@@ -265,13 +266,3 @@ def _inputs_reaching(graph: FlatGraph, tensors: list) -> list:
             stack.extend(graph.nodes[producer[id(tensor)]].inputs)
     return [t for t in graph.inputs.values() if id(t) in seen]
 
-
-def _is_functional(layer) -> bool:
-    from keras.src.models.functional import Functional  # Keras has no public name for "a graph model"
-
-    return isinstance(layer, Functional)
-
-
-def _self_and_sublayers(layer) -> list:
-    flatten_layers = getattr(layer, "_flatten_layers", None)
-    return list(flatten_layers(include_self=True, recursive=True)) if flatten_layers else [layer]

@@ -19,13 +19,14 @@ import keras
 from keras import tree
 
 from autotl.backbones import layers as autotl_layers
+from autotl.workarounds import is_functional, self_and_sublayers
 
 AUTOTL_LAYERS = (autotl_layers.PixelNormalization, autotl_layers.MaskedMeanPooling, autotl_layers.FirstTokenPooling)
 
 
 def plain_keras_model(model):
     """`model` with autotl's layers replaced by Keras operations (nested functional models too)."""
-    if not _is_functional(model) or not _holds_autotl_layers(model):
+    if not is_functional(model) or not _holds_autotl_layers(model):
         return model
     return _rebuild(model)
 
@@ -37,7 +38,7 @@ def _rebuild(model):
     def operation_fn(operation):
         if isinstance(operation, AUTOTL_LAYERS):
             return _as_operations(operation)
-        if _is_functional(operation) and _holds_autotl_layers(operation):
+        if is_functional(operation) and _holds_autotl_layers(operation):
             if id(operation) not in rebuilt:  # a nested model called twice stays one model
                 rebuilt[id(operation)] = _rebuild(operation)
             return rebuilt[id(operation)]
@@ -57,10 +58,5 @@ def _as_operations(layer):
 
 
 def _holds_autotl_layers(model) -> bool:
-    return any(isinstance(layer, AUTOTL_LAYERS) for layer in model._flatten_layers(include_self=False, recursive=True))
+    return any(isinstance(layer, AUTOTL_LAYERS) for layer in self_and_sublayers(model)[1:])
 
-
-def _is_functional(layer) -> bool:
-    from keras.src.models.functional import Functional  # Keras has no public name for "a graph model"
-
-    return isinstance(layer, Functional)

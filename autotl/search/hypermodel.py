@@ -23,6 +23,7 @@ import numpy as np
 from autotl.search import space as space_module
 from autotl.backbones.protocol import Backbone, Preprocessor
 from autotl.errors import AutotlError
+from autotl.workarounds import drop_nodes_since, node_counts, self_and_sublayers
 from autotl.backbones.layers import FirstTokenPooling, MaskedMeanPooling
 
 BACKBONE_LAYER = "backbone"
@@ -102,8 +103,7 @@ class ReusableBackbone:
             keras.utils.set_random_seed(self.seed)
             self._model = self.hypermodel.build_backbone()
             self._pretrained = [np.array(w) for w in self._model.get_weights()]
-            self._node_counts = [(layer, len(layer._inbound_nodes), len(layer._outbound_nodes))
-                                 for layer in _self_and_sublayers(self._model)]
+            self._node_counts = node_counts(self._model)
         else:
             self.forget_past_trials()
             if self._changed:
@@ -113,8 +113,7 @@ class ReusableBackbone:
 
     def forget_past_trials(self) -> None:
         """Drop the nodes past trials' models added to the backbone's layers (and with them those models)."""
-        for layer, inbound, outbound in self._node_counts:
-            del layer._inbound_nodes[inbound:], layer._outbound_nodes[outbound:]
+        drop_nodes_since(self._node_counts)
 
     def mark_changed(self) -> None:
         """The current trial is about to train (some of) the backbone: reset it before the next one."""
@@ -178,8 +177,8 @@ def set_unfreeze_depth(feature_model: keras.Model, blocks: list[list], depth: in
     feature_model.trainable = False
     feature_model.trainable = True
     top = {id(layer) for block in blocks[len(blocks) - depth:] for top_layer in block
-           for layer in _self_and_sublayers(top_layer)}
-    for layer in _self_and_sublayers(feature_model)[1:]:
+           for layer in self_and_sublayers(top_layer)}
+    for layer in self_and_sublayers(feature_model)[1:]:
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.trainable = False
         elif id(layer) not in top and not _contains_any(layer, top):
@@ -187,10 +186,5 @@ def set_unfreeze_depth(feature_model: keras.Model, blocks: list[list], depth: in
     return depth
 
 
-def _self_and_sublayers(layer) -> list:
-    # Keras 3 has no public recursive walk; `_flatten_layers` is what Layer itself uses.
-    return list(layer._flatten_layers(include_self=True, recursive=True))
-
-
 def _contains_any(layer, ids: set[int]) -> bool:
-    return any(id(sub) in ids for sub in _self_and_sublayers(layer)[1:])
+    return any(id(sub) in ids for sub in self_and_sublayers(layer)[1:])

@@ -16,7 +16,6 @@ search so far. Each epoch is written to the store as it ends.
 from __future__ import annotations
 
 import contextlib
-import gc
 import math
 import time
 from pathlib import Path
@@ -25,6 +24,8 @@ from typing import Any, Callable
 import keras
 import numpy as np
 
+from autotl.workarounds import TrialHeap, build_training_state, traced_gradients_released
+
 from autotl.search import space as space_module
 from autotl.insight.board import TrialBoard
 from autotl.cache.entries import ActivationCache
@@ -32,7 +33,7 @@ from autotl.cache.source import (ActivationSource, Batches, Phase, batches, pred
                    variable_length_inputs)
 from autotl.search.hypermodel import BACKBONE_LAYER, ReusableBackbone, TransferHyperModel, set_unfreeze_depth
 from autotl.search.records import Objective, TrainingPlan, TrialData, TrialFailed, TrialOutcome
-from autotl.store.store import Store
+from autotl.store import Store
 
 HEAD, FINETUNE = "head", "finetune"
 CHECKPOINT_NAME = "model.keras"
@@ -148,7 +149,7 @@ class TrialRunner:
                         lengths=sequence_lengths(data.x_train), croppable=croppable)
         val = batches(phase.x_val, data.y_val, self.plan.batch_size, lengths=sequence_lengths(data.x_val),
                       croppable=croppable)
-        build_training_state(phase.model, train)
+        build_training_state(phase.model, train.first)
         phase.model.fit(train.x, train.y, validation_data=val.as_validation(), epochs=epochs,
                         batch_size=train.batch_size, shuffle=train.shuffle, callbacks=callbacks, verbose=0)
 
@@ -268,21 +269,6 @@ class _BoardLogger(keras.callbacks.Callback):
         self.board.epoch(self.phase, epoch + 1, logs or {})
 
 
-def build_training_state(model: keras.Model, train: Batches) -> None:
-    """Create the optimizer's and the metrics' variables before `fit` traces its train step.
-
-    On TensorFlow without a distribution strategy, Keras creates them while tracing
-    the first train step, and TensorFlow traces a function that created variables a
-    second time: every phase of every trial paid two traces of its train step (0.4 s
-    for a small head, seconds for transformer blocks). Keras builds them this way
-    itself when a strategy is set; other backends build them before tracing anyway.
-    """
-    if keras.backend.backend() != "tensorflow" or not hasattr(model, "_symbolic_build"):
-        return
-    x, y = train.first()
-    model._symbolic_build(data_batch=(x, y, None))  # noqa: SLF001 - Keras has no public name for it
-
-
 def steps_per_execution() -> int:
     """Batches per call into the compiled train step. On cached activations a step takes
     about as long as Python's trip into it; batching calls removes most of that (the torch
@@ -299,72 +285,3 @@ def dtype_policy(name: str):
         yield
     finally:
         keras.config.set_dtype_policy(previous)
-
-
-@contextlib.contextmanager
-def traced_gradients_released():
-    """Unregister the custom gradients TensorFlow registered while the block ran (a trial).
-
-    Tracing a custom gradient in a graph (the optimizer step's ``all_reduce`` of the
-    gradients does, in every Keras train function traced on TensorFlow) adds an entry to
-    TensorFlow's process-wide gradient registry that nothing ever removes, and the entry's
-    closure holds the traced graph: the whole train step, optimizer and metric graphs stay
-    alive, about 4 MB per ``fit`` of a small model, which ``clear_session()`` cannot return.
-    Gradients are looked up while a function is traced; those traced in a trial are
-    never traced again once it ends, so its entries are dropped then (only those).
-    """
-    registry = _custom_gradient_registry()
-    before = set(registry) if registry is not None else set()
-    try:
-        yield
-    finally:
-        if registry is not None:
-            for name in [name for name in registry if name not in before and name.startswith("CustomGradient-")]:
-                registry.pop(name, None)
-
-
-def _custom_gradient_registry() -> dict | None:
-    """TensorFlow's gradient registry (op type -> gradient function), or None off TensorFlow."""
-    if keras.backend.backend() != "tensorflow":
-        return None
-    try:
-        from tensorflow.python.framework import ops as tf_ops
-
-        registry = tf_ops._gradient_registry._registry  # noqa: SLF001 - TF has no public way to unregister
-    except (ImportError, AttributeError):
-        return None
-    return registry if isinstance(registry, dict) else None
-
-
-class TrialHeap:
-    """Returns a past trial's memory before the next one, without walking the whole heap each time.
-
-    A trial's model, traced functions and optimizer are reference cycles: only a full
-    garbage collection frees them. With TensorFlow and Keras loaded, a full collection
-    walks millions of objects (0.2-0.3 s on a 2-core machine) that almost all live as
-    long as the process: modules, the backbone, the cached activations. It ran once
-    before every trial, and Python ran about as many again on its own while a trial
-    traced its functions: on cached activations, a fifth of a depth-0 trial.
-
-    So what survives the collection before a trial is frozen (`gc.freeze`): later
-    collections, ours and Python's, skip it and walk only what the trials since
-    created. What is frozen is what was alive between two trials, with the past
-    trials' models already dropped (`ReusableBackbone.forget_past_trials`); `thaw`
-    gives it back to the collector once the trials are over. A process that froze
-    objects itself is left as it is, and collected in full as before.
-    """
-
-    def __init__(self):
-        self._freezing: bool | None = None  # decided on the first release
-
-    def collect_and_freeze(self) -> None:
-        keras.utils.clear_session(free_memory=True)  # Keras' global state, then a collection
-        if self._freezing is None:
-            self._freezing = gc.get_freeze_count() == 0
-        if self._freezing:
-            gc.freeze()
-
-    def thaw(self) -> None:
-        if self._freezing:
-            gc.unfreeze()
-        self._freezing = None

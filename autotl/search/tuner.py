@@ -19,20 +19,19 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import keras_tuner as kt
 
-from autotl.store import store as store_module
+from autotl import store as store_module
 from autotl.errors import AutotlError
+from autotl.workarounds import (AtomicOracleState, OracleOpenedElsewhere, keras_tuner_tracebacks_off,
+                                set_oracle_project_dir)
 from autotl.search.hypermodel import TransferHyperModel
 from autotl.search.records import Objective, TrainingPlan, TrialData, TrialFailed, TrialOutcome
 from autotl.insight.progress import Reporter
-from autotl.store.store import Store
+from autotl.store import Store
 from autotl.search.runner import TrialRunner
 from autotl.search.trial_process import TrialWorker
 
@@ -41,27 +40,6 @@ PROJECT_NAME = "keras_tuner"
 
 class TooManyFailures(AutotlError):
     """The search stopped because `--max-failures` trials failed."""
-
-
-def write_json_atomically(path: str | os.PathLike, state: dict) -> None:
-    """Write to a temporary file and rename it over `path`: a kill leaves the old file or the new one."""
-    folder = os.path.dirname(os.fspath(path)) or "."
-    with tempfile.NamedTemporaryFile("w", dir=folder, suffix=".tmp", delete=False) as handle:
-        json.dump(state, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(handle.name, path)
-
-
-class _AtomicStateMixin:
-    """KerasTuner writes its oracle and trial files in place; a kill mid-write would leave
-    a file `reload()` cannot parse. The same state, written atomically."""
-
-    def save(self):
-        write_json_atomically(self._get_oracle_fname(), self.get_state())
-
-    def _save_trial(self, trial):
-        write_json_atomically(os.path.join(self._get_trial_dir(trial.trial_id), "trial.json"), trial.get_state())
 
 
 _ORACLES = {
@@ -74,7 +52,7 @@ _ORACLES = {
 def make_oracle(kind: str, objective: kt.Objective, max_trials: int, max_epochs: int, seed: int) -> kt.Oracle:
     if kind not in _ORACLES:
         raise ValueError(f"unknown tuner {kind!r}")
-    oracle_class = type(f"Resumable{_ORACLES[kind].__name__}", (_AtomicStateMixin, _ORACLES[kind]), {})
+    oracle_class = type(f"Resumable{_ORACLES[kind].__name__}", (AtomicOracleState, _ORACLES[kind]), {})
     common = dict(objective=objective,
                   seed=seed + 1,  # KerasTuner takes seed 0 to mean "pick one at random"; autotl's --seed 0 is a seed
                   max_consecutive_failed_trials=max_trials + 1)  # autotl's --max-failures decides instead
@@ -90,7 +68,7 @@ def open_oracle(oracle: kt.Oracle, hypermodel: TransferHyperModel, workdir: Path
     project_dir = Path(workdir) / PROJECT_NAME
     if not resume and project_dir.exists():
         shutil.rmtree(project_dir)
-    oracle._set_project_dir(str(workdir), PROJECT_NAME)
+    set_oracle_project_dir(oracle, str(workdir), PROJECT_NAME)
     oracle.verbose = 0  # autotl's reporter shows the progress
     if resume and (project_dir / "oracle.json").exists():
         try:
@@ -106,7 +84,7 @@ def open_oracle(oracle: kt.Oracle, hypermodel: TransferHyperModel, workdir: Path
     return oracle
 
 
-class TransferTuner(kt.Tuner):
+class TransferTuner(OracleOpenedElsewhere, kt.Tuner):
     """Runs each trial through `worker` if given, else in this process.
 
     The oracle comes ready from `open_oracle` (fresh or reloaded); in a distributed
@@ -131,18 +109,8 @@ class TransferTuner(kt.Tuner):
         self.completed_here = 0  # trials this tuner trained to completion (a distributed worker reports it)
 
     def search(self, *args, **kwargs) -> None:
-        # KerasTuner prints the traceback of every failed trial while its (private) DEBUG flag
-        # is on; autotl stores the error and reports it in one line instead.
-        from keras_tuner.src import config as kt_config
-
-        debug, kt_config.DEBUG = kt_config.DEBUG, False
-        try:
+        with keras_tuner_tracebacks_off():  # autotl stores a failed trial's error and reports it in one line
             super().search(*args, **kwargs)
-        finally:
-            kt_config.DEBUG = debug
-
-    def _populate_initial_space(self) -> None:
-        """Done by `open_oracle` (or, in a distributed search, by the chief)."""
 
     def reload(self) -> None:
         """The oracle is reloaded by `open_oracle`; the tuner keeps no state of its own worth reloading."""

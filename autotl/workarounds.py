@@ -1,0 +1,205 @@
+"""Every use of a Keras, KerasTuner or TensorFlow private API, in one place, each with its reason.
+
+Written against keras 3.15, keras-tuner 1.4.8 and tensorflow 2.21. Each function
+says what it needs that has no public name; when one of these libraries changes,
+this file is where autotl breaks, and the tests that exercise each use say which.
+"""
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import os
+import tempfile
+from typing import Callable
+
+import keras
+
+
+# --------------------------------------------------------------------------- Keras models
+
+
+def is_functional(layer) -> bool:
+    """Whether `layer` is a functional (graph) model, which autotl can cut between blocks.
+
+    Keras has no public name for "a graph model": `keras.Model(inputs, outputs)` returns
+    an instance of the private `Functional` class, a `keras.Sequential` is one too.
+    """
+    from keras.src.models.functional import Functional
+
+    return isinstance(layer, Functional)
+
+
+def self_and_sublayers(layer) -> list:
+    """`layer` and every layer nested in it, depth first.
+
+    Keras 3 has no public recursive walk; `_flatten_layers` is what `Layer` itself uses.
+    Plain operations in a functional graph (``keras.ops`` calls) have none: they are their
+    own only member.
+    """
+    flatten_layers = getattr(layer, "_flatten_layers", None)
+    return list(flatten_layers(include_self=True, recursive=True)) if flatten_layers else [layer]
+
+
+def node_counts(model) -> list[tuple]:
+    """Each layer of `model` with how many inbound and outbound nodes it has now (see `drop_nodes_since`)."""
+    return [(layer, len(layer._inbound_nodes), len(layer._outbound_nodes)) for layer in self_and_sublayers(model)]
+
+
+def drop_nodes_since(counts: list[tuple]) -> None:
+    """Drop the call nodes added to each layer since `node_counts` counted them.
+
+    Calling a layer on symbolic inputs appends a node to its private node lists, and
+    the node holds the model that called it: a backbone reused by many trial models
+    keeps every past trial model alive through them. Keras has no public way to
+    disconnect a layer from a model built around it.
+    """
+    for layer, inbound, outbound in counts:
+        del layer._inbound_nodes[inbound:], layer._outbound_nodes[outbound:]
+
+
+def build_training_state(model: keras.Model, first_batch: Callable[[], tuple]) -> None:
+    """Create the optimizer's and the metrics' variables before `fit` traces its train step.
+
+    On TensorFlow without a distribution strategy, Keras creates them while tracing the
+    first train step, and TensorFlow traces a function that created variables a second
+    time: every phase of every trial paid two traces of its train step (0.4 s for a small
+    head, seconds for transformer blocks). Keras builds them this way itself when a
+    strategy is set (`_symbolic_build`, which has no public name); other backends build
+    them before tracing anyway. `first_batch` gives (inputs, labels); it is only called here.
+    """
+    if keras.backend.backend() != "tensorflow" or not hasattr(model, "_symbolic_build"):
+        return
+    x, y = first_batch()
+    model._symbolic_build(data_batch=(x, y, None))
+
+
+# --------------------------------------------------------------------------- TensorFlow's memory
+
+
+@contextlib.contextmanager
+def traced_gradients_released():
+    """Unregister the custom gradients TensorFlow registered while the block ran (a trial).
+
+    Tracing a custom gradient in a graph (the optimizer step's ``all_reduce`` of the
+    gradients does, in every Keras train function traced on TensorFlow) adds an entry to
+    TensorFlow's process-wide gradient registry that nothing ever removes, and the entry's
+    closure holds the traced graph: the whole train step, optimizer and metric graphs stay
+    alive, about 4 MB per ``fit`` of a small model, which ``clear_session()`` cannot return.
+    Gradients are looked up while a function is traced; those traced in a trial are
+    never traced again once it ends, so its entries are dropped then (only those).
+    """
+    registry = _custom_gradient_registry()
+    before = set(registry) if registry is not None else set()
+    try:
+        yield
+    finally:
+        if registry is not None:
+            for name in [name for name in registry if name not in before and name.startswith("CustomGradient-")]:
+                registry.pop(name, None)
+
+
+def _custom_gradient_registry() -> dict | None:
+    """TensorFlow's gradient registry (op type -> gradient function), or None off TensorFlow.
+
+    TensorFlow has no public way to unregister a gradient.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return None
+    try:
+        from tensorflow.python.framework import ops as tf_ops
+
+        registry = tf_ops._gradient_registry._registry
+    except (ImportError, AttributeError):
+        return None
+    return registry if isinstance(registry, dict) else None
+
+
+class TrialHeap:
+    """Returns a past trial's memory before the next one, without walking the whole heap each time.
+
+    A trial's model, traced functions and optimizer are reference cycles: only a full
+    garbage collection frees them. With TensorFlow and Keras loaded, a full collection
+    walks millions of objects (0.2-0.3 s on a 2-core machine) that almost all live as
+    long as the process: modules, the backbone, the cached activations. It ran once
+    before every trial, and Python ran about as many again on its own while a trial
+    traced its functions: on cached activations, a fifth of a depth-0 trial.
+
+    So what survives the collection before a trial is frozen (`gc.freeze`): later
+    collections, ours and Python's, skip it and walk only what the trials since
+    created. What is frozen is what was alive between two trials, with the past
+    trials' models already dropped (`drop_nodes_since`); `thaw` gives it back to
+    the collector once the trials are over. A process that froze objects itself is
+    left as it is, and collected in full as before.
+    """
+
+    def __init__(self):
+        self._freezing: bool | None = None  # decided on the first release
+
+    def collect_and_freeze(self) -> None:
+        keras.utils.clear_session(free_memory=True)  # Keras' global state, then a collection
+        if self._freezing is None:
+            self._freezing = gc.get_freeze_count() == 0
+        if self._freezing:
+            gc.freeze()
+
+    def thaw(self) -> None:
+        if self._freezing:
+            gc.unfreeze()
+        self._freezing = None
+
+
+# --------------------------------------------------------------------------- KerasTuner
+
+
+def set_oracle_project_dir(oracle, directory: str, project_name: str) -> None:
+    """Point a KerasTuner oracle at its files without a Tuner (which is what normally does it).
+
+    autotl opens the oracle before its tuner exists, to reload a resumed search or to
+    serve it to distributed workers; `Oracle._set_project_dir` is the tuner's own call.
+    """
+    oracle._set_project_dir(directory, project_name)
+
+
+@contextlib.contextmanager
+def keras_tuner_tracebacks_off():
+    """KerasTuner prints the traceback of every failed trial while its (private) DEBUG flag is on;
+    autotl stores the error and reports it in one line instead."""
+    from keras_tuner.src import config as kt_config
+
+    debug, kt_config.DEBUG = kt_config.DEBUG, False
+    try:
+        yield
+    finally:
+        kt_config.DEBUG = debug
+
+
+def write_json_atomically(path: str | os.PathLike, state: dict) -> None:
+    """Write to a temporary file and rename it over `path`: a kill leaves the old file or the new one."""
+    folder = os.path.dirname(os.fspath(path)) or "."
+    with tempfile.NamedTemporaryFile("w", dir=folder, suffix=".tmp", delete=False) as handle:
+        json.dump(state, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(handle.name, path)
+
+
+class AtomicOracleState:
+    """Oracle mixin: KerasTuner writes its oracle and trial files in place, and a kill mid-write
+    leaves a file `reload()` cannot parse. The same state, written atomically, through the
+    oracle's private file names and its private `_save_trial` hook."""
+
+    def save(self):
+        write_json_atomically(self._get_oracle_fname(), self.get_state())
+
+    def _save_trial(self, trial):
+        write_json_atomically(os.path.join(self._get_trial_dir(trial.trial_id), "trial.json"), trial.get_state())
+
+
+class OracleOpenedElsewhere:
+    """Tuner mixin: KerasTuner's `Tuner.__init__` fills the oracle's search space by building a
+    model (its private `_populate_initial_space`). autotl's oracle arrives ready, opened fresh or
+    reloaded (`search.tuner.open_oracle`) or served by a distributed search's chief."""
+
+    def _populate_initial_space(self) -> None:
+        pass
