@@ -26,3 +26,13 @@ def first_line(exc: BaseException, default: str | None = None) -> str:
         if line.strip():
             return line.strip()
     return type(exc).__name__ if default is None else default
+
+
+def typed_first_line(exc: BaseException) -> str:
+    """``Type: first line`` of an exception, or just ``Type`` when its message is blank.
+
+    For failures of code autotl does not own (a plugin, a library), where the type
+    often says more than the message.
+    """
+    message = first_line(exc, default="")
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__

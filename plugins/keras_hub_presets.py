@@ -37,6 +37,7 @@ import os
 from pathlib import Path
 
 from autotl.backbones import IMAGE, TEXT, Backbone, BackboneFamily
+from autotl.backbones.weights import looks_like_path
 from autotl.errors import AutotlError, first_line
 from autotl_plugins.bert import Bert
 from autotl_plugins.efficientnet_lite0 import EfficientNetLite0, feature_model, load_preset
@@ -64,6 +65,9 @@ class KerasHubBert(Bert):
 
     def build(self, weights, preprocessor):
         return super().build(self._weights(weights), preprocessor)
+
+    def search_space(self, weights):
+        return super().search_space(self._weights(weights))
 
     def describe_weights(self, weights):
         return super().describe_weights(self._weights(weights))
@@ -121,7 +125,7 @@ class KerasHubPresets(BackboneFamily):
         path = Path(variant).expanduser()
         if "://" in variant:
             preset, config, where = variant, _remote_config(variant), variant
-        elif path.exists() or _looks_like_path(variant):
+        elif path.exists() or looks_like_path(variant):
             preset = _folder(variant)
             config, where = _read_config(Path(preset)), preset
         else:
@@ -237,16 +241,12 @@ def _image_size(config: dict) -> tuple[int, int]:
 # --------------------------------------------------------------------------- helpers
 
 
-def _looks_like_path(text: str) -> bool:
-    return text.startswith((".", "~")) or "/" in text or os.sep in text
-
-
 def _local_or_handle(source: str) -> str:
     """A weights source for keras-hub: an existing folder as an absolute path, anything else as given."""
     path = Path(source).expanduser()
     if path.exists():
         return os.path.abspath(path)
-    if _looks_like_path(source) and "://" not in source:
+    if looks_like_path(source) and "://" not in source:
         raise AutotlError(f"{PREFIX}: no such weights folder: {source}")
     return source
 

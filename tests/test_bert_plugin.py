@@ -124,7 +124,7 @@ def test_blocks_and_unfreeze_depth(plugin, model):
     assert [block[0].name for block in blocks[1:]] == [f"transformer_layer_{i}" for i in range(6)]
     counts = [_apply_unfreeze(model, blocks, k) for k in (0, 1, 2)]
     assert counts[0] == 0 and 0 < counts[1] < counts[2], counts
-    assert plugin.search_space() == {
+    assert plugin.search_space(plugin.default_weights) == {
         "unfreeze_depth": {"min": 0, "max": 6},
         "finetune_lr": {"min": 1e-5, "max": 1e-4, "sampling": "log"},
     }

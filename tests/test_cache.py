@@ -18,7 +18,7 @@ from autotl.cache.source import JAX_LENGTH_STEP, ActivationSource, StemOutputs, 
 from autotl.search.hypermodel import BACKBONE_LAYER, TransferHyperModel, set_unfreeze_depth
 from autotl.search.records import TrialData
 from autotl.backbones.registry import load_registry
-from autotl.store.store import Store
+from autotl.store import Store
 from autotl.search.runner import VAL_PROBS_NAME
 
 from conftest import TINY_PLUGIN, run_cli
@@ -34,7 +34,7 @@ def tiny_config(data: Path, tmp_path: Path, name: str, **overrides) -> api.Searc
 def trial_model(backbone_name: str, options: dict, pooling: str, depth: int):
     backbone = load_registry([str(TINY_PLUGIN)]).get(backbone_name)
     preprocessor = backbone.preprocessor(backbone.default_weights, options)
-    space = space_module.build_space(backbone.modality, backbone.search_space(), None)
+    space = space_module.build_space(backbone.modality, backbone.search_space(backbone.default_weights), None)
     hypermodel = TransferHyperModel(backbone, backbone.default_weights, preprocessor, 3, space)
     model = hypermodel.build(hypermodel.hyperparameters(dict(pooling=pooling, head_layers=1, head_units=16)))
     feature_model = model.get_layer(BACKBONE_LAYER)

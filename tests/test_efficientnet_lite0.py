@@ -128,7 +128,7 @@ def test_unfreezing_the_top_blocks(plugin, random_model):
         for block in blocks:
             for layer in block:
                 layer.trainable = True
-    assert plugin.search_space() == {"unfreeze_depth": {"min": 0, "max": 4}}
+    assert plugin.search_space("imagenet") == {"unfreeze_depth": {"min": 0, "max": 4}}
 
 
 def test_random_weights_at_96x96(random_model):

@@ -117,6 +117,19 @@ def test_plugin_file_whose_backbone_is_incomplete_names_what_is_missing(tmp_path
     one_line(excinfo, str(path), "Half", "blocks(), build()", "implement them")
 
 
+def test_plugin_whose_search_space_ignores_the_weights_is_refused_in_one_line(tmp_path):
+    """The space may depend on the weights (BERT's depth range does), so autotl passes them."""
+    path = tmp_path / "old.py"
+    path.write_text("from autotl.backbones import Backbone\n"
+                    "class Old(Backbone):\n    name = 'old'\n    modality = 'image'\n"
+                    "    def build(self, weights, preprocessor): ...\n    def blocks(self, model): return []\n"
+                    "    def search_space(self): return {}\n")
+    registry = load_registry([path])
+    with pytest.raises(AutotlError) as excinfo:
+        registry.get("old")
+    one_line(excinfo, str(path), "search_space(self, weights)")
+
+
 def test_plugin_whose_constructor_raises_is_one_line(tmp_path):
     path = tmp_path / "ctor.py"
     path.write_text("from autotl.backbones import Backbone\n"

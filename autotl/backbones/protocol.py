@@ -34,12 +34,12 @@ blocks and cache what its frozen part computes (`autotl.cache.cut`,
 from __future__ import annotations
 
 import abc
-import hashlib
-import json
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
+
+from autotl.backbones.weights import describe_weights_source
 
 IMAGE = "image"
 TEXT = "text"
@@ -153,10 +153,11 @@ class Backbone(abc.ABC):
             return ImagePreprocessor(tuple(config["image_size"]))
         raise NotImplementedError(f"{self.name}: text plugins must define load_preprocessor()")
 
-    def search_space(self) -> dict:
-        """Overrides of the default search space (see `autotl.search.space`), e.g.
-        ``{"unfreeze_depth": {"min": 0, "max": 3}}``. Without one, unfreeze depth
-        ranges over 0 to 2 (see `autotl.search.space.DEFAULT_SPACE`)."""
+    def search_space(self, weights: str) -> dict:
+        """Overrides of the default search space (see `autotl.search.space`) for the weights
+        source `weights`, e.g. ``{"unfreeze_depth": {"min": 0, "max": 3}}``. Without one,
+        unfreeze depth ranges over 0 to 2 (see `autotl.search.space.DEFAULT_SPACE`).
+        It depends on its argument only: autotl may call it before or after the others."""
         return {}
 
     def describe_weights(self, weights: str) -> str:
@@ -196,14 +197,3 @@ class BackboneFamily(abc.ABC):
     def backbone(self, variant: str) -> Backbone:
         """The backbone for `variant`, named ``PREFIX:...``; raise `autotl.errors.AutotlError` for an unknown one."""
 
-
-def describe_weights_source(weights: str) -> str:
-    path = Path(weights).expanduser()
-    if not path.exists():
-        return weights
-    digest = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for file in files:
-        stat = file.stat()
-        digest.update(json.dumps([str(file.relative_to(path.parent)), stat.st_size, stat.st_mtime_ns]).encode())
-    return f"{path.resolve()}#{digest.hexdigest()[:16]}"

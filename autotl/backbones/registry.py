@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Iterable
 
 from autotl.backbones.protocol import MODALITIES, Backbone, BackboneFamily
-from autotl.errors import AutotlError, first_line
+from autotl.errors import AutotlError, typed_first_line
 
 ENTRY_POINT_GROUP = "autotl.backbones"
 
@@ -66,7 +66,7 @@ class Registry:
             raise
         except Exception as exc:  # noqa: BLE001 - a third-party family's failure, in one line
             raise AutotlError(f"backbone family {prefix!r} ({self.family_sources[prefix]}) failed to make "
-                              f"{variant!r}: {_one_line(exc)}") from None
+                              f"{variant!r}: {typed_first_line(exc)}") from None
         problem = _check_backbone(backbone)
         if problem is None and not backbone.name.startswith(f"{prefix}:"):
             problem = f"the family named its backbone {backbone.name!r}, not {prefix}:..."
@@ -113,7 +113,7 @@ def load_registry(plugin_files: Iterable[str | Path] = ()) -> Registry:
             else:
                 registry.add(plugin, source)
         except Exception as exc:  # noqa: BLE001 - any import error of a third-party plugin
-            registry.failures.append(PluginFailure(entry_point.name, source, _one_line(exc)))
+            registry.failures.append(PluginFailure(entry_point.name, source, typed_first_line(exc)))
     for path in plugin_files:
         for backbone in load_plugin_file(path):
             registry.add(backbone, f"file {path}")
@@ -135,7 +135,7 @@ def load_plugin_file(path: str | Path) -> list[Backbone]:
         spec.loader.exec_module(module)
     except Exception as exc:  # noqa: BLE001 - report any import-time failure in one line
         del sys.modules[module_name]
-        raise AutotlError(f"plugin file {path} failed to import: {_one_line(exc)}") from None
+        raise AutotlError(f"plugin file {path} failed to import: {typed_first_line(exc)}") from None
     classes = [obj for obj in vars(module).values()
                if inspect.isclass(obj) and issubclass(obj, Backbone) and obj.__module__ == module_name]
     concrete = [cls for cls in classes if not inspect.isabstract(cls)]
@@ -158,7 +158,7 @@ def _instantiate_from_file(cls: type, path: Path) -> Backbone:
     try:
         return cls()
     except Exception as exc:  # noqa: BLE001 - a plugin's constructor failing, in one line
-        raise AutotlError(f"plugin file {path}: {cls.__name__}() failed: {_one_line(exc)}") from None
+        raise AutotlError(f"plugin file {path}: {cls.__name__}() failed: {typed_first_line(exc)}") from None
 
 
 def _instantiate(plugin) -> Backbone:
@@ -175,10 +175,15 @@ def _check_backbone(backbone) -> str | None:
         return "a backbone needs a `name` without spaces"
     if getattr(backbone, "modality", None) not in MODALITIES:
         return f"modality must be one of {MODALITIES}"
+    if not _takes_one_argument(backbone.search_space):
+        return "search_space() must take the weights source: `def search_space(self, weights)`"
     return None
 
 
-def _one_line(exc: BaseException) -> str:
-    """An import failure with its exception type, which often says more than the message."""
-    message = first_line(exc, default="")
-    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+def _takes_one_argument(method) -> bool:
+    try:
+        inspect.signature(method).bind("weights")
+    except TypeError:
+        return False
+    return True
+

@@ -34,7 +34,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from autotl.errors import first_line
+from autotl.errors import typed_first_line
 from autotl.search.records import Objective, TrainingPlan, TrialData, TrialFailed, TrialOutcome
 
 _SPLITS = ("x_train", "y_train", "x_val", "y_val")
@@ -273,7 +273,7 @@ def _set_up(spec: WorkerSpec):
     import_keras_quietly()
     from autotl.search.hypermodel import TransferHyperModel
     from autotl.backbones.registry import load_registry
-    from autotl.store.store import Store
+    from autotl.store import Store
     from autotl.search.runner import TrialRunner
 
     backbone = load_registry(spec.plugin_files).get(spec.backbone)
@@ -287,7 +287,7 @@ def _set_up(spec: WorkerSpec):
 def _describe(exc: BaseException) -> str:
     where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
     at = f" (at {Path(where.filename).name}:{where.lineno})" if where else ""
-    return f"{type(exc).__name__}: {first_line(exc, default='')}{at}"
+    return f"{typed_first_line(exc)}{at}"
 
 
 def remove_trial_data(directory: Path) -> None:

@@ -34,5 +34,5 @@ class TinyCNN(Backbone):
     def blocks(self, model):
         return [[layer for layer in model.layers if layer.name.startswith(f"block{i}_")] for i in range(3)]
 
-    def search_space(self):
+    def search_space(self, weights):
         return {"unfreeze_depth": {"min": 0, "max": 2}}
