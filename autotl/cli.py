@@ -398,7 +398,7 @@ def report(search_ref: str, out_dir: str, store: str) -> None:
 def predict(model_dir: str, inputs: tuple[str, ...], model_format: str, as_text: bool,
             plugin_files: tuple[str, ...], as_json: bool) -> None:
     """Predict INPUTS (image files, or texts) with an exported model in MODEL_DIR."""
-    from autotl.export.exporter import LoadedModel
+    from autotl.runtime.loaded import LoadedModel
     from autotl.backbones.registry import load_registry
 
     model = LoadedModel(model_dir, model_format, load_registry(plugin_files))

@@ -40,6 +40,7 @@ def main() -> None:
     from autotl import api
 
     from autotl.export import exporter
+    from autotl.runtime.loaded import LoadedModel
     from autotl.backbones.registry import load_registry
     from autotl.store.store import Store
     from autotl.search.runner import VAL_PROBS_NAME
@@ -57,7 +58,7 @@ def main() -> None:
         backbone = load_registry().get("efficientnet_lite0")
         preprocessor = backbone.preprocessor("imagenet", {"image_size": (args.image_size,) * 2})
         _, val = api.load_split(config, "image", preprocessor)
-        probs = exporter.LoadedModel(exported.directory).predict_proba(val.sources)
+        probs = LoadedModel(exported.directory).predict_proba(val.sources)
         checkpoint = store.artifacts(result.search.id, kind="checkpoint", trial_id=result.best.id)[-1]
         expected = np.load(Path(checkpoint.path).parent / VAL_PROBS_NAME)
         parity = float(np.max(np.abs(probs - expected)))

@@ -340,7 +340,7 @@ def parity_inputs(val_dir: Path, count: int) -> list[str]:
 
 def predict_here(export_dir: Path, inputs: list[str]) -> np.ndarray:
     from autotl.backbones import layers  # noqa: F401 - see below
-    from autotl.export.exporter import LoadedModel
+    from autotl.runtime.loaded import LoadedModel
     from autotl.backbones.registry import load_registry
 
     # Without autotl's entry points (not installed on the GPU machine) nothing else may import

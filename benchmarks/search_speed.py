@@ -74,6 +74,7 @@ from trial_memory import rss_mb  # noqa: E402
 from autotl import api
 
 from autotl.export import exporter  # noqa: E402
+from autotl.runtime import loaded  # noqa: E402
 from autotl import data as data_module  # noqa: E402
 from autotl.errors import AutotlError  # noqa: E402
 from autotl.search.records import TrialData  # noqa: E402
@@ -302,7 +303,7 @@ def run_autotl(config: api.SearchConfig, store: Store, test: data_module.Dataset
     result, seconds, rss = measure(memory, lambda: api.search(config, store, reporter=ProgressLines(config.name)))
     exporter.export(store, config.name, export_dir, formats=("keras",))
     inputs = test.sources if test.modality == "image" else list(test.examples)
-    predicted = [p.label for p in exporter.predict(export_dir, inputs)]
+    predicted = [p.label for p in loaded.predict(export_dir, inputs)]
     truth = [test.class_names[label] for label in test.labels]
     trials = [trial_record(trial) for trial in result.trials]
     summary = {

@@ -20,7 +20,7 @@ method, 408 body too slow, 411/400 unreadable body framing, 413 body over
 while reading a body without one) or too many instances, 422 an image or pixel
 array that cannot be used. One line per request is logged to stderr.
 
-The model is loaded through `autotl.export.exporter.LoadedModel` (Keras ``safe_mode``:
+The model is loaded through `autotl.runtime.loaded.LoadedModel` (Keras ``safe_mode``:
 a model file cannot run Python code) and called under a lock, with the image
 bytes or pixels as sent, so it reads them exactly as ``autotl predict`` reads
 files; each image is first decoded once in its request thread to check it.
@@ -68,7 +68,7 @@ class PredictionService:
     """An exported model behind the two endpoints, independent of HTTP."""
 
     def __init__(self, model, max_instances: int = DEFAULT_MAX_INSTANCES):
-        self.model = model  # an autotl.export.exporter.LoadedModel
+        self.model = model  # an autotl.runtime.loaded.LoadedModel
         self.manifest = model.manifest
         self.modality = self.manifest["modality"]
         self.labels = list(model.labels)
@@ -482,7 +482,7 @@ def _stderr_logger() -> Callable[[str], None]:
 def load_service(model_dir: str | Path, model_format: str = "keras", plugin_files: Sequence[str] = (),
                  max_instances: int = DEFAULT_MAX_INSTANCES) -> PredictionService:
     """Load the export in `model_dir` for serving (Keras safe mode: no code from the model file)."""
-    from autotl.export.exporter import LoadedModel
+    from autotl.runtime.loaded import LoadedModel
     from autotl.backbones.registry import load_registry
 
     directory = Path(model_dir).expanduser()
