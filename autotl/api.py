@@ -29,7 +29,7 @@ from autotl.search.lock import SearchLock
 from autotl.search.records import Objective, TrainingPlan, TrialData
 from autotl.insight.progress import Reporter
 from autotl.backbones.registry import Registry, load_registry
-from autotl.store.store import COMPLETED, DEFAULT_STORE, FAILED, INTERRUPTED, Search, Store, Trial
+from autotl.store import COMPLETED, DEFAULT_STORE, FAILED, INTERRUPTED, Search, Store, Trial
 from autotl.search.trial_process import TrialWorker, WorkerSpec, remove_trial_data, save_trial_data
 
 TUNERS = ("random", "bayesian", "hyperband")

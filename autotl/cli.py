@@ -138,7 +138,7 @@ def search(data: str, **options: Any) -> None:
     """
     from autotl import api
     from autotl.insight.progress import ConsoleReporter
-    from autotl.store.store import Store
+    from autotl.store import Store
 
     options["plugin_files"] = list(options["plugin_files"])
     store = Store(options.pop("store"))
@@ -158,7 +158,7 @@ def resume(search_ref: str, store: str) -> None:
     """
     from autotl import api
     from autotl.insight.progress import ConsoleReporter
-    from autotl.store.store import Store
+    from autotl.store import Store
 
     opened = Store(store)
     _print_result(api.resume(search_ref, opened, reporter=ConsoleReporter(opened.get_search(search_ref).objective)))
@@ -182,7 +182,7 @@ def worker(search_ref: str, chief: str, store: str, data: str | None, workdir: s
     from autotl import api
     from autotl.search.distributed import default_tuner_id
     from autotl.insight.progress import ConsoleReporter
-    from autotl.store.store import Store
+    from autotl.store import Store
     from autotl.search.trial_process import die_with_parent
 
     die_with_parent(os.environ.get("AUTOTL_PARENT_PID"))
@@ -214,7 +214,7 @@ def _print_result(result) -> None:
 @handle_errors(needs_keras=False)
 def searches(store: str, as_json: bool) -> None:
     """List the searches in the store."""
-    from autotl.store.store import Store, as_dict
+    from autotl.store import Store, as_dict
 
     opened = Store(store)
     rows = []
@@ -249,7 +249,7 @@ def trials(search_ref: str, store: str, as_json: bool, with_epochs: bool, sort_b
            statuses: tuple[str, ...], conditions: tuple[str, ...], limit: int | None) -> None:
     """List the trials of SEARCH (a name or id) with their hyperparameters and results."""
     from autotl.errors import UsageError
-    from autotl.store.store import Store, as_dict
+    from autotl.store import Store, as_dict
 
     wanted = _parse_where(conditions)
     opened = Store(store)
@@ -326,7 +326,7 @@ def _sort_trials(trials: list, sort_by: str, direction: str) -> list:
 @handle_errors(needs_keras=False)
 def best(search_ref: str, store: str, as_json: bool) -> None:
     """Show the best completed trial of SEARCH."""
-    from autotl.store.store import Store, as_dict
+    from autotl.store import Store, as_dict
 
     opened = Store(store)
     search = opened.get_search(search_ref)
@@ -358,7 +358,7 @@ def export(search_ref: str, out_dir: str, formats: tuple[str, ...], store: str, 
     """Export the best model of SEARCH, with its manifest autotl.json."""
     from autotl.export import exporter
     from autotl.backbones.registry import load_registry
-    from autotl.store.store import Store
+    from autotl.store import Store
 
     opened = Store(store)
     search = opened.get_search(search_ref)
@@ -378,7 +378,7 @@ def report(search_ref: str, out_dir: str, store: str) -> None:
     """Write an HTML report of SEARCH (a name or id): progress, hyperparameters, learning curves,
     confusion matrix of the best model, and every trial. It opens offline (plots are PNG files beside it)."""
     from autotl.insight.report import write_report
-    from autotl.store.store import Store
+    from autotl.store import Store
 
     result = write_report(Store(store), search_ref, out_dir)
     for note in result.notes:

@@ -42,7 +42,7 @@ def main() -> None:
     from autotl.export import exporter
     from autotl.runtime.loaded import LoadedModel
     from autotl.backbones.registry import load_registry
-    from autotl.store.store import Store
+    from autotl.store import Store
     from autotl.search.runner import VAL_PROBS_NAME
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -246,7 +246,7 @@ def _run(command: list[str]) -> str | None:
 def run_search(args, paths: dict[str, Path], workdir: Path):
     from autotl import api
     from autotl.insight.progress import ConsoleReporter
-    from autotl.store.store import Store
+    from autotl.store import Store
 
     space = workdir / "space.json"
     space.write_text(json.dumps({"unfreeze_depth": {"min": 0, "max": args.max_depth}}))

@@ -26,7 +26,7 @@ from autotl.cache.entries import ActivationCache
 from autotl.cache.source import ActivationSource
 from autotl.search.hypermodel import ReusableBackbone, TransferHyperModel
 from autotl.search.records import TrialData
-from autotl.store.store import Store
+from autotl.store import Store
 
 
 def runs_here() -> bool:

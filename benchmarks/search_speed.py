@@ -80,7 +80,7 @@ from autotl.errors import AutotlError  # noqa: E402
 from autotl.search.records import TrialData  # noqa: E402
 from autotl.insight.progress import Reporter  # noqa: E402
 from autotl.backbones.registry import load_registry  # noqa: E402
-from autotl.store.store import Store  # noqa: E402
+from autotl.store import Store  # noqa: E402
 
 IMAGE_SIZE = 96
 SEQUENCE_LENGTH = 64

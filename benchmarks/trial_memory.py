@@ -26,7 +26,7 @@ from common import write_mnist_digits  # noqa: E402
 
 from autotl import api  # noqa: E402
 from autotl.insight.progress import Reporter  # noqa: E402
-from autotl.store.store import Store  # noqa: E402
+from autotl.store import Store  # noqa: E402
 from autotl.search.trial_process import resident_mb  # noqa: E402
 
 

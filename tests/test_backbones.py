@@ -23,7 +23,7 @@ from PIL import Image
 from autotl import api
 from autotl.data import read_image
 from autotl.backbones.registry import load_registry
-from autotl.store.store import COMPLETED, Store
+from autotl.store import COMPLETED, Store
 from autotl.search.runner import VAL_PROBS_NAME
 
 from conftest import run_cli

@@ -232,7 +232,7 @@ def write_plugins(bad: Path) -> None:
 
 def add_search_without_completed_trial(url: str, data: Path, workdir: Path) -> None:
     """A search whose only trial failed, written through the Store API as a search would."""
-    from autotl.store.store import FAILED, Store
+    from autotl.store import FAILED, Store
 
     store = Store(url)
     try:

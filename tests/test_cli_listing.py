@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from autotl.store.store import COMPLETED, FAILED, INTERRUPTED, Store, Trial
+from autotl.store import COMPLETED, FAILED, INTERRUPTED, Store, Trial
 
 from conftest import TINY_PLUGIN, run_cli
 

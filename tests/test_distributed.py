@@ -10,7 +10,7 @@ import socket
 import subprocess
 import time
 
-from autotl.store.store import COMPLETED, RUNNING, Store
+from autotl.store import COMPLETED, RUNNING, Store
 
 from conftest import TINY_PLUGIN, autotl_command
 

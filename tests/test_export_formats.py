@@ -19,7 +19,7 @@ from autotl import api
 
 from autotl.backbones import layers  # noqa: F401 - layers: the reference loads the checkpoint, which holds autotl's
 from autotl.data import read_image
-from autotl.store.store import Store
+from autotl.store import Store
 
 from conftest import REPO, TINY_PLUGIN, run_cli
 

@@ -18,7 +18,7 @@ from autotl.backbones import ImagePreprocessor
 from autotl.search.hypermodel import set_unfreeze_depth
 from autotl.backbones.layers import PixelNormalization
 from autotl.backbones.registry import load_registry
-from autotl.store.store import COMPLETED, Store
+from autotl.store import COMPLETED, Store
 
 from conftest import run_cli
 from test_backbones import assert_close, saved_probabilities, validation_inputs

@@ -19,7 +19,7 @@ from autotl import api
 from autotl.backbones import IMAGE, TEXT, ImagePreprocessor
 from autotl.errors import AutotlError
 from autotl.backbones.registry import load_registry
-from autotl.store.store import COMPLETED, Store
+from autotl.store import COMPLETED, Store
 
 from conftest import run_cli
 

@@ -17,7 +17,7 @@ import pytest
 from autotl import api
 
 from autotl.insight import report
-from autotl.store.store import FAILED, Store
+from autotl.store import FAILED, Store
 from autotl.search.runner import VAL_PROBS_NAME
 
 from conftest import TINY_PLUGIN, run_cli

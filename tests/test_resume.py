@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from autotl.store.store import COMPLETED, FAILED, INTERRUPTED, RUNNING, Store
+from autotl.store import COMPLETED, FAILED, INTERRUPTED, RUNNING, Store
 
 from conftest import TINY_PLUGIN, autotl_command, run_cli
 

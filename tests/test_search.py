@@ -12,7 +12,7 @@ import pytest
 
 from autotl import api
 from autotl.backbones.registry import load_registry
-from autotl.store.store import COMPLETED, Store
+from autotl.store import COMPLETED, Store
 from autotl.search.runner import VAL_PROBS_NAME
 
 from conftest import TINY_PLUGIN, run_cli

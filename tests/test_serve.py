@@ -31,7 +31,7 @@ from PIL import Image
 from autotl import api
 
 from autotl.export import exporter
-from autotl.store.store import Store
+from autotl.store import Store
 
 from conftest import REPO, TINY_PLUGIN, autotl_command, run_cli
 

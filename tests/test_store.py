@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from autotl.errors import AutotlError
-from autotl.store.store import COMPLETED, FAILED, INTERRUPTED, RUNNING, SCHEMA_VERSION, Store
+from autotl.store import COMPLETED, FAILED, INTERRUPTED, RUNNING, SCHEMA_VERSION, Store
 
 
 def search_fields(name: str = "s1", direction: str = "max", **extra) -> dict:

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 
 from autotl.store import store as store_module
 from autotl.errors import AutotlError
-from autotl.store.store import COMPLETED, FAILED, SCHEMA_VERSION, Store
+from autotl.store import COMPLETED, FAILED, SCHEMA_VERSION, Store
 
 from test_store import add_trial, search_fields
 
@@ -34,7 +34,7 @@ METRICS_PER_TRIAL = sum(len(metrics) for metrics in EPOCHS.values())
 # and prints what happened as JSON. Errors in writing are counted, not raised, so all are seen.
 WRITER = r"""
 import json, sys, time
-from autotl.store.store import COMPLETED, Store
+from autotl.store import COMPLETED, Store
 
 url, search_id, worker, trials, create_search = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5] == "1"
 epochs = json.loads(sys.argv[6])

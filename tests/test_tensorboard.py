@@ -12,7 +12,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import api_pb2, metadata
 
-from autotl.store.store import COMPLETED, Store
+from autotl.store import COMPLETED, Store
 
 from conftest import TINY_PLUGIN, autotl_command, run_cli
 

@@ -30,7 +30,7 @@ from typing import Any, Sequence
 
 from autotl.errors import AutotlError, UsageError
 from autotl.backbones.registry import Registry
-from autotl.store.store import Store
+from autotl.store import Store
 from autotl.export.manifest import (DEFAULT_FORMATS, FORMAT_PATHS, FORMATS, KERAS_FILE, MANIFEST, build_manifest,
                                     describe_inputs, file_checksums, graph_tokenizer, tree_checksum, tree_size)
 from autotl.export.tf_formats import PREPROCESSOR_DIR, export_formats

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 from autotl.export.tf_formats import (IMAGES_INPUT, MODEL_SIGNATURE, ONNX_FILE, OUTPUT, PIXELS_INPUT, PIXELS_SIGNATURE,
                                       PREPROCESSOR_DIR, RAW_SIGNATURE, SAVED_MODEL_DIR, TEXTS_INPUT, TFLITE_FILE,
                                       takes_pixels)
-from autotl.store.store import Search, Store, Trial
+from autotl.store import Search, Store, Trial
 
 MANIFEST = "autotl.json"
 MANIFEST_VERSION = 2  # 2: `inputs` per format; SavedModel, ONNX and TFLite take raw inputs

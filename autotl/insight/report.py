@@ -27,7 +27,7 @@ import numpy as np
 
 from autotl import __version__
 from autotl.errors import AutotlError, first_line
-from autotl.store.store import COMPLETED, EpochMetric, Search, Store, Trial
+from autotl.store import COMPLETED, EpochMetric, Search, Store, Trial
 
 INDEX = "index.html"
 PLOTS_DIR = "plots"

@@ -1,17 +1,15 @@
-"""The SQL store: every search, trial, epoch metric and artifact, through SQLAlchemy.
+"""The SQL store: the `Store` facade over every search, trial, epoch metric and artifact.
 
-One row per search; one per trial, written when the trial starts and updated when
-it ends (so a crash keeps everything written before it); one per (trial, phase,
-epoch, metric name) like optuna's intermediate values; one per artifact (the best
-checkpoint, each export). Any SQLAlchemy URL works; a SQLite file is the default
-and is opened in WAL mode with a busy timeout so readers and a writer coexist, and
-every transaction on it takes the write lock up front (``BEGIN IMMEDIATE``) so
-concurrent writers wait their turn instead of failing with "database is locked".
+The tables are in `autotl.store.models`, their history in `autotl.store.migrations`.
+Any SQLAlchemy URL works; a SQLite file is the default and is opened in WAL mode
+with a busy timeout so readers and a writer coexist, and every transaction on it
+takes the write lock up front (``BEGIN IMMEDIATE``) so concurrent writers wait their
+turn instead of failing with "database is locked". On a server, the few writes that
+can collide (numbering a trial, creating a new store) are retried.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import random
 import time
 from pathlib import Path
@@ -20,16 +18,13 @@ from typing import Any, Callable, TypeVar
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, SQLAlchemyError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from autotl.errors import AutotlError, first_line
+from autotl.store.migrations import SCHEMA_VERSION, upgrade
+from autotl.store.models import (COMPLETED, INTERRUPTED, RUNNING, Artifact, Base, EpochMetric, Meta, Search, Trial,
+                                 utc_now)
 
-SCHEMA_VERSION = 2
-# Upgrades of an existing store, by the version they bring it to. Each adds what that
-# version added; rows are never rewritten. A fresh store is created at SCHEMA_VERSION.
-MIGRATIONS: dict[int, list[str]] = {
-    2: ["ALTER TABLE trials ADD COLUMN data_path JSON"],
-}
 DEFAULT_STORE = "sqlite:///autotl.db"
 SQLITE_BUSY_TIMEOUT_S = 60
 # start_trial numbers trials max+1; writers that race for a number retry this many times.
@@ -38,89 +33,6 @@ TRIAL_NUMBER_ATTEMPTS = 20
 CREATE_ATTEMPTS = 5
 
 _T = TypeVar("_T")
-
-RUNNING, COMPLETED, FAILED, INTERRUPTED = "running", "completed", "failed", "interrupted"
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
-
-
-class Base(DeclarativeBase):
-    type_annotation_map = {dict: sa.JSON, list: sa.JSON}
-
-
-class Meta(Base):
-    __tablename__ = "autotl_meta"
-    key: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
-    value: Mapped[str] = mapped_column(sa.String(256))
-
-
-class Search(Base):
-    __tablename__ = "searches"
-    id: Mapped[int] = mapped_column(primary_key=True)
-    name: Mapped[str] = mapped_column(sa.String(200), unique=True)
-    backbone: Mapped[str] = mapped_column(sa.String(100))
-    weights: Mapped[str] = mapped_column(sa.Text)
-    modality: Mapped[str] = mapped_column(sa.String(16))
-    dataset_path: Mapped[str] = mapped_column(sa.Text)
-    dataset_fingerprint: Mapped[str] = mapped_column(sa.String(64))
-    labels: Mapped[list] = mapped_column()
-    config: Mapped[dict] = mapped_column()
-    objective: Mapped[str] = mapped_column(sa.String(100))
-    direction: Mapped[str] = mapped_column(sa.String(3))
-    status: Mapped[str] = mapped_column(sa.String(16), default=RUNNING)
-    error: Mapped[str | None] = mapped_column(sa.Text)
-    workdir: Mapped[str] = mapped_column(sa.Text)
-    created_at: Mapped[dt.datetime] = mapped_column(default=_now)
-    finished_at: Mapped[dt.datetime | None] = mapped_column()
-    trials: Mapped[list["Trial"]] = relationship(back_populates="search", order_by="Trial.number")
-
-
-class Trial(Base):
-    __tablename__ = "trials"
-    __table_args__ = (sa.UniqueConstraint("search_id", "number"),)
-    id: Mapped[int] = mapped_column(primary_key=True)
-    search_id: Mapped[int] = mapped_column(sa.ForeignKey("searches.id", ondelete="CASCADE"), index=True)
-    number: Mapped[int] = mapped_column()
-    tuner_trial_id: Mapped[str] = mapped_column(sa.String(64))
-    status: Mapped[str] = mapped_column(sa.String(16), default=RUNNING)
-    hyperparameters: Mapped[dict] = mapped_column()
-    value: Mapped[float | None] = mapped_column()
-    best_phase: Mapped[str | None] = mapped_column(sa.String(16))
-    best_epoch: Mapped[int | None] = mapped_column()
-    metrics: Mapped[dict | None] = mapped_column()
-    data_path: Mapped[dict | None] = mapped_column()  # how the data reached the model (cache hit, ...)
-    error: Mapped[str | None] = mapped_column(sa.Text)
-    started_at: Mapped[dt.datetime] = mapped_column(default=_now)
-    finished_at: Mapped[dt.datetime | None] = mapped_column()
-    duration_s: Mapped[float | None] = mapped_column()
-    search: Mapped[Search] = relationship(back_populates="trials")
-
-
-class EpochMetric(Base):
-    __tablename__ = "epoch_metrics"
-    __table_args__ = (sa.UniqueConstraint("trial_id", "phase", "epoch", "name"),)
-    id: Mapped[int] = mapped_column(primary_key=True)
-    trial_id: Mapped[int] = mapped_column(sa.ForeignKey("trials.id", ondelete="CASCADE"), index=True)
-    phase: Mapped[str] = mapped_column(sa.String(16))
-    epoch: Mapped[int] = mapped_column()
-    name: Mapped[str] = mapped_column(sa.String(100))
-    value: Mapped[float | None] = mapped_column()
-    logged_at: Mapped[dt.datetime] = mapped_column(default=_now)
-
-
-class Artifact(Base):
-    __tablename__ = "artifacts"
-    id: Mapped[int] = mapped_column(primary_key=True)
-    search_id: Mapped[int] = mapped_column(sa.ForeignKey("searches.id", ondelete="CASCADE"), index=True)
-    trial_id: Mapped[int | None] = mapped_column(sa.ForeignKey("trials.id", ondelete="SET NULL"))
-    kind: Mapped[str] = mapped_column(sa.String(32))  # "checkpoint" | "export"
-    format: Mapped[str] = mapped_column(sa.String(32))
-    path: Mapped[str] = mapped_column(sa.Text)
-    sha256: Mapped[str | None] = mapped_column(sa.String(64))
-    size_bytes: Mapped[int | None] = mapped_column(sa.BigInteger)
-    created_at: Mapped[dt.datetime] = mapped_column(default=_now)
 
 
 def normalize_url(url_or_path: str | Path) -> str:
@@ -238,22 +150,7 @@ class Store:
         if version > SCHEMA_VERSION:
             raise AutotlError(f"store {self.display_url} has schema version {version}, newer than this autotl "
                               f"understands ({SCHEMA_VERSION}): upgrade autotl")
-        for target in range(version + 1, SCHEMA_VERSION + 1):
-            self._migrate_to(target)
-
-    def _migrate_to(self, target: int) -> None:
-        """One upgrade step, skipped if another process opening the store made it meanwhile.
-
-        The stamp's row is locked first (FOR UPDATE; SQLite's write lock is already
-        held), so concurrent openers apply each step once, one after the other.
-        """
-        with self.engine.begin() as connection:
-            stamp = sa.select(Meta.value).where(Meta.key == "schema_version").with_for_update()
-            if int(connection.scalar(stamp)) >= target:
-                return
-            for statement in MIGRATIONS[target]:
-                connection.execute(sa.text(statement))
-            connection.execute(sa.update(Meta).where(Meta.key == "schema_version").values(value=str(target)))
+        upgrade(self.engine, version)
 
     @property
     def schema_version(self) -> int:
@@ -291,7 +188,7 @@ class Store:
     def finish_search(self, search_id: int, status: str, error: str | None = None) -> None:
         with self.session() as session:
             search = session.get(Search, search_id)
-            search.status, search.error, search.finished_at = status, error, _now()
+            search.status, search.error, search.finished_at = status, error, utc_now()
 
     def reopen_search(self, search_id: int) -> Search:
         """Mark a search running again, to resume it."""
@@ -331,7 +228,7 @@ class Store:
             running = list(session.scalars(
                 sa.select(Trial).where(Trial.search_id == search_id, Trial.status == RUNNING)))
             for trial in running:
-                trial.status, trial.error, trial.finished_at = INTERRUPTED, reason, _now()
+                trial.status, trial.error, trial.finished_at = INTERRUPTED, reason, utc_now()
                 trial.duration_s = (trial.finished_at - trial.started_at).total_seconds()
             return len(running)
 
@@ -350,7 +247,7 @@ class Store:
             trial.status, trial.error, trial.data_path = status, error, data_path
             trial.value, trial.best_phase, trial.best_epoch = _finite_or_none(value), best_phase, best_epoch
             trial.metrics = metrics
-            trial.finished_at = _now()
+            trial.finished_at = utc_now()
             trial.duration_s = (trial.finished_at - trial.started_at).total_seconds()
             return trial
 
@@ -501,12 +398,3 @@ def _finite_or_none(value: Any) -> float | None:
 def _first_line(exc: BaseException) -> str:
     """SQLAlchemy wraps the driver's error, whose own message is the informative one."""
     return first_line(getattr(exc, "orig", None) or exc)
-
-
-def as_dict(row: Any) -> dict[str, Any]:
-    """A row's columns as a JSON-friendly dict (datetimes as ISO strings)."""
-    out = {}
-    for column in row.__table__.columns:
-        value = getattr(row, column.key)
-        out[column.key] = value.isoformat() if isinstance(value, dt.datetime) else value
-    return out
