@@ -158,7 +158,7 @@ def test_an_onnx_export_without_onnx_installed_says_what_to_install(exported, tm
 
 def test_in_model_resize_is_pillows_bilinear_bit_for_bit():
     """The resize inside image exports against Pillow itself, on sizes up, down, tall, wide and unchanged."""
-    from autotl.export.tf_formats import pil_resize, pillow_vertical_first
+    from autotl.export.image_ops import pil_resize, pillow_vertical_first
 
     rng = np.random.default_rng(7)
     cases = [((28, 28), (16, 16)), ((16, 16), (16, 16)), ((120, 20), (16, 16)), ((20, 90), (16, 16)),
@@ -174,7 +174,7 @@ def test_in_model_resize_is_pillows_bilinear_bit_for_bit():
 
 
 def test_in_model_alpha_flattening_is_pillows():
-    from autotl.export.tf_formats import flatten_alpha
+    from autotl.export.image_ops import flatten_alpha
 
     rgba = np.random.default_rng(3).integers(0, 256, (64, 64, 4), dtype=np.uint8)
     rgba[:8, :, 3] = 0
