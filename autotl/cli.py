@@ -216,13 +216,8 @@ def searches(store: str, as_json: bool) -> None:
     """List the searches in the store."""
     from autotl.store import Store, as_dict
 
-    opened = Store(store)
-    rows = []
-    for search in opened.list_searches():
-        best = opened.best_trial(search)
-        row = as_dict(search)
-        row.update(trials=len(opened.list_trials(search.id)), best_value=best.value if best else None)
-        rows.append(row)
+    rows = [{**as_dict(summary.search), "trials": summary.trials, "best_value": summary.best_value}
+            for summary in Store(store).search_summaries()]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -248,22 +243,12 @@ def searches(store: str, as_json: bool) -> None:
 def trials(search_ref: str, store: str, as_json: bool, with_epochs: bool, sort_by: str,
            statuses: tuple[str, ...], conditions: tuple[str, ...], limit: int | None) -> None:
     """List the trials of SEARCH (a name or id) with their hyperparameters and results."""
-    from autotl.errors import UsageError
-    from autotl.store import Store, as_dict
+    from autotl.store import Store, as_dict, parse_where
 
-    wanted = _parse_where(conditions)
+    wanted = parse_where(conditions)
     opened = Store(store)
     search = opened.get_search(search_ref)
-    listed = opened.list_trials(search.id)
-    known = {name for trial in listed for name in trial.hyperparameters}
-    unknown = [name for name in wanted if listed and name not in known]
-    if unknown:
-        raise UsageError(f"--where: search {search.name!r} has no hyperparameter {unknown[0]!r} "
-                         f"(it has {', '.join(sorted(known))})")
-    selected = [t for t in listed if (not statuses or t.status in statuses)
-                and all(name in t.hyperparameters and _hp_matches(t.hyperparameters[name], value)
-                        for name, value in wanted.items())]
-    selected = _sort_trials(selected, sort_by, search.direction)[:limit]
+    selected = opened.select_trials(search, statuses=statuses, where=wanted, sort=sort_by, limit=limit)
     rows = []
     for trial in selected:
         row = as_dict(trial)
@@ -280,43 +265,6 @@ def trials(search_ref: str, store: str, as_json: bool, with_epochs: bool, sort_b
               "data": (r["data_path"] or {}).get("status", ""),
               "hyperparameters": _format_hp(r["hyperparameters"])} for r in rows]
     _table(table, ["trial", "status", search.objective, "best", "seconds", "data", "hyperparameters"])
-
-
-def _parse_where(conditions: tuple[str, ...]) -> dict[str, str]:
-    from autotl.errors import UsageError
-
-    wanted: dict[str, str] = {}
-    for condition in conditions:
-        name, sep, value = condition.partition("=")
-        if not sep or not name.strip():
-            raise UsageError(f"--where takes NAME=VALUE (e.g. unfreeze_depth=2), not {condition!r}")
-        wanted[name.strip()] = value.strip()
-    return wanted
-
-
-def _hp_matches(value: Any, wanted: str) -> bool:
-    """A hyperparameter's value is `wanted` as the listing prints it, or as a number (0.3 is 0.30000000000000004)."""
-    import math
-
-    if isinstance(value, bool):
-        return wanted.lower() in (("true", "1", "yes") if value else ("false", "0", "no"))
-    if isinstance(value, (int, float)):
-        try:
-            number = float(wanted)
-        except ValueError:
-            return False
-        return math.isclose(value, number, rel_tol=1e-9, abs_tol=1e-12) or \
-            (isinstance(value, float) and f"{value:.3g}" == wanted)
-    return str(value) == wanted
-
-
-def _sort_trials(trials: list, sort_by: str, direction: str) -> list:
-    if sort_by == "value":  # best first; trials without a value last
-        sign = -1 if direction == "max" else 1
-        return sorted(trials, key=lambda t: (t.value is None, sign * (t.value or 0.0), t.number))
-    if sort_by == "duration":  # longest first; trials still running (no duration) last
-        return sorted(trials, key=lambda t: (t.duration_s is None, -(t.duration_s or 0.0), t.number))
-    return sorted(trials, key=lambda t: t.number)
 
 
 @main.command()

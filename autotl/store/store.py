@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 import time
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Collection, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -24,6 +24,8 @@ from autotl.errors import AutotlError, first_line
 from autotl.store.migrations import SCHEMA_VERSION, upgrade
 from autotl.store.models import (COMPLETED, INTERRUPTED, RUNNING, Artifact, Base, EpochMetric, Meta, Search, Trial,
                                  utc_now)
+from autotl.store.queries import (SearchSummary, check_where_names, filter_trials, search_summary_query, sort_trials,
+                                  summarize)
 
 DEFAULT_STORE = "sqlite:///autotl.db"
 SQLITE_BUSY_TIMEOUT_S = 60
@@ -185,6 +187,11 @@ class Store:
         with self.session() as session:
             return list(session.scalars(sa.select(Search).order_by(Search.id)))
 
+    def search_summaries(self) -> list[SearchSummary]:
+        """Every search with its number of trials and best value (as `best_trial` picks it), in one query."""
+        with self.session() as session:
+            return [summarize(*row) for row in session.execute(search_summary_query())]
+
     def finish_search(self, search_id: int, status: str, error: str | None = None) -> None:
         with self.session() as session:
             search = session.get(Search, search_id)
@@ -254,6 +261,18 @@ class Store:
     def list_trials(self, search_id: int) -> list[Trial]:
         with self.session() as session:
             return list(session.scalars(sa.select(Trial).where(Trial.search_id == search_id).order_by(Trial.number)))
+
+    def select_trials(self, search: Search, *, statuses: Collection[str] = (), where: dict[str, str] | None = None,
+                      sort: str = "number", limit: int | None = None) -> list[Trial]:
+        """The trials of `search` with one of `statuses` (any, when empty) whose hyperparameters meet `where`.
+
+        Sorted by `sort` ("number"; "value", best first; "duration", longest first) and cut
+        to `limit`. A `where` name that none of the search's trials has is a UsageError.
+        """
+        listed = self.list_trials(search.id)
+        where = where or {}
+        check_where_names(listed, where, search.name)
+        return sort_trials(filter_trials(listed, statuses, where), sort, search.direction)[:limit]
 
     def best_trial(self, search: Search) -> Trial | None:
         """The completed trial with the best objective value (ties: the earliest)."""
