@@ -1,28 +1,30 @@
-"""The Python API. The CLI (`autotl.cli`) is a thin shell over these functions.
+"""The Python API: run a search, resume it, or join one as a distributed worker. The CLI
+(`autotl.cli`) is a thin shell over these functions.
 
     from autotl import api
     result = api.search(api.SearchConfig(data="photos/", backbone="efficientnet_lite0", max_trials=5))
-    api.export(result.store, result.search.name, "exported/")
-    api.predict("exported/", ["photos/cat/1.jpg"])
+    print(result.best.value, result.best.hyperparameters)
+
+`search`, `resume` and `join` are the entry points; the configuration they take lives in
+`autotl.config`. Exporting the best model is `autotl.export.exporter.export`, and predicting
+with an export `autotl.runtime.loaded.predict`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import json
 import os
 import re
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from autotl import data as data_module
 from autotl.search import space as space_module
-from autotl.backbones.protocol import Backbone, Preprocessor
+from autotl.config import (Prepared, SearchConfig, check_resumable, check_same_options, config_from_record,
+                           config_record, load_split, split_fingerprint)
 from autotl.search.distributed import OracleServer, default_tuner_id, parse_address, worker_environment
 from autotl.errors import AutotlError, UsageError, first_line
 from autotl.search.lock import SearchLock
@@ -32,94 +34,10 @@ from autotl.backbones.registry import Registry, load_registry
 from autotl.store import COMPLETED, DEFAULT_STORE, FAILED, INTERRUPTED, Search, Store, Trial
 from autotl.search.trial_process import TrialWorker, WorkerSpec, remove_trial_data, save_trial_data
 
-TUNERS = ("random", "bayesian", "hyperband")
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
-CACHE_DTYPES = ("auto", "float32", "float16")
+__all__ = ["SearchConfig", "SearchResult", "config_from_record", "join", "load_split", "objective_direction",
+           "resume", "search"]
+
 TRIAL_DATA_DIR = "data"  # inside the search's work folder, while trial workers run
-# What must match for `autotl search --name NAME` to resume an unfinished search of that name
-# (the data are compared by fingerprint); the rest (cache, precision, workers) may change.
-RESUME_OPTIONS = ("data", "backbone", "tuner", "max_trials", "epochs", "finetune_epochs", "batch_size", "patience",
-                  "seed", "objective", "val_split", "val_data", "image_size", "sequence_length", "text_col",
-                  "label_col", "space_file")
-RESUME_FIELDS = ("weights", "space", "preprocessing")  # compared once the data and backbone are loaded
-PATH_OPTIONS = ("data", "val_data", "space_file", "cache_dir", "tensorboard_dir")  # stored absolute
-
-
-@dataclass
-class SearchConfig:
-    """Everything a search needs; the CLI's options map one to one onto these fields."""
-
-    data: str
-    backbone: str
-    weights: str | None = None
-    name: str | None = None
-    tuner: str = "random"
-    max_trials: int = 5
-    epochs: int = 10
-    finetune_epochs: int | None = None
-    batch_size: int = 32
-    patience: int = 3
-    seed: int = 0
-    objective: str = "val_accuracy"
-    val_split: float = 0.2
-    val_data: str | None = None
-    image_size: int | None = None
-    sequence_length: int | None = None
-    text_col: str = "text"
-    label_col: str = "label"
-    space_file: str | None = None
-    workdir: str = "autotl_runs"
-    trials_per_worker: int = 25
-    worker_memory_growth_mb: int = 1024
-    precision: str = "float32"
-    cache: bool = True
-    cache_dir: str | None = None
-    cache_dtype: str = "auto"
-    cache_memory_mb: int | None = None  # None: a quarter of this machine's memory
-    strict: bool = False
-    max_failures: int = 5
-    workers: int = 0  # > 0: a chief oracle here and this many tuner worker processes (KerasTuner's distributed mode)
-    oracle_address: str = "127.0.0.1:0"  # where the chief listens; port 0 picks a free one
-    plugin_files: list[str] = field(default_factory=list)
-    tensorboard_dir: str | None = None  # log each trial for TensorBoard under DIR/<search name>/trial_NNN
-
-    def validate(self) -> None:
-        if self.tuner not in TUNERS:
-            raise UsageError(f"unknown tuner {self.tuner!r} (use one of {', '.join(TUNERS)})")
-        if self.precision not in PRECISIONS:
-            raise UsageError(f"unknown precision {self.precision!r} (use one of {', '.join(PRECISIONS)})")
-        if self.cache_dtype not in CACHE_DTYPES:
-            raise UsageError(f"unknown cache dtype {self.cache_dtype!r} (use one of {', '.join(CACHE_DTYPES)})")
-        for option, value in (("max-trials", self.max_trials), ("epochs", self.epochs),
-                              ("batch-size", self.batch_size)):
-            if value < 1:
-                raise UsageError(f"--{option} must be at least 1")
-        if self.cache_memory_mb is not None and self.cache_memory_mb < 0:
-            raise UsageError("--cache-memory cannot be negative")
-        if self.max_failures < 1:
-            raise UsageError("--max-failures must be at least 1")
-        if self.workers < 0:
-            raise UsageError("--workers cannot be negative")
-        parse_address(self.oracle_address, allow_port_zero=True)
-        if self.worker_memory_growth_mb < 1:
-            raise UsageError("--worker-memory-growth must be at least 1 (MB)")
-        if self.trials_per_worker < 0:
-            raise UsageError("--trials-per-worker cannot be negative (0 runs trials in the search process)")
-        if self.finetune_epochs is not None and self.finetune_epochs < 0:
-            raise UsageError("--finetune-epochs cannot be negative")
-        if self.seed < 0:
-            raise UsageError("--seed cannot be negative")
-        if not 0 < self.val_split < 1:
-            raise UsageError("--val-split must be between 0 and 1")
-        if not (self.objective.startswith("val_")):
-            raise UsageError(f"--objective must be a validation metric such as val_accuracy or val_loss, "
-                             f"not {self.objective!r}")
-        if self.objective not in ("val_accuracy", "val_loss"):
-            raise UsageError("--objective must be val_accuracy or val_loss")
-        if self.tensorboard_dir is not None:
-            from autotl.insight.board import require_tensorboard
-
-            require_tensorboard()
 
 
 @dataclass
@@ -149,7 +67,7 @@ def search(config: SearchConfig, store: Store | str = DEFAULT_STORE, reporter: R
     reporter = reporter or Reporter()
     existing = _find_search(store, config.name)
     if existing is not None:
-        _check_same_options(existing, config)
+        check_same_options(existing, config)
         if existing.status == COMPLETED:
             return _result(store, existing, already_finished=True)
     worker = None
@@ -159,7 +77,7 @@ def search(config: SearchConfig, store: Store | str = DEFAULT_STORE, reporter: R
     try:
         prepared = _prepare(config, registry or load_registry(config.plugin_files))
         if existing is not None:
-            _check_resumable(existing, config, prepared)
+            check_resumable(existing, config, prepared)
         row = existing or _create_search_row(store, config, prepared)
         with SearchLock(row.workdir, row.name):
             if existing is not None:
@@ -209,7 +127,7 @@ def join(search_ref: str | int, chief: str, store: Store | str = DEFAULT_STORE, 
         worker.launch()
     try:
         prepared = _prepare(config, registry or load_registry(config.plugin_files))
-        if _split_fingerprint(prepared.train, prepared.val) != row.dataset_fingerprint:
+        if split_fingerprint(prepared.train, prepared.val) != row.dataset_fingerprint:
             raise AutotlError(f"the data at {config.data} differ from the data search {row.name!r} was started "
                               "on (fingerprints differ); point --data at the same data")
         if workdir is not None:
@@ -243,7 +161,7 @@ def _reopen(store: Store, row: Search, config: SearchConfig, reporter: Reporter)
     return store.reopen_search(row.id)
 
 
-def _run_search(config: SearchConfig, store: Store, row: Search, prepared: "_Prepared", reporter: Reporter,
+def _run_search(config: SearchConfig, store: Store, row: Search, prepared: "Prepared", reporter: Reporter,
                 worker: TrialWorker | None, resume: bool) -> None:
     """Run the tuner and record how the search ended; errors leave as one-line AutotlErrors."""
     from autotl.search.tuner import TooManyFailures
@@ -269,46 +187,33 @@ def _run_search(config: SearchConfig, store: Store, row: Search, prepared: "_Pre
         raise AutotlError(f"search {row.name!r} failed: {first_line(exc)}") from exc
 
 
-@dataclass
-class _Prepared:
-    """What a search needs once the user's input has been checked and loaded."""
-
-    backbone: Backbone
-    weights: str
-    preprocessor_options: dict[str, Any]
-    preprocessor: Preprocessor
-    space: dict[str, Any]
-    train: data_module.Dataset
-    val: data_module.Dataset
-
-
-def _prepare(config: SearchConfig, registry: Registry) -> _Prepared:
+def _prepare(config: SearchConfig, registry: Registry) -> Prepared:
     backbone = registry.get(config.backbone)
     weights = config.weights or backbone.default_weights
     user_space = space_module.load_space_file(config.space_file) if config.space_file else None
     options = {"image_size": _image_size(config.image_size), "sequence_length": config.sequence_length}
     preprocessor = backbone.preprocessor(weights, options)
     # After the preprocessor: a plugin may size its proposals (e.g. BERT's layer count) by the weights.
-    space = space_module.build_space(backbone.modality, backbone.search_space(), user_space)
+    space = space_module.build_space(backbone.modality, backbone.search_space(weights), user_space)
     train, val = load_split(config, backbone.modality, preprocessor)
     _check_build(backbone, weights, preprocessor)
     _check_precision(config.precision)
-    return _Prepared(backbone, weights, options, preprocessor, space, train, val)
+    return Prepared(backbone, weights, options, preprocessor, space, train, val)
 
 
-def _create_search_row(store: Store, config: SearchConfig, prepared: _Prepared) -> Search:
+def _create_search_row(store: Store, config: SearchConfig, prepared: Prepared) -> Search:
     name = config.name or _default_name(prepared.backbone.name)
     return store.create_search(
         name=name, backbone=prepared.backbone.name, weights=prepared.weights, modality=prepared.backbone.modality,
         dataset_path=str(Path(config.data).resolve()),
-        dataset_fingerprint=_split_fingerprint(prepared.train, prepared.val),
-        labels=list(prepared.train.class_names), config=_config_record(config, prepared),
+        dataset_fingerprint=split_fingerprint(prepared.train, prepared.val),
+        labels=list(prepared.train.class_names), config=config_record(config, prepared),
         objective=config.objective, direction=objective_direction(config.objective),
         workdir=str(Path(config.workdir).expanduser().resolve() / name),
     )
 
 
-def _run_tuner(config: SearchConfig, store: Store, row: Search, prepared: _Prepared, reporter: Reporter,
+def _run_tuner(config: SearchConfig, store: Store, row: Search, prepared: Prepared, reporter: Reporter,
                worker: TrialWorker | None, *, resume: bool, role: str) -> int:
     """Returns how many trials completed here. role: "single" (oracle and trials here), "chief"
     (oracle here, trials in worker processes) or "worker" (trials here, oracle at the chief)."""
@@ -404,7 +309,7 @@ def _spawn_worker(row: Search, store: Store, address: str, tuner_id: str) -> sub
                              "--tuner-id", tuner_id], env=env)
 
 
-def _configure_worker(worker: TrialWorker, store: Store, row: Search, prepared: _Prepared, plan: TrainingPlan,
+def _configure_worker(worker: TrialWorker, store: Store, row: Search, prepared: Prepared, plan: TrainingPlan,
                       data: TrialData, plugin_files: list[str], data_dir: Path) -> None:
     save_trial_data(data, data_dir)
     worker.configure(WorkerSpec(
@@ -413,18 +318,6 @@ def _configure_worker(worker: TrialWorker, store: Store, row: Search, prepared: 
         preprocessor_options=prepared.preprocessor_options, num_classes=len(prepared.train.class_names),
         space=prepared.space, plan=plan, objective=Objective(row.objective, row.direction),
         workdir=row.workdir, data_dir=str(data_dir)))
-
-
-def load_split(config: SearchConfig, modality: str, preprocessor):
-    """Load the training data and split off validation (or load the given validation set)."""
-    image_size = getattr(preprocessor, "image_size", None)
-    common = dict(image_size=image_size, text_col=config.text_col, label_col=config.label_col,
-                  strict=config.strict)
-    dataset = data_module.load_dataset(config.data, modality, **common)
-    if config.val_data:
-        val = data_module.load_dataset(config.val_data, modality, class_names=dataset.class_names, **common)
-        return dataset, val
-    return data_module.stratified_split(dataset, config.val_split, config.seed)
 
 
 def _check_build(backbone, weights, preprocessor) -> None:
@@ -477,11 +370,6 @@ def _check_precision(precision: str) -> None:
                          f"{first_line(exc)}") from None
 
 
-def _split_fingerprint(train, val) -> str:
-    joined = f"{data_module.fingerprint(train)}:{data_module.fingerprint(val)}"
-    return hashlib.sha256(joined.encode()).hexdigest()
-
-
 def _image_size(value: int | None):
     return None if value is None else (int(value), int(value))
 
@@ -489,54 +377,3 @@ def _image_size(value: int | None):
 def _default_name(backbone: str) -> str:
     """The backbone and the time, made fit to name a folder (``keras:ConvNeXtTiny`` -> ``keras-ConvNeXtTiny-...``)."""
     return f"{re.sub(r'[^A-Za-z0-9_.-]+', '-', backbone).strip('-')}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
-
-
-def _config_record(config: SearchConfig, prepared: _Prepared) -> dict[str, Any]:
-    """The search's configuration as the store keeps it: enough to resume it from any folder."""
-    record = _with_absolute_paths(asdict(config), PATH_OPTIONS)
-    record["plugin_files"] = [str(Path(p).expanduser().resolve()) for p in config.plugin_files]
-    record.update(weights=prepared.weights, weights_identity=prepared.backbone.describe_weights(prepared.weights),
-                  space=prepared.space, preprocessing=prepared.preprocessor.config(),
-                  train_examples=len(prepared.train), val_examples=len(prepared.val),
-                  **data_module.skipped_record(prepared.train, prepared.val))
-    return json.loads(json.dumps(record, default=str))
-
-
-def config_from_record(row: Search, **overrides: Any) -> SearchConfig:
-    """The SearchConfig a stored search was started with (`overrides` that are not None replace fields)."""
-    known = {f.name for f in fields(SearchConfig)}
-    values = {key: value for key, value in row.config.items() if key in known}
-    values.update(name=row.name, workdir=str(Path(row.workdir).parent))
-    values.update({key: value for key, value in overrides.items() if value is not None})
-    return SearchConfig(**values)
-
-
-def _with_absolute_paths(values: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
-    """A copy of `values` with the paths named `names` made absolute (those set)."""
-    return {key: str(Path(value).expanduser().resolve()) if key in names and value else value
-            for key, value in values.items()}
-
-
-def _check_same_options(existing: Search, config: SearchConfig) -> None:
-    """`search --name NAME` with NAME in the store must be the same search (to resume it or see it done)."""
-    given = _with_absolute_paths(asdict(config), PATH_OPTIONS)
-    stored = _with_absolute_paths(existing.config, PATH_OPTIONS)  # stores from before paths were kept absolute
-    changed = [name for name in RESUME_OPTIONS if stored.get(name) != given[name]]
-    if config.weights is not None and config.weights != existing.weights:
-        changed.append("weights")
-    _refuse_if_changed(existing, changed)
-
-
-def _check_resumable(existing: Search, config: SearchConfig, prepared: _Prepared) -> None:
-    """The same search down to the loaded data, the resolved weights, the space and the preprocessing."""
-    record = _config_record(config, prepared)
-    changed = [name for name in RESUME_FIELDS if existing.config.get(name) != record.get(name)]
-    if existing.dataset_fingerprint != _split_fingerprint(prepared.train, prepared.val):
-        changed.insert(0, "data (their content changed)")
-    _refuse_if_changed(existing, changed)
-
-
-def _refuse_if_changed(existing: Search, changed: list[str]) -> None:
-    if changed:
-        raise UsageError(f"a search named {existing.name!r} already exists with a different {', '.join(changed)}; "
-                         f"choose another --name, or continue it as it was with `autotl resume {existing.name}`")

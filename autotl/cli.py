@@ -17,7 +17,9 @@ from typing import Any, Callable
 
 import click
 
+from autotl.config import CACHE_DTYPES, OBJECTIVES, PRECISIONS, TUNERS
 from autotl.errors import AutotlError, first_line
+from autotl.export.manifest import DEFAULT_FORMATS, FORMATS
 from autotl.quiet import import_keras_quietly
 
 
@@ -81,7 +83,7 @@ def main() -> None:
 @click.option("--weights", help="Weights source for the backbone (default: the plugin's).")
 @click.option("--name", help="Name of the search (default: BACKBONE-DATE-TIME).")
 @STORE_OPTION
-@click.option("--tuner", type=click.Choice(["random", "bayesian", "hyperband"]), default="random")
+@click.option("--tuner", type=click.Choice(TUNERS), default="random")
 @click.option("--max-trials", type=click.IntRange(min=1), default=5)
 @click.option("--epochs", type=click.IntRange(min=1), default=10, help="Epochs of the head phase (at most).")
 @click.option("--finetune-epochs", type=click.IntRange(min=0),
@@ -90,7 +92,7 @@ def main() -> None:
 @click.option("--patience", type=click.IntRange(min=1), default=3, help="Early-stopping patience, in epochs.")
 @click.option("--seed", type=click.IntRange(min=0), default=0,
               help="Seeds the split, the tuner's choices and each trial's initialisation.")
-@click.option("--objective", type=click.Choice(["val_accuracy", "val_loss"]), default="val_accuracy")
+@click.option("--objective", type=click.Choice(OBJECTIVES), default="val_accuracy")
 @click.option("--val-split", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2,
               help="Fraction of DATA held out for validation (stratified, seeded).")
 @click.option("--val-data", type=click.Path(), help="A separate validation set (same format as DATA).")
@@ -106,12 +108,12 @@ def main() -> None:
                    "0 runs them in this process.")
 @click.option("--worker-memory-growth", "worker_memory_growth_mb", type=click.IntRange(min=1), default=1024,
               help="Replace the worker sooner once its memory grew by this many MB since its first trial.")
-@click.option("--precision", type=click.Choice(["float32", "mixed_float16", "mixed_bfloat16"]), default="float32",
+@click.option("--precision", type=click.Choice(PRECISIONS), default="float32",
               help="Keras dtype policy for training (mixed precision pays off on GPUs).")
 @click.option("--cache/--no-cache", default=True,
               help="Train each trial on cached activations of the frozen part of the backbone.")
 @CACHE_DIR_OPTION
-@click.option("--cache-dtype", type=click.Choice(["auto", "float32", "float16"]), default="auto",
+@click.option("--cache-dtype", type=click.Choice(CACHE_DTYPES), default="auto",
               help="How cached activations are kept; auto: float32, or float16 when they would not fit in memory.")
 @click.option("--cache-memory", "cache_memory_mb", type=click.IntRange(min=0),
               help="MB of cached activations a trial loads into memory; beyond it, it reads them from disk  "
@@ -295,8 +297,8 @@ def best(search_ref: str, store: str, as_json: bool) -> None:
 @main.command()
 @click.argument("search_ref", metavar="SEARCH")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder to write.")
-@click.option("--format", "formats", multiple=True, type=click.Choice(["keras", "savedmodel", "onnx", "tflite"]),
-              default=("keras", "savedmodel"),
+@click.option("--format", "formats", multiple=True, type=click.Choice(FORMATS),
+              default=DEFAULT_FORMATS,
               help="Format(s) to write (repeatable): keras (model.keras), savedmodel (saved_model/), "
                    "onnx (model.onnx), tflite (model.tflite, LiteRT).")
 @STORE_OPTION
@@ -337,7 +339,7 @@ def report(search_ref: str, out_dir: str, store: str) -> None:
 @main.command()
 @click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
 @click.argument("inputs", nargs=-1, required=True)
-@click.option("--format", "model_format", type=click.Choice(["keras", "savedmodel", "onnx", "tflite"]),
+@click.option("--format", "model_format", type=click.Choice(FORMATS),
               default="keras", help="Which exported format to run (onnx needs onnxruntime).")
 @click.option("--text", "as_text", is_flag=True, help="Treat INPUTS as texts even if they name files.")
 @PLUGIN_OPTION

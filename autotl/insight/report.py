@@ -9,7 +9,7 @@ so the folder opens offline, anywhere it is copied. Everything comes from the st
 (searches, trials, epoch_metrics, artifacts) except the confusion matrix, which
 pairs the best trial's saved validation probabilities (`VAL_PROBS_NAME`, next to its
 checkpoint) with the validation labels, re-created from the search's own configuration
-(`api.load_split`). When those data or probabilities are gone, the page says so.
+(`autotl.config.load_split`). When those data or probabilities are gone, the page says so.
 Plots are drawn with matplotlib's Agg canvas (no display, no global pyplot state).
 """
 
@@ -336,10 +336,10 @@ def _confusion(store: Store, search: Search, best: Trial) -> tuple[np.ndarray | 
 
 def _validation_labels(search: Search) -> tuple[np.ndarray | None, str]:
     """The labels of the search's validation split, re-created from its configuration and data."""
-    from autotl import api
+    from autotl.config import config_from_record, load_split, split_fingerprint
 
     try:
-        config = api.config_from_record(search)
+        config = config_from_record(search)
     except (TypeError, ValueError) as exc:
         return None, f"the search's configuration cannot be read back: {first_line(exc)}"
     missing = [p for p in (config.data, config.val_data) if p and not Path(p).exists()]
@@ -348,17 +348,17 @@ def _validation_labels(search: Search) -> tuple[np.ndarray | None, str]:
     image_size = ((search.config or {}).get("preprocessing") or {}).get("image_size")
     sizes = _Sizes(tuple(int(s) for s in image_size) if image_size else None)
     try:
-        train, val = api.load_split(config, search.modality, sizes)
+        train, val = load_split(config, search.modality, sizes)
     except (AutotlError, OSError) as exc:
         return None, f"the search's data at {config.data} cannot be read: {first_line(exc)}"
-    if api._split_fingerprint(train, val) != search.dataset_fingerprint:
+    if split_fingerprint(train, val) != search.dataset_fingerprint:
         return None, f"the data at {config.data} changed since the search (their fingerprint differs)"
     return val.labels, ""
 
 
 @dataclass
 class _Sizes:
-    """What `api.load_split` asks of a preprocessor: the image size (no backbone needed)."""
+    """What `load_split` asks of a preprocessor: the image size (no backbone needed)."""
 
     image_size: tuple[int, int] | None
 
