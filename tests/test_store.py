@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import json
+import shutil
 import sqlite3
 from pathlib import Path
 
@@ -9,6 +12,12 @@ import pytest
 
 from autotl.errors import AutotlError
 from autotl.store import COMPLETED, FAILED, INTERRUPTED, RUNNING, SCHEMA_VERSION, Store
+
+from conftest import run_cli
+
+# The README quick start's store (search 'mnist', 5 trials of efficientnet_lite0), as the
+# version before autotl.store was split into models, migrations and queries wrote it.
+PREVIOUS_VERSION_STORE = Path(__file__).parent / "data" / "store_schema2.db"
 
 
 def search_fields(name: str = "s1", direction: str = "max", **extra) -> dict:
@@ -340,3 +349,52 @@ def test_a_store_from_a_newer_autotl_is_refused_in_one_line(db):
     assert_one_line(str(error.value))
     assert "schema version 99" in str(error.value) and "upgrade autotl" in str(error.value)
     assert raw(db, "SELECT value FROM autotl_meta WHERE key = 'schema_version'") == [("99",)]
+
+
+def json_or_none(text: str | None):
+    return None if text is None else json.loads(text)
+
+
+def test_a_store_written_by_the_previous_version_opens_upgraded_and_reads_back_as_written(tmp_path):
+    """Its rows are read with sqlite3 first, then through the store and the real CLI.
+
+    It is at schema version 2; once a step is added to autotl.store.migrations, this is
+    the store that step must upgrade in place.
+    """
+    db = shutil.copy(PREVIOUS_VERSION_STORE, tmp_path / "autotl.db")
+    [(written_version,)] = raw(db, "SELECT value FROM autotl_meta WHERE key = 'schema_version'")
+    [search_row] = raw(db, "SELECT id, name, backbone, objective, direction, status, labels, config, created_at "
+                           "FROM searches")
+    trial_rows = raw(db, "SELECT id, number, status, value, hyperparameters, best_phase, best_epoch, metrics, "
+                         "data_path, duration_s FROM trials ORDER BY number")
+    epoch_rows = raw(db, "SELECT trial_id, phase, epoch, name, value FROM epoch_metrics")
+    artifact_rows = raw(db, "SELECT trial_id, kind, format, path, sha256, size_bytes FROM artifacts ORDER BY id")
+    assert written_version == "2"
+    assert len(trial_rows) == 5 and {row[2] for row in trial_rows} == {COMPLETED} and epoch_rows and artifact_rows
+
+    store = Store(f"sqlite:///{db}")
+    assert store.schema_version == SCHEMA_VERSION
+    assert raw(db, "SELECT key, value FROM autotl_meta") == [("schema_version", str(SCHEMA_VERSION))]
+    search = store.get_search("mnist")
+    assert (search.id, search.name, search.backbone, search.objective, search.direction, search.status,
+            search.labels, search.config, search.created_at) == (
+        *search_row[:6], json.loads(search_row[6]), json.loads(search_row[7]), dt.datetime.fromisoformat(search_row[8]))
+    trials = store.list_trials(search.id)
+    assert [(t.id, t.number, t.status, t.value, t.hyperparameters, t.best_phase, t.best_epoch, t.metrics, t.data_path,
+             t.duration_s) for t in trials] == [
+        (*row[:4], json.loads(row[4]), row[5], row[6], json_or_none(row[7]), json_or_none(row[8]), row[9])
+        for row in trial_rows]
+    read_back = {(m.trial_id, m.phase, m.epoch, m.name): m.value for t in trials for m in store.epoch_metrics(t.id)}
+    assert read_back == {row[:4]: row[4] for row in epoch_rows} and len(read_back) == len(epoch_rows)
+    assert [(a.trial_id, a.kind, a.format, a.path, a.sha256, a.size_bytes)
+            for a in store.artifacts(search.id)] == artifact_rows
+    store.close()
+
+    url = f"sqlite:///{db}"
+    listing = run_cli("trials", "mnist", "--store", url, check=True).stdout.splitlines()
+    assert listing[0].split()[:3] == ["trial", "status", "val_accuracy"]
+    assert [line.split()[:3] for line in listing[1:]] == [[str(row[1]), row[2], f"{row[3]:.4f}"] for row in trial_rows]
+    assert listing[5].split()[:3] == ["5", COMPLETED, "0.9350"]
+    best = json.loads(run_cli("best", "mnist", "--json", "--store", url, check=True).stdout)
+    assert (best["search"], best["number"], best["objective"]) == ("mnist", 5, "val_accuracy")
+    assert round(best["value"], 4) == 0.935
