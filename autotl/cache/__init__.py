@@ -1,0 +1,1 @@
+"""The activation cache: cutting a model at a block, storing what its frozen part computes, and feeding each phase from it."""

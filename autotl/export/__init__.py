@@ -1,0 +1,1 @@
+"""Exports for deployment: the .keras model, SavedModel, ONNX and TFLite with preprocessing inside, and their manifest."""

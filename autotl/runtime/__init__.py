@@ -1,0 +1,1 @@
+"""Using an export: loading and running it, and serving it over HTTP."""
