@@ -18,7 +18,7 @@ from autotl import api
 
 from autotl.insight import report
 from autotl.store import FAILED, Store
-from autotl.search.runner import VAL_PROBS_NAME
+from autotl.search.records import VAL_PROBS_NAME
 
 from conftest import TINY_PLUGIN, run_cli
 

@@ -27,12 +27,10 @@ from autotl import __version__
 from autotl.errors import AutotlError, first_line
 from autotl.insight.plots import (PLOTS_DIR, Plot, confusion_plot, epoch_curves, format_value, hyperparameter_names,
                                   hyperparameter_plots, learning_curves_plot, progress_plot)
+from autotl.search.records import VAL_PROBS_NAME
 from autotl.store import Search, Store, Trial
 
 INDEX = "index.html"
-# The best trial's validation probabilities, next to its checkpoint: `autotl.search.runner.VAL_PROBS_NAME`, repeated
-# here so that a report never imports Keras (tests/test_report.py checks the two agree).
-VAL_PROBS_NAME = "val_probs.npy"
 
 
 @dataclass

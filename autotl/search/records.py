@@ -7,6 +7,9 @@ from typing import Any
 
 import numpy as np
 
+# The best trial's validation probabilities, saved next to its checkpoint by the runner and read by the report.
+VAL_PROBS_NAME = "val_probs.npy"
+
 
 @dataclass
 class TrialData:
