@@ -14,7 +14,8 @@ from autotl import api
 from autotl.cache import cut as graph_module
 from autotl.search import space as space_module
 from autotl.cache.entries import ActivationCache
-from autotl.cache.source import JAX_LENGTH_STEP, ActivationSource, StemOutputs, batches, cropped_length, sequence_lengths
+from autotl.cache.batches import JAX_LENGTH_STEP, batches, cropped_length, sequence_lengths
+from autotl.cache.source import ActivationSource, StemOutputs
 from autotl.search.hypermodel import BACKBONE_LAYER, TransferHyperModel, set_unfreeze_depth
 from autotl.search.records import TrialData
 from autotl.backbones.registry import load_registry

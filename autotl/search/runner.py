@@ -29,8 +29,8 @@ from autotl.workarounds import TrialHeap, build_training_state, traced_gradients
 from autotl.search import space as space_module
 from autotl.insight.board import TrialBoard
 from autotl.cache.entries import ActivationCache
-from autotl.cache.source import (ActivationSource, Batches, Phase, batches, predict_in_order, sequence_lengths,
-                   variable_length_inputs)
+from autotl.cache.batches import batches, predict_in_order, sequence_lengths, variable_length_inputs
+from autotl.cache.source import ActivationSource, Phase
 from autotl.search.hypermodel import BACKBONE_LAYER, ReusableBackbone, TransferHyperModel, set_unfreeze_depth
 from autotl.search.records import VAL_PROBS_NAME, Objective, TrainingPlan, TrialData, TrialFailed, TrialOutcome
 from autotl.store import Store
