@@ -15,6 +15,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Sequence
 
+from autotl.backbones.weights import file_sha256
 from autotl.export.tf_formats import (IMAGES_INPUT, MODEL_SIGNATURE, ONNX_FILE, OUTPUT, PIXELS_INPUT, PIXELS_SIGNATURE,
                                       PREPROCESSOR_DIR, RAW_SIGNATURE, SAVED_MODEL_DIR, TEXTS_INPUT, TFLITE_FILE,
                                       takes_pixels)
@@ -140,7 +141,7 @@ def _spec(shape, dtype: str) -> dict[str, Any]:
 
 def file_checksums(root: Path) -> dict[str, str]:
     """The SHA-256 of every file under `root`, by its relative POSIX path, in sorted order."""
-    return {p.relative_to(root).as_posix(): _checksum(p) for p in _all_files(root)}
+    return {p.relative_to(root).as_posix(): file_sha256(p) for p in _all_files(root)}
 
 
 def tree_checksum(name: str, checksums: dict[str, str]) -> str:
@@ -162,14 +163,6 @@ def tree_size(path: Path) -> int:
 
 def _all_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file())
-
-
-def _checksum(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _versions() -> dict[str, str]:
