@@ -80,9 +80,9 @@ class Preprocessor(abc.ABC):
 
 
 class ImagePreprocessor(Preprocessor):
-    """Images arrive already decoded and resized by `autotl.data.dataset`, as uint8 arrays.
+    """Images arrive already decoded and resized by `autotl.data`, as uint8 arrays.
 
-    Resizing happens when images are read (see `autotl.data.dataset.read_image`) and
+    Resizing happens when images are read (see `autotl.data.read_image`) and
     they stay uint8: the model's float32 input casts each batch, so the search
     never holds (or writes for its trial workers) a float copy four times the
     size. Normalisation is part of the model.
