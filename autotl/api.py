@@ -15,9 +15,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
-import subprocess
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,13 +22,14 @@ from autotl import data as data_module
 from autotl.search import space as space_module
 from autotl.config import (Prepared, SearchConfig, check_resumable, check_same_options, config_from_record,
                            config_record, load_split, split_fingerprint)
-from autotl.search.distributed import OracleServer, default_tuner_id, parse_address, worker_environment
+from autotl.search.distributed import default_tuner_id, parse_address, run_chief, worker_environment
 from autotl.errors import AutotlError, UsageError, first_line
 from autotl.search.lock import SearchLock
 from autotl.search.records import Objective, TrainingPlan, TrialData
 from autotl.insight.progress import Reporter
 from autotl.backbones.registry import Registry, load_registry
 from autotl.store import COMPLETED, DEFAULT_STORE, FAILED, INTERRUPTED, Search, Store, Trial
+from autotl.search.fleet import trial_worker
 from autotl.search.trial_process import TrialWorker, WorkerSpec, remove_trial_data, save_trial_data
 
 __all__ = ["SearchConfig", "SearchResult", "config_from_record", "join", "load_split", "objective_direction",
@@ -70,11 +68,10 @@ def search(config: SearchConfig, store: Store | str = DEFAULT_STORE, reporter: R
         check_same_options(existing, config)
         if existing.status == COMPLETED:
             return _result(store, existing, already_finished=True)
-    worker = None
-    if config.trials_per_worker > 0 and config.workers == 0:
-        worker = TrialWorker(None, config.trials_per_worker, config.worker_memory_growth_mb)
-        worker.launch()  # its imports overlap the data loading below
-    try:
+    # The trial worker starts now, so that its imports overlap the data loading; with --workers there is none
+    # here (the trials run in the `autotl worker` processes).
+    trials_here = config.trials_per_worker if config.workers == 0 else 0
+    with trial_worker(trials_here, config.worker_memory_growth_mb) as worker:
         prepared = _prepare(config, registry or load_registry(config.plugin_files))
         if existing is not None:
             check_resumable(existing, config, prepared)
@@ -83,9 +80,6 @@ def search(config: SearchConfig, store: Store | str = DEFAULT_STORE, reporter: R
             if existing is not None:
                 row = _reopen(store, row, config, reporter)
             _run_search(config, store, row, prepared, reporter, worker, resume=existing is not None)
-    finally:
-        if worker is not None:
-            worker.close()
     best = store.best_trial(row)
     if best is None:
         store.finish_search(row.id, FAILED, "no trial completed")
@@ -121,11 +115,7 @@ def join(search_ref: str | int, chief: str, store: Store | str = DEFAULT_STORE, 
 
         require_tensorboard()
     reporter = reporter or Reporter()
-    worker = TrialWorker(None, config.trials_per_worker, config.worker_memory_growth_mb) \
-        if config.trials_per_worker > 0 else None
-    if worker is not None:
-        worker.launch()
-    try:
+    with trial_worker(config.trials_per_worker, config.worker_memory_growth_mb) as worker:
         prepared = _prepare(config, registry or load_registry(config.plugin_files))
         if split_fingerprint(prepared.train, prepared.val) != row.dataset_fingerprint:
             raise AutotlError(f"the data at {config.data} differ from the data search {row.name!r} was started "
@@ -134,9 +124,6 @@ def join(search_ref: str | int, chief: str, store: Store | str = DEFAULT_STORE, 
             row.workdir = str(Path(workdir).expanduser().resolve() / row.name)
         os.environ.update(worker_environment(tuner_id or default_tuner_id(), host, port))
         return _run_tuner(config, store, row, prepared, reporter, worker, resume=True, role="worker")
-    finally:
-        if worker is not None:
-            worker.close()
 
 
 def _find_search(store: Store, name: str | None) -> Search | None:
@@ -238,7 +225,8 @@ def _run_tuner(config: SearchConfig, store: Store, row: Search, prepared: Prepar
 
             write_experiment(plan.tensorboard_dir, prepared.space, Objective(row.objective, row.direction))
     if role == "chief":
-        _serve_workers(config, store, row, oracle, reporter)
+        run_chief(oracle, store, row, reporter, address=config.oracle_address, workers=config.workers,
+                  max_failures=config.max_failures)
         return 0
     preprocess = prepared.preprocessor
     data = TrialData(preprocess(prepared.train.examples), prepared.train.labels,
@@ -272,41 +260,6 @@ def _training_plan(config: SearchConfig, search_name: str) -> TrainingPlan:
                         cache_dir=str(Path(config.cache_dir).expanduser().resolve()) if config.cache_dir else None,
                         cache_storage=config.cache_dtype,
                         cache_memory_mb=_cache_memory_mb(config.cache_memory_mb), tensorboard_dir=tensorboard_dir)
-
-
-def _serve_workers(config: SearchConfig, store: Store, row: Search, oracle, reporter: Reporter) -> None:
-    """The chief: serve the oracle, start `config.workers` local workers, wait for the search to end."""
-    from autotl.search.tuner import TooManyFailures, too_many_failures_message
-
-    server = OracleServer(oracle, config.oracle_address)
-    address = server.start()
-    reporter.message(f"chief oracle listening on {address}; more workers can join with: "
-                     f"autotl worker {row.name} --chief {address} --store {store.display_url}")
-    workers = {f"worker{i}": _spawn_worker(row, store, address, f"worker{i}") for i in range(config.workers)}
-    try:
-        while not server.all_trials_handed_out_and_ended():
-            failed = store.count_trials(row.id, FAILED)
-            if failed >= config.max_failures:
-                raise TooManyFailures(too_many_failures_message(failed, config.max_failures))
-            if all(p.poll() is not None for p in workers.values()) and server.ongoing_tuner_ids() <= set(workers):
-                codes = ", ".join(f"{name} exited {p.returncode}" for name, p in workers.items())
-                raise AutotlError(f"the workers stopped before the search finished ({codes}); "
-                                  f"see their messages above, then `autotl resume {row.name}`")
-            time.sleep(0.5)
-    finally:
-        for process in workers.values():
-            if process.poll() is None:
-                process.terminate()
-        for process in workers.values():
-            process.wait()
-        server.stop()
-
-
-def _spawn_worker(row: Search, store: Store, address: str, tuner_id: str) -> subprocess.Popen:
-    """`autotl worker` in a child process; the store URL travels in the environment, not in `ps`."""
-    env = {**os.environ, "AUTOTL_STORE": store.url, "AUTOTL_PARENT_PID": str(os.getpid())}
-    return subprocess.Popen([sys.executable, "-m", "autotl", "worker", row.name, "--chief", address,
-                             "--tuner-id", tuner_id], env=env)
 
 
 def _configure_worker(worker: TrialWorker, store: Store, row: Search, prepared: Prepared, plan: TrainingPlan,

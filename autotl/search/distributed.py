@@ -5,8 +5,8 @@ KerasTuner's protocol is used as it is: the chief serves the oracle over gRPC
 chosen by the environment variables `KERASTUNER_TUNER_ID`, `KERASTUNER_ORACLE_IP`
 and `KERASTUNER_ORACLE_PORT`. What autotl adds is the chief's loop: KerasTuner's
 own `start_server` polls every 20 seconds and never notices a worker that died,
-so `OracleServer` here is polled by the search, which also watches its local
-worker processes and the store.
+so `run_chief` here polls `OracleServer` and also watches its local worker
+processes (`autotl.search.fleet`) and the store.
 
 Every worker writes its trials to the store itself, so all trials land in one
 store whichever machine ran them.
@@ -16,9 +16,15 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from concurrent import futures
+from typing import TYPE_CHECKING
 
-from autotl.errors import UsageError
+from autotl.errors import AutotlError, UsageError
+
+if TYPE_CHECKING:
+    from autotl.insight.progress import Reporter
+    from autotl.store import Search, Store
 
 TUNER_ID, ORACLE_IP, ORACLE_PORT = "KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT"
 
@@ -82,3 +88,31 @@ class OracleServer:
         if self._server is not None:
             self._server.stop(grace=2).wait()
             self._server = None
+
+
+def run_chief(oracle, store: Store, row: Search, reporter: Reporter, *, address: str, workers: int,
+              max_failures: int) -> None:
+    """The chief: serve the oracle at `address`, start `workers` local workers, wait for the search to end."""
+    # Imported here: `autotl.config` imports this module for `parse_address`, and `autotl --help` stays fast.
+    from autotl.search.fleet import spawn_workers, stop_workers
+    from autotl.search.tuner import TooManyFailures, too_many_failures_message
+    from autotl.store import FAILED
+
+    server = OracleServer(oracle, address)
+    address = server.start()
+    reporter.message(f"chief oracle listening on {address}; more workers can join with: "
+                     f"autotl worker {row.name} --chief {address} --store {store.display_url}")
+    processes = spawn_workers(workers, row.name, store.url, address)
+    try:
+        while not server.all_trials_handed_out_and_ended():
+            failed = store.count_trials(row.id, FAILED)
+            if failed >= max_failures:
+                raise TooManyFailures(too_many_failures_message(failed, max_failures))
+            if all(p.poll() is not None for p in processes.values()) and server.ongoing_tuner_ids() <= set(processes):
+                codes = ", ".join(f"{name} exited {p.returncode}" for name, p in processes.items())
+                raise AutotlError(f"the workers stopped before the search finished ({codes}); "
+                                  f"see their messages above, then `autotl resume {row.name}`")
+            time.sleep(0.5)
+    finally:
+        stop_workers(processes)
+        server.stop()
