@@ -13,13 +13,13 @@ import hashlib
 import platform
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-from autotl.backbones.weights import file_sha256
 from autotl.export.tf_formats import (IMAGES_INPUT, MODEL_SIGNATURE, ONNX_FILE, OUTPUT, PIXELS_INPUT, PIXELS_SIGNATURE,
                                       PREPROCESSOR_DIR, RAW_SIGNATURE, SAVED_MODEL_DIR, TEXTS_INPUT, TFLITE_FILE,
                                       takes_pixels)
-from autotl.store import Search, Store, Trial
+if TYPE_CHECKING:  # the CLI imports the format lists from here: no SQLAlchemy at startup
+    from autotl.store import Search, Store, Trial
 
 MANIFEST = "autotl.json"
 MANIFEST_VERSION = 2  # 2: `inputs` per format; SavedModel, ONNX and TFLite take raw inputs
@@ -141,6 +141,8 @@ def _spec(shape, dtype: str) -> dict[str, Any]:
 
 def file_checksums(root: Path) -> dict[str, str]:
     """The SHA-256 of every file under `root`, by its relative POSIX path, in sorted order."""
+    from autotl.backbones.weights import file_sha256  # not at import: the CLI reads the format lists from here
+
     return {p.relative_to(root).as_posix(): file_sha256(p) for p in _all_files(root)}
 
 
