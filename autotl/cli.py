@@ -18,7 +18,7 @@ from typing import Any, Callable
 import click
 
 from autotl.config import CACHE_DTYPES, OBJECTIVES, PRECISIONS, TUNERS
-from autotl.errors import AutotlError, first_line
+from autotl.errors import AutotlError, typed_first_line
 from autotl.export.manifest import DEFAULT_FORMATS, FORMATS
 from autotl.quiet import import_keras_quietly
 
@@ -60,7 +60,7 @@ def handle_errors(command: Callable | None = None, *, needs_keras: bool = True) 
         except Exception as exc:  # noqa: BLE001 - a bug: one line, traceback on request
             if os.environ.get("AUTOTL_DEBUG"):
                 raise
-            click.echo(f"Error: internal error ({type(exc).__name__}: {first_line(exc, default='')}); "
+            click.echo(f"Error: internal error ({typed_first_line(exc)}); "
                        "rerun with AUTOTL_DEBUG=1 for the traceback", err=True)
             sys.exit(1)
 
@@ -205,7 +205,7 @@ def _print_result(result) -> None:
                + (" (resumed)" if result.resumed else ""))
     click.echo(f"best trial: {best.number}  {search.objective} {best.value:.4f}  "
                f"({best.best_phase} epoch {best.best_epoch})")
-    click.echo(f"hyperparameters: {_format_hp(best.hyperparameters)}")
+    click.echo(f"hyperparameters: {best.hyperparameters_line()}")
     click.echo(f"store: {result.store.display_url}")
     click.echo(f"next: autotl export {search.name} --out exported/{search.name}")
 
@@ -251,21 +251,17 @@ def trials(search_ref: str, store: str, as_json: bool, with_epochs: bool, sort_b
     opened = Store(store)
     search = opened.get_search(search_ref)
     selected = opened.select_trials(search, statuses=statuses, where=wanted, sort=sort_by, limit=limit)
-    rows = []
-    for trial in selected:
-        row = as_dict(trial)
-        if with_epochs:
-            row["epochs"] = [{"phase": m.phase, "epoch": m.epoch, "name": m.name, "value": m.value}
-                             for m in opened.epoch_metrics(trial.id)]
-        rows.append(row)
     if as_json:
+        epochs = opened.epochs_by_trial([t.id for t in selected]) if with_epochs else {}
+        rows = [{**as_dict(t), **({"epochs": [{"phase": m.phase, "epoch": m.epoch, "name": m.name, "value": m.value}
+                                              for m in epochs[t.id]]} if with_epochs else {})} for t in selected]
         click.echo(json.dumps(rows, indent=2))
         return
-    table = [{"trial": r["number"], "status": r["status"], search.objective: r["value"],
-              "best": f"{r['best_phase']}:{r['best_epoch']}" if r["best_phase"] else "",
-              "seconds": None if r["duration_s"] is None else f"{r['duration_s']:.1f}",
-              "data": (r["data_path"] or {}).get("status", ""),
-              "hyperparameters": _format_hp(r["hyperparameters"])} for r in rows]
+    table = [{"trial": t.number, "status": t.status, search.objective: t.value,
+              "best": f"{t.best_phase}:{t.best_epoch}" if t.best_phase else "",
+              "seconds": None if t.duration_s is None else f"{t.duration_s:.1f}",
+              "data": (t.data_path or {}).get("status", ""),
+              "hyperparameters": t.hyperparameters_line()} for t in selected]
     _table(table, ["trial", "status", search.objective, "best", "seconds", "data", "hyperparameters"])
 
 
@@ -405,23 +401,16 @@ def plugins(plugin_files: tuple[str, ...], as_json: bool) -> None:
     """
     from autotl.backbones.registry import load_registry
 
-    registry = load_registry(plugin_files)
-    rows = [{"name": name, "modality": b.modality, "default_weights": b.default_weights,
-             "source": registry.sources[name], "description": b.description}
-            for name, b in sorted(registry.backbones.items())]
-    families = [{"name": f"{prefix}:NAME", "description": family.description,
-                 "source": registry.family_sources[prefix], "variants": family.variants()}
-                for prefix, family in sorted(registry.families.items())]
-    failures = [f.__dict__ for f in registry.failures]
+    listing = load_registry(plugin_files).listing()
     if as_json:
-        click.echo(json.dumps({"backbones": rows, "families": families, "failed": failures}, indent=2))
+        click.echo(json.dumps(listing, indent=2))
         return
-    _table(rows, ["name", "modality", "default_weights", "source"])
-    for family in families:
+    _table(listing["backbones"], ["name", "modality", "default_weights", "source"])
+    for family in listing["families"]:
         click.echo(f"\n{family['name']}: {family['description']} ({family['source']})")
         click.echo(textwrap.fill(", ".join(family["variants"]), width=100, initial_indent="  ",
                                  subsequent_indent="  "))
-    for failure in failures:
+    for failure in listing["failed"]:
         click.echo(f"Warning: plugin {failure['name']!r} from {failure['source']} failed to load: "
                    f"{failure['error']}", err=True)
 
@@ -440,11 +429,7 @@ def cache_ls(cache_dir: str | None, as_json: bool) -> None:
     from autotl.cache.entries import ActivationCache
 
     activations = ActivationCache(cache_dir)
-    rows = [{"key": e.key, "backbone": e.meta.get("backbone"), "tensor": e.meta.get("tensor"),
-             "split": e.meta.get("split"), "examples": e.meta.get("examples"),
-             "shape": "x".join(str(d) for d in e.meta.get("shape", [])), "dtype": e.meta.get("dtype"),
-             "size_mb": round(e.size_bytes / 2**20, 2), "created_at": e.meta.get("created_at")}
-            for e in activations.entries()]
+    rows = [entry.summary() for entry in activations.entries()]
     total = sum(r["size_mb"] for r in rows)
     if as_json:
         click.echo(json.dumps({"directory": str(activations.directory), "entries": rows,
@@ -464,9 +449,6 @@ def cache_clear(keys: tuple[str, ...], cache_dir: str | None) -> None:
     from autotl.cache.entries import ActivationCache
 
     activations = ActivationCache(cache_dir)
-    unknown = [k for k in keys if activations.get(k) is None]
-    if unknown:
-        raise AutotlError(f"no cache entry {unknown[0]!r} in {activations.directory} (see `autotl cache ls`)")
     count, size = activations.clear(list(keys) or None)
     click.echo(f"removed {count} entries ({size / 2**20:.1f} MB) from {activations.directory}")
 
@@ -477,11 +459,6 @@ def _read_text_input(value: str) -> str:
     if path.suffix == ".txt" and path.is_file():
         return path.read_text().strip()
     return value
-
-
-def _format_hp(values: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                     for k, v in values.items() if not k.startswith("tuner/"))
 
 
 def _clip(text: str, width: int = 60) -> str:

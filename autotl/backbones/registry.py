@@ -43,6 +43,16 @@ class Registry:
     families: dict[str, BackboneFamily] = field(default_factory=dict)
     family_sources: dict[str, str] = field(default_factory=dict)
 
+    def listing(self) -> dict[str, list[dict]]:
+        """What `autotl plugins` shows: the backbones, the families with their variants, the failures."""
+        backbones = [{"name": name, "modality": b.modality, "default_weights": b.default_weights,
+                      "source": self.sources[name], "description": b.description}
+                     for name, b in sorted(self.backbones.items())]
+        families = [{"name": f"{prefix}:NAME", "description": family.description,
+                     "source": self.family_sources[prefix], "variants": family.variants()}
+                    for prefix, family in sorted(self.families.items())]
+        return {"backbones": backbones, "families": families, "failed": [vars(f) for f in self.failures]}
+
     def get(self, name: str) -> Backbone:
         if name in self.backbones:
             return self.backbones[name]

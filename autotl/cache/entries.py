@@ -65,6 +65,14 @@ class Entry:
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.path.iterdir() if p.is_file())
 
+    def summary(self) -> dict[str, Any]:
+        """What `autotl cache ls` lists of the entry."""
+        meta = self.meta
+        return {"key": self.key, "backbone": meta.get("backbone"), "tensor": meta.get("tensor"),
+                "split": meta.get("split"), "examples": meta.get("examples"),
+                "shape": "x".join(str(d) for d in meta.get("shape", [])), "dtype": meta.get("dtype"),
+                "size_mb": round(self.size_bytes / 2**20, 2), "created_at": meta.get("created_at")}
+
     def load(self, in_memory: bool) -> np.ndarray:
         array = np.load(self.path / ARRAY_FILE, mmap_mode="r")
         return np.array(array) if in_memory else array
@@ -100,8 +108,14 @@ class ActivationCache:
         return sorted((e for e in found if e is not None), key=lambda e: e.meta.get("created_at", ""))
 
     def clear(self, keys: Iterable[str] | None = None) -> tuple[int, int]:
-        """Remove the given entries (all when `keys` is None); returns (entries, bytes) removed."""
-        chosen = self.entries() if keys is None else [e for k in keys if (e := self.get(k)) is not None]
+        """Remove the given entries (all when `keys` is None); returns (entries, bytes) removed.
+
+        An unknown key is an error, and then nothing is removed.
+        """
+        unknown = [k for k in keys or () if self.get(k) is None]
+        if unknown:
+            raise AutotlError(f"no cache entry {unknown[0]!r} in {self.directory} (see `autotl cache ls`)")
+        chosen = self.entries() if keys is None else [self.get(k) for k in keys]
         removed = 0
         for entry in chosen:
             removed += entry.size_bytes

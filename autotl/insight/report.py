@@ -19,7 +19,6 @@ import datetime as dt
 import html
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -228,7 +227,7 @@ def _summary(store: Store, search: Search, trials: list[Trial], best: Trial) -> 
         ("trials", _status_counts(trials)),
         ("best trial", f"{best.number}: {search.objective} {format_value(best.value)} at {best.best_phase} epoch "
                        f"{best.best_epoch}"),
-        ("best hyperparameters", _format_hp(best.hyperparameters)),
+        ("best hyperparameters", best.hyperparameters_line(number=format_value)),
         ("status", search.status + (f" ({search.error})" if search.error else "")),
         ("started / finished", f"{_format_time(search.created_at)} / {_format_time(search.finished_at)}"),
         ("store", store.display_url),
@@ -262,8 +261,6 @@ def _trials_table(search: Search, trials: list[Trial], best: Trial) -> str:
 # --- formatting --------------------------------------------------------------------------
 
 
-def _format_hp(values: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={format_value(v)}" for k, v in values.items() if not k.startswith("tuner/"))
 
 
 def _format_time(value: dt.datetime | None) -> str:

@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
-from autotl.errors import first_line
+from autotl.errors import first_line, typed_first_line
 from autotl.runtime.service import PredictionService, RequestError
 
 DEFAULT_MAX_REQUEST_BYTES = 16 * 2**20
@@ -71,7 +71,7 @@ class Handler(BaseHTTPRequestHandler):
         except RequestError as exc:
             self._send_error_json(exc.status, exc.message)
         except Exception as exc:  # noqa: BLE001 - a bug: one line for the client and the log, no traceback
-            self._send_error_json(500, f"internal error ({type(exc).__name__}: {first_line(exc, default='')})")
+            self._send_error_json(500, f"internal error ({typed_first_line(exc)})")
         finally:
             self._linger()
 
@@ -268,7 +268,7 @@ class PredictionServer(ThreadingHTTPServer):
     def handle_error(self, request, client_address) -> None:
         """A connection that failed outside the handler's own error handling: one line, no traceback."""
         exc = sys.exc_info()[1]
-        self.log(f"{client_address[0]} connection error: {type(exc).__name__}: {first_line(exc, default='')}")
+        self.log(f"{client_address[0]} connection error: {typed_first_line(exc)}")
 
     def process_request(self, request, client_address) -> None:
         with self._idle:  # counted before its thread starts, so a shutdown cannot miss it

@@ -10,7 +10,7 @@ step of `autotl.store.migrations` the tables are at.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, Callable
 
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -73,6 +73,12 @@ class Trial(Base):
     finished_at: Mapped[dt.datetime | None] = mapped_column()
     duration_s: Mapped[float | None] = mapped_column()
     search: Mapped[Search] = relationship(back_populates="trials")
+
+    def hyperparameters_line(self, number: Callable[[float], str] = "{:.3g}".format) -> str:
+        """The tuned hyperparameters as ``name=value, ...``, floats written by `number`,
+        without KerasTuner's bookkeeping entries (``tuner/epochs`` and the like)."""
+        return ", ".join(f"{name}={number(value) if isinstance(value, float) else value}"
+                         for name, value in self.hyperparameters.items() if not name.startswith("tuner/"))
 
 
 class EpochMetric(Base):

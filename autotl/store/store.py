@@ -296,6 +296,15 @@ class Store:
             return session.scalar(sa.select(sa.func.count(Trial.id)).where(
                 Trial.search_id == search_id, Trial.status == status))
 
+    def epochs_by_trial(self, trial_ids: Collection[int]) -> dict[int, list[EpochMetric]]:
+        """The epoch metrics of each of `trial_ids` (one query), in the order they were logged."""
+        found: dict[int, list[EpochMetric]] = {trial_id: [] for trial_id in trial_ids}
+        with self.session() as session:
+            for metric in session.scalars(sa.select(EpochMetric).where(EpochMetric.trial_id.in_(list(found)))
+                                          .order_by(EpochMetric.id)):
+                found[metric.trial_id].append(metric)
+        return found
+
     def epoch_metrics(self, trial_id: int) -> list[EpochMetric]:
         with self.session() as session:
             return list(session.scalars(
