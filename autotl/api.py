@@ -29,8 +29,8 @@ from autotl.search.records import Objective, TrainingPlan, TrialData
 from autotl.insight.progress import Reporter
 from autotl.backbones.registry import Registry, load_registry
 from autotl.store import COMPLETED, DEFAULT_STORE, FAILED, INTERRUPTED, Search, Store, Trial
-from autotl.search.fleet import trial_worker
-from autotl.search.trial_process import TrialWorker, WorkerSpec, remove_trial_data, save_trial_data
+from autotl.search.fleet import trial_process
+from autotl.search.trial_process import TrialProcess, TrialProcessSpec, remove_trial_data, save_trial_data
 
 __all__ = ["SearchConfig", "SearchResult", "config_from_record", "join", "load_split", "objective_direction",
            "resume", "search"]
@@ -68,10 +68,10 @@ def search(config: SearchConfig, store: Store | str = DEFAULT_STORE, reporter: R
         check_same_options(existing, config)
         if existing.status == COMPLETED:
             return _result(store, existing, already_finished=True)
-    # The trial worker starts now, so that its imports overlap the data loading; with --workers there is none
+    # The trial process starts now, so that its imports overlap the data loading; with --workers there is none
     # here (the trials run in the `autotl worker` processes).
     trials_here = config.trials_per_worker if config.workers == 0 else 0
-    with trial_worker(trials_here, config.worker_memory_growth_mb) as worker:
+    with trial_process(trials_here, config.worker_memory_growth_mb) as process:
         prepared = _prepare(config, registry or load_registry(config.plugin_files))
         if existing is not None:
             check_resumable(existing, config, prepared)
@@ -79,7 +79,7 @@ def search(config: SearchConfig, store: Store | str = DEFAULT_STORE, reporter: R
         with SearchLock(row.workdir, row.name):
             if existing is not None:
                 row = _reopen(store, row, config, reporter)
-            _run_search(config, store, row, prepared, reporter, worker, resume=existing is not None)
+            _run_search(config, store, row, prepared, reporter, process, resume=existing is not None)
     best = store.best_trial(row)
     if best is None:
         store.finish_search(row.id, FAILED, "no trial completed")
@@ -115,7 +115,7 @@ def join(search_ref: str | int, chief: str, store: Store | str = DEFAULT_STORE, 
 
         require_tensorboard()
     reporter = reporter or Reporter()
-    with trial_worker(config.trials_per_worker, config.worker_memory_growth_mb) as worker:
+    with trial_process(config.trials_per_worker, config.worker_memory_growth_mb) as process:
         prepared = _prepare(config, registry or load_registry(config.plugin_files))
         if split_fingerprint(prepared.train, prepared.val) != row.dataset_fingerprint:
             raise AutotlError(f"the data at {config.data} differ from the data search {row.name!r} was started "
@@ -123,7 +123,7 @@ def join(search_ref: str | int, chief: str, store: Store | str = DEFAULT_STORE, 
         if workdir is not None:
             row.workdir = str(Path(workdir).expanduser().resolve() / row.name)
         os.environ.update(worker_environment(tuner_id or default_tuner_id(), host, port))
-        return _run_tuner(config, store, row, prepared, reporter, worker, resume=True, role="worker")
+        return _run_tuner(config, store, row, prepared, reporter, process, resume=True, role="worker")
 
 
 def _find_search(store: Store, name: str | None) -> Search | None:
@@ -149,14 +149,14 @@ def _reopen(store: Store, row: Search, config: SearchConfig, reporter: Reporter)
 
 
 def _run_search(config: SearchConfig, store: Store, row: Search, prepared: "Prepared", reporter: Reporter,
-                worker: TrialWorker | None, resume: bool) -> None:
+                process: TrialProcess | None, resume: bool) -> None:
     """Run the tuner and record how the search ended; errors leave as one-line AutotlErrors."""
     from autotl.search.tuner import TooManyFailures
 
     reporter.search_started(row.name, store.display_url, config.max_trials)
     reporter.examples_skipped(data_module.skipped_of(prepared.train, prepared.val))
     try:
-        _run_tuner(config, store, row, prepared, reporter, worker, resume=resume,
+        _run_tuner(config, store, row, prepared, reporter, process, resume=resume,
                    role="chief" if config.workers > 0 else "single")
     except KeyboardInterrupt:
         store.interrupt_running_trials(row.id, "interrupted by the user")
@@ -201,7 +201,7 @@ def _create_search_row(store: Store, config: SearchConfig, prepared: Prepared) -
 
 
 def _run_tuner(config: SearchConfig, store: Store, row: Search, prepared: Prepared, reporter: Reporter,
-               worker: TrialWorker | None, *, resume: bool, role: str) -> int:
+               process: TrialProcess | None, *, resume: bool, role: str) -> int:
     """Returns how many trials completed here. role: "single" (oracle and trials here), "chief"
     (oracle here, trials in worker processes) or "worker" (trials here, oracle at the chief)."""
     # Keras and KerasTuner are imported here, not at module level, so that
@@ -232,20 +232,20 @@ def _run_tuner(config: SearchConfig, store: Store, row: Search, prepared: Prepar
     data = TrialData(preprocess(prepared.train.examples), prepared.train.labels,
                      preprocess(prepared.val.examples), prepared.val.labels)
     data_dir = workdir / (TRIAL_DATA_DIR if role == "single" else f"{TRIAL_DATA_DIR}-{os.getpid()}")
-    if worker is not None:
-        _configure_worker(worker, store, row, prepared, plan, data, config.plugin_files, data_dir)
+    if process is not None:
+        _configure_trial_process(process, store, row, prepared, plan, data, config.plugin_files, data_dir)
     tuner = None
     try:
         tuner = TransferTuner(oracle, hypermodel, store=store, search_id=row.id, plan=plan, reporter=reporter,
                               workdir=workdir, max_trials=config.max_trials, max_failures=config.max_failures,
-                              worker=worker)
+                              trial_process=process)
         tuner.search(data, verbose=0)
         return tuner.completed_here
     finally:
         if tuner is not None:
             tuner.runner.close()
-        if worker is not None:
-            worker.close()
+        if process is not None:
+            process.close()
             remove_trial_data(data_dir)
 
 
@@ -262,10 +262,10 @@ def _training_plan(config: SearchConfig, search_name: str) -> TrainingPlan:
                         cache_memory_mb=_cache_memory_mb(config.cache_memory_mb), tensorboard_dir=tensorboard_dir)
 
 
-def _configure_worker(worker: TrialWorker, store: Store, row: Search, prepared: Prepared, plan: TrainingPlan,
-                      data: TrialData, plugin_files: list[str], data_dir: Path) -> None:
+def _configure_trial_process(process: TrialProcess, store: Store, row: Search, prepared: Prepared,
+                             plan: TrainingPlan, data: TrialData, plugin_files: list[str], data_dir: Path) -> None:
     save_trial_data(data, data_dir)
-    worker.configure(WorkerSpec(
+    process.configure(TrialProcessSpec(
         store_url=store.url, search_id=row.id, backbone=prepared.backbone.name, weights=prepared.weights,
         plugin_files=[str(Path(p).resolve()) for p in plugin_files],
         preprocessor_options=prepared.preprocessor_options, num_classes=len(prepared.train.class_names),

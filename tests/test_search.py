@@ -257,9 +257,9 @@ def test_a_worker_is_replaced_once_its_memory_grew_past_the_limit():
     import subprocess
     import sys
 
-    from autotl.search.trial_process import TrialWorker, resident_mb
+    from autotl.search.trial_process import TrialProcess, resident_mb
 
-    worker = TrialWorker(spec=None, trials_per_worker=10, max_growth_mb=50)
+    worker = TrialProcess(spec=None, trials_per_worker=10, max_growth_mb=50)
     worker._process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         worker._trials_done = 1

@@ -1,6 +1,6 @@
 """Launching and closing the processes a search's trials run in.
 
-`trial_worker`: the one trial worker process of a search or of an `autotl worker`
+`trial_process`: the one trial process of a search or of an `autotl worker`
 (`autotl.search.trial_process`), launched early so that its imports overlap the data
 loading, and closed on the way out. `spawn_workers` and `stop_workers`: the local
 `autotl worker` processes a chief starts with `--workers N`.
@@ -14,22 +14,22 @@ import sys
 from contextlib import contextmanager
 from typing import Iterator
 
-from autotl.search.trial_process import TrialWorker
+from autotl.search.trial_process import TrialProcess
 
 
 @contextmanager
-def trial_worker(trials_per_worker: int, memory_growth_mb: int) -> Iterator[TrialWorker | None]:
-    """A trial worker, launched now and closed on leaving; None when `trials_per_worker` is 0
+def trial_process(trials_per_worker: int, memory_growth_mb: int) -> Iterator[TrialProcess | None]:
+    """A trial process, launched now and closed on leaving; None when `trials_per_worker` is 0
     (the trials run in this process)."""
     if trials_per_worker <= 0:
         yield None
         return
-    worker = TrialWorker(None, trials_per_worker, memory_growth_mb)
-    worker.launch()
+    process = TrialProcess(None, trials_per_worker, memory_growth_mb)
+    process.launch()
     try:
-        yield worker
+        yield process
     finally:
-        worker.close()
+        process.close()
 
 
 def spawn_workers(count: int, search_name: str, store_url: str, chief: str) -> dict[str, subprocess.Popen]:

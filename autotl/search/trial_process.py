@@ -1,4 +1,8 @@
-"""Trial workers: trials run in a child process that is replaced every so often.
+"""Trial processes: trials run in a child process that is replaced every so often.
+
+(The CLI's ``--trials-per-worker`` and ``--worker-memory-growth`` options, and the
+messages, call it the trial worker; in the code, "worker" is a distributed search's
+``autotl worker`` only.)
 
 Why a process: it confines a crash that takes the interpreter down (a segfault,
 the kernel's OOM killer) to the trial that caused it, and it gives back, when it
@@ -41,7 +45,7 @@ _SPLITS = ("x_train", "y_train", "x_val", "y_val")
 
 
 @dataclass
-class WorkerSpec:
+class TrialProcessSpec:
     """What a fresh process needs to run trials of a search (all picklable)."""
 
     store_url: str
@@ -80,8 +84,8 @@ def load_trial_data(directory: Path) -> TrialData:
     return TrialData(*(load(split) for split in _SPLITS))
 
 
-class TrialWorker:
-    """The search process's handle on a worker process; starts and recycles it.
+class TrialProcess:
+    """The search process's handle on its trial process; starts and recycles it.
 
     The worker is a fresh interpreter (``python -m autotl.search.trial_process FD``) talking over a
     private socket pair: never a fork of a process that holds TensorFlow, and, unlike
@@ -89,7 +93,7 @@ class TrialWorker:
     without a main guard, ``python -`` or a notebook all work).
     """
 
-    def __init__(self, spec: WorkerSpec | None, trials_per_worker: int, max_growth_mb: float | None = None):
+    def __init__(self, spec: TrialProcessSpec | None, trials_per_worker: int, max_growth_mb: float | None = None):
         self.spec = spec
         self.trials_per_worker = max(1, trials_per_worker)
         self.max_growth_mb = max_growth_mb
@@ -104,7 +108,7 @@ class TrialWorker:
         if self._process is None:
             self._spawn()
 
-    def configure(self, spec: WorkerSpec) -> None:
+    def configure(self, spec: TrialProcessSpec) -> None:
         self.spec = spec
         if self._process is not None:
             self._send_spec()
@@ -237,7 +241,7 @@ def die_with_parent(parent_pid: int | str | None) -> None:
         os._exit(1)
 
 
-def worker_main(spec: WorkerSpec, connection) -> None:
+def trial_process_main(spec: TrialProcessSpec, connection) -> None:
     """Entry point of the worker process: set up once, then run trials until told to stop."""
     # Ctrl-C reaches the whole process group; the search process decides what it means
     # (it stops this worker), so a half-handled KeyboardInterrupt here cannot stall the exit.
@@ -267,7 +271,7 @@ def worker_main(spec: WorkerSpec, connection) -> None:
             pass
 
 
-def _set_up(spec: WorkerSpec):
+def _set_up(spec: TrialProcessSpec):
     from autotl.quiet import import_keras_quietly
 
     import_keras_quietly()
@@ -294,10 +298,10 @@ def remove_trial_data(directory: Path) -> None:
     shutil.rmtree(directory, ignore_errors=True)
 
 
-if __name__ == "__main__":  # python -m autotl.search.trial_process FD PARENT_PID, started by TrialWorker
+if __name__ == "__main__":  # python -m autotl.search.trial_process FD PARENT_PID, started by TrialProcess
     from autotl.quiet import import_keras_quietly
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # see worker_main
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # see trial_process_main
     die_with_parent(sys.argv[2] if len(sys.argv) > 2 else None)
 
     import_keras_quietly()  # seconds of imports, while the search process is still reading the data
@@ -306,4 +310,4 @@ if __name__ == "__main__":  # python -m autotl.search.trial_process FD PARENT_PI
         _spec = _connection.recv()
     except (EOFError, OSError):  # the search ended before it needed this worker
         sys.exit(0)
-    worker_main(_spec, _connection)
+    trial_process_main(_spec, _connection)

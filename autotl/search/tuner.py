@@ -5,7 +5,7 @@ hyperparameters (`autotl.search.hypermodel`), the *Oracle* proposes hyperparamet
 (random, Bayesian or Hyperband, used unchanged) and the *Tuner* runs a trial.
 `TransferTuner` is that last part: it writes each trial's row to the store when
 the trial starts and when it ends, and hands the training itself to a
-`TrialRunner` (`autotl.search.runner`), in this process or in a trial worker process
+`TrialRunner` (`autotl.search.runner`), in this process or in a trial process
 (`autotl.search.trial_process`).
 
 A search survives being killed at any moment. The oracle's state (KerasTuner's
@@ -33,7 +33,7 @@ from autotl.search.records import Objective, TrainingPlan, TrialData, TrialFaile
 from autotl.insight.progress import Reporter
 from autotl.store import Store
 from autotl.search.runner import TrialRunner
-from autotl.search.trial_process import TrialWorker
+from autotl.search.trial_process import TrialProcess
 
 PROJECT_NAME = "keras_tuner"
 
@@ -85,7 +85,7 @@ def open_oracle(oracle: kt.Oracle, hypermodel: TransferHyperModel, workdir: Path
 
 
 class TransferTuner(OracleOpenedElsewhere, kt.Tuner):
-    """Runs each trial through `worker` if given, else in this process.
+    """Runs each trial through `trial_process` if given, else in this process.
 
     The oracle comes ready from `open_oracle` (fresh or reloaded); in a distributed
     search KerasTuner swaps it for a client of the chief's oracle.
@@ -93,7 +93,7 @@ class TransferTuner(OracleOpenedElsewhere, kt.Tuner):
 
     def __init__(self, oracle: kt.Oracle, hypermodel: TransferHyperModel, *, store: Store, search_id: int,
                  plan: TrainingPlan, reporter: Reporter, workdir: Path, max_trials: int, max_failures: int,
-                 worker: TrialWorker | None = None):
+                 trial_process: TrialProcess | None = None):
         with contextlib.redirect_stdout(io.StringIO()):  # KerasTuner prints "Reloading Tuner from ..."
             super().__init__(oracle, hypermodel, directory=str(workdir), project_name=PROJECT_NAME, overwrite=False)
         self.store = store
@@ -101,7 +101,7 @@ class TransferTuner(OracleOpenedElsewhere, kt.Tuner):
         self.reporter = reporter
         self.max_trials = max_trials
         self.max_failures = max_failures
-        self.worker = worker
+        self.trial_process = trial_process
         objective = Objective(oracle.objective.name, oracle.objective.direction)
         self.runner = TrialRunner(hypermodel, plan, objective, store, search_id, Path(workdir))
         self._rows: dict[str, store_module.Trial] = {}
@@ -131,8 +131,8 @@ class TransferTuner(OracleOpenedElsewhere, kt.Tuner):
             return {self.oracle.objective.name: row.value}
         values = dict(trial.hyperparameters.values)
         try:
-            if self.worker is not None:
-                outcome = self.worker.run(row.id, row.number, values, self.reporter.epoch_ended)
+            if self.trial_process is not None:
+                outcome = self.trial_process.run(row.id, row.number, values, self.reporter.epoch_ended)
             else:
                 outcome = self.runner.run(row.id, row.number, values, data, self.reporter.epoch_ended)
         except TrialFailed as exc:
