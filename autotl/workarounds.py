@@ -3,6 +3,8 @@
 Written against keras 3.15, keras-tuner 1.4.8 and tensorflow 2.21. Each function
 says what it needs that has no public name; when one of these libraries changes,
 this file is where autotl breaks, and the tests that exercise each use say which.
+Keras is imported inside the functions that need it: the export formats' module,
+which the CLI reads at startup, imports this one.
 """
 from __future__ import annotations
 
@@ -12,8 +14,6 @@ import json
 import os
 import tempfile
 from typing import Callable
-
-import keras
 
 
 # --------------------------------------------------------------------------- Keras models
@@ -58,7 +58,7 @@ def drop_nodes_since(counts: list[tuple]) -> None:
         del layer._inbound_nodes[inbound:], layer._outbound_nodes[outbound:]
 
 
-def build_training_state(model: keras.Model, first_batch: Callable[[], tuple]) -> None:
+def build_training_state(model, first_batch: Callable[[], tuple]) -> None:
     """Create the optimizer's and the metrics' variables before `fit` traces its train step.
 
     On TensorFlow without a distribution strategy, Keras creates them while tracing the
@@ -68,10 +68,37 @@ def build_training_state(model: keras.Model, first_batch: Callable[[], tuple]) -
     strategy is set (`_symbolic_build`, which has no public name); other backends build
     them before tracing anyway. `first_batch` gives (inputs, labels); it is only called here.
     """
+    import keras
+
     if keras.backend.backend() != "tensorflow" or not hasattr(model, "_symbolic_build"):
         return
     x, y = first_batch()
     model._symbolic_build(data_batch=(x, y, None))
+
+
+# --------------------------------------------------------------------------- exports
+
+
+def keras_input_signature(model) -> list:
+    """The `tf.TensorSpec` structure a Keras model's inputs take, as `model.export` computes it
+    (`keras.src.export.export_utils.get_input_signature`: Keras exports no public name for it)."""
+    from keras.src.export.export_utils import get_input_signature
+
+    return get_input_signature(model)
+
+
+def frozen_for_onnx(concrete_function):
+    """`concrete_function` with its variables folded into constants, ready for tf2onnx.
+
+    TensorFlow 2 has no public way to freeze a function; tf2onnx and Keras use this one.
+    Keras' `patch_tf2onnx` is applied first: tf2onnx 1.17's fixes for numpy 2, as Keras'
+    own ONNX export applies them.
+    """
+    from keras.src.export.tf2onnx_lib import patch_tf2onnx
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    patch_tf2onnx()
+    return convert_variables_to_constants_v2(concrete_function)
 
 
 # --------------------------------------------------------------------------- TensorFlow's memory
@@ -104,6 +131,8 @@ def _custom_gradient_registry() -> dict | None:
 
     TensorFlow has no public way to unregister a gradient.
     """
+    import keras
+
     if keras.backend.backend() != "tensorflow":
         return None
     try:
@@ -137,6 +166,8 @@ class TrialHeap:
         self._freezing: bool | None = None  # decided on the first release
 
     def collect_and_freeze(self) -> None:
+        import keras
+
         keras.utils.clear_session(free_memory=True)  # Keras' global state, then a collection
         if self._freezing is None:
             self._freezing = gc.get_freeze_count() == 0
@@ -203,3 +234,26 @@ class OracleOpenedElsewhere:
 
     def _populate_initial_space(self) -> None:
         pass
+
+
+def serve_oracle(oracle, server):
+    """Add KerasTuner's oracle service for `oracle` to the gRPC `server`; returns the servicer.
+
+    KerasTuner serves its chief only from `Tuner.search` in a process whose environment
+    names it chief, then exits the process; autotl's chief serves the oracle itself (to
+    log to the store and stop cleanly), through KerasTuner's private servicer and protos.
+    """
+    from keras_tuner.src import protos
+    from keras_tuner.src.distribute.oracle_chief import OracleServicer
+
+    servicer = OracleServicer(oracle)
+    protos.get_service_grpc().add_OracleServicer_to_server(servicer, server)
+    return servicer
+
+
+def chief_may_exit(servicer, oracle) -> bool:
+    """KerasTuner's own end condition for its chief (private `exit_chief`): the oracle said
+    stop, and no tuner is still at work."""
+    from keras_tuner.src.distribute.oracle_chief import exit_chief
+
+    return servicer.stop_triggered and exit_chief(oracle)

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from autotl.errors import AutotlError
+from autotl.workarounds import frozen_for_onnx, keras_input_signature
 from autotl.export.image_ops import decode_image, pil_resize, pillow_vertical_first
 
 SAVED_MODEL_DIR = "saved_model"
@@ -168,10 +169,9 @@ class _Graph:
     def write_saved_model(self, path: Path) -> None:
         import tensorflow as tf
         from keras.export import ExportArchive
-        from keras.src.export.export_utils import get_input_signature
 
         archive = ExportArchive()
-        archive.track_and_add_endpoint(MODEL_SIGNATURE, self.model, get_input_signature(self.model))
+        archive.track_and_add_endpoint(MODEL_SIGNATURE, self.model, keras_input_signature(self.model))
         if self.pixels:
             archive.add_endpoint(RAW_SIGNATURE, _named(self.images_fn, IMAGES_INPUT),
                                  [tf.TensorSpec((None,), tf.string, name=IMAGES_INPUT)])
@@ -197,13 +197,9 @@ class _Graph:
         import onnx
         import tensorflow as tf
         import tf2onnx
-        from keras.src.export.tf2onnx_lib import patch_tf2onnx
-        # TensorFlow 2 has no public way to freeze a function; tf2onnx and Keras use this one too.
-        from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
         function, signature = self.portable()
-        patch_tf2onnx()  # tf2onnx's numpy>=2 fixes, as Keras' own ONNX export applies them
-        frozen = convert_variables_to_constants_v2(
+        frozen = frozen_for_onnx(
             tf.function(function, input_signature=signature, autograph=False).get_concrete_function())
         proto, _ = tf2onnx.convert.from_graph_def(
             frozen.graph.as_graph_def(), input_names=[t.name for t in frozen.inputs],

@@ -21,6 +21,7 @@ from concurrent import futures
 from typing import TYPE_CHECKING
 
 from autotl.errors import AutotlError, UsageError
+from autotl.workarounds import chief_may_exit, serve_oracle
 
 if TYPE_CHECKING:
     from autotl.insight.progress import Reporter
@@ -58,13 +59,10 @@ class OracleServer:
     def start(self) -> str:
         """Start serving; returns the HOST:PORT workers connect to (a free port when asked for port 0)."""
         import grpc
-        from keras_tuner.src import protos
-        from keras_tuner.src.distribute.oracle_chief import OracleServicer
 
         # One thread: the oracle's methods are synchronised anyway, and its state must not interleave.
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
-        self._servicer = OracleServicer(self.oracle)
-        protos.get_service_grpc().add_OracleServicer_to_server(self._servicer, self._server)
+        self._servicer = serve_oracle(self.oracle, self._server)
         requested = f"{self.host}:{self.port}"
         try:
             self.port = self._server.add_insecure_port(requested)
@@ -77,9 +75,7 @@ class OracleServer:
 
     def all_trials_handed_out_and_ended(self) -> bool:
         """KerasTuner's own end condition: the oracle said stop, and no tuner is still at work."""
-        from keras_tuner.src.distribute.oracle_chief import exit_chief
-
-        return self._servicer.stop_triggered and exit_chief(self.oracle)
+        return chief_may_exit(self._servicer, self.oracle)
 
     def ongoing_tuner_ids(self) -> set[str]:
         return set(self.oracle.ongoing_trials)
