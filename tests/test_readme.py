@@ -44,3 +44,9 @@ def test_ci_runs_the_readme_test_commands():
     commands = re.search(r"## Tests\n\n```bash\n(.*?)\n```", README, re.S).group(1)
     assert commands.startswith("python -m pytest tests -q")
     assert commands in (REPO / ".ci" / "run").read_text().replace("python3", "python")
+
+
+def test_the_source_files_the_readme_names_exist():
+    named = set(re.findall(r"`((?:autotl|plugins|benchmarks|examples|tests)/[\w/]+\.py)`", README))
+    missing = sorted(path for path in named if not (REPO / path).is_file())
+    assert named and not missing, f"README names files that do not exist: {missing}"
