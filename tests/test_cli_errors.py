@@ -78,6 +78,8 @@ def cases(w: dict) -> dict[str, tuple[list, int, list[str]]]:
                                                  ["some_empty.csv", "is a file", "one sub-folder per class"]),
         "empty_data_folder": (search(w["empty"]), 1, ["no class folders"]),
         "one_class": (search(w["one_class"]), 1, ["only one class", "'0'", "at least two"]),
+        "one_example_per_class": (search(w["single_examples"]), 1,
+                                  ["single example", "'0', '1'", "validate", "--val-data"]),
         "class_without_images": (search(w["no_images"]), 1, ["holds no readable images", "1"]),
         "class_whose_images_all_fail": (search(w["all_unreadable"]), 1,
                                         ["all_unreadable/1", "every image in it failed to decode", "junk.png"]),
@@ -282,6 +284,10 @@ def world(tmp_path_factory) -> dict:
     (w["no_images"] / "1").mkdir()
     (w["no_images"] / "1" / "readme.txt").write_text("not an image")
     w["two_classes"] = two_classes(data, root / "two_classes")
+    w["single_examples"] = root / "single_examples"
+    for label in ("0", "1"):
+        (w["single_examples"] / label).mkdir(parents=True)
+        shutil.copy(sorted((data / label).glob("*.png"))[0], w["single_examples"] / label)
     w["all_unreadable"] = root / "all_unreadable"
     shutil.copytree(data / "0", w["all_unreadable"] / "0")
     (w["all_unreadable"] / "1").mkdir()

@@ -385,6 +385,19 @@ def test_text_tables_whose_empty_rows_leave_nothing_to_learn(tmp_path, rows, fra
     assert_one_line_error(excinfo, *fragments)
 
 
+def test_csv_labels_written_as_whole_numbers_are_one_class(tmp_path):
+    rows = [["t0", "1"], ["t1", "1.0"], ["t2", "0"], ["t3", "0.0"], ["t4", " 1.00 "], ["t5", "01"], ["t6", "1.5"]]
+    ds = load_text_table(write_csv(tmp_path / "n.csv", ["text", "label"], rows))
+    assert ds.class_names == ["0", "01", "1", "1.5"]
+    assert [ds.class_names[i] for i in ds.labels] == ["1", "1", "0", "0", "1", "01", "1.5"]
+
+
+def test_a_csv_text_longer_than_the_csv_modules_field_limit_is_read(tmp_path):
+    long_text = "word " * 40_000  # 200,000 characters; the csv module stops at 131,072 by default
+    ds = load_text_table(write_csv(tmp_path / "l.csv", ["text", "label"], [[long_text, "a"], ["short", "b"]]))
+    assert ds.examples == [long_text, "short"] and ds.class_names == ["a", "b"]
+
+
 def test_mixed_label_types_are_compared_as_class_names(tmp_path):
     labels = [1, "1", 1.0, " cat ", True, "true", 2]
     path = write_jsonl(tmp_path / "m.jsonl", [{"text": f"t{i}", "label": v} for i, v in enumerate(labels)])
@@ -485,6 +498,19 @@ def test_stratified_split_of_images_keeps_every_class_in_both(tmp_path):
     for part in (train, val):
         for example, source in zip(part.examples, part.sources):
             assert np.array_equal(example, read_image(source, (6, 6)))
+
+
+def test_a_split_with_a_single_example_per_class_says_what_to_do(tmp_path):
+    ds = load_image_folder(image_folder(tmp_path / "ds", {"a": 1, "b": 1}), (6, 6))
+    with pytest.raises(AutotlError) as excinfo:
+        stratified_split(ds, 0.2, seed=0)
+    assert_one_line_error(excinfo, "single example", "'a', 'b'", "--val-data")
+
+
+def test_fingerprint_of_no_examples(tmp_path):
+    ds = load_image_folder(image_folder(tmp_path / "ds", {"a": 1, "b": 1}), (6, 6))
+    empty = ds.subset(np.asarray([], dtype=np.int64))
+    assert len(fingerprint(empty)) == 64 and fingerprint(empty) != fingerprint(ds)
 
 
 @pytest.mark.parametrize("fraction", [0, 1, -0.1, 1.5])

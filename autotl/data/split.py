@@ -9,7 +9,7 @@ import math
 import numpy as np
 
 from autotl.data.dataset import Dataset
-from autotl.errors import UsageError
+from autotl.errors import AutotlError, UsageError
 
 
 def stratified_split(dataset: Dataset, val_fraction: float, seed: int) -> tuple[Dataset, Dataset]:
@@ -18,7 +18,8 @@ def stratified_split(dataset: Dataset, val_fraction: float, seed: int) -> tuple[
     Each class sends ``round(n * val_fraction)`` examples to validation, clamped
     so that it keeps at least one training example and, when it has two or
     more, gives at least one to validation. A class with a single example stays
-    entirely in training (it cannot be in both). Both parts keep the dataset's
+    entirely in training (it cannot be in both); when every class has one, nothing
+    is left to validate on, and that is an error. Both parts keep the dataset's
     original order.
     """
     if not 0.0 < float(val_fraction) < 1.0:
@@ -32,10 +33,18 @@ def stratified_split(dataset: Dataset, val_fraction: float, seed: int) -> tuple[
             continue
         n_val = min(max(math.floor(n * val_fraction + 0.5), 1), n - 1)
         val_parts.append(rng.permutation(members)[:n_val])
+    if not val_parts:
+        raise AutotlError(_single_examples_message(dataset))
     is_val = np.zeros(len(dataset), dtype=bool)
-    if val_parts:
-        is_val[np.concatenate(val_parts)] = True
+    is_val[np.concatenate(val_parts)] = True
     return dataset.subset(np.flatnonzero(~is_val)), dataset.subset(np.flatnonzero(is_val))
+
+
+def _single_examples_message(dataset: Dataset) -> str:
+    names = ", ".join(repr(name) for name in dataset.class_names[:5])
+    more = f" and {len(dataset.class_names) - 5} more" if len(dataset.class_names) > 5 else ""
+    return (f"every class has a single example ({names}{more}), so none is left to validate on: "
+            "give each class two or more examples, or a validation set with --val-data")
 
 
 def fingerprint(dataset: Dataset) -> str:
@@ -52,7 +61,8 @@ def fingerprint(dataset: Dataset) -> str:
     if isinstance(dataset.examples, np.ndarray):
         examples = np.ascontiguousarray(dataset.examples, dtype=np.uint8)
         _update_blob(digest, json.dumps(list(examples.shape)).encode())
-        digest.update(memoryview(examples).cast("B"))
+        if examples.size:  # a memoryview of no bytes cannot be cast
+            digest.update(memoryview(examples).cast("B"))
     else:
         for text in dataset.examples:
             _update_blob(digest, text.encode("utf-8"))

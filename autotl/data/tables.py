@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -17,6 +18,9 @@ from autotl.errors import AutotlError
 CSV_SUFFIXES = frozenset({".csv", ".tsv"})
 JSONL_SUFFIXES = frozenset({".jsonl", ".json-lines", ".ndjson"})
 TEXT_SUFFIXES = CSV_SUFFIXES | JSONL_SUFFIXES
+MAX_FIELD_CHARS = 2**31 - 1  # the largest the csv module takes on every platform (a C long)
+# A number written with only zeros after its point names the same class as the integer ("1.0" is "1").
+_WHOLE_NUMBER = re.compile(r"([+-]?\d+)\.0*")
 
 
 def load_text_table(
@@ -30,8 +34,8 @@ def load_text_table(
 
     Labels are class names, compared as text: a string is stripped of
     surrounding spaces, and a JSON number or boolean becomes the text it stands
-    for, so ``1``, ``1.0`` and ``"1"`` are one class ``"1"`` (and ``"cat"``
-    another); ``true`` is ``"true"``. A JSON list or object is not a label (one
+    for, so ``1``, ``1.0``, ``"1"`` and ``"1.0"`` are one class ``"1"`` (``"01"`` and ``"cat"``
+    are others); ``true`` is ``"true"``. A JSON list or object is not a label (one
     label per row), and a row with an empty label is an error, reported with
     the count and the first such row.
 
@@ -73,6 +77,9 @@ def _csv_records(file: Path) -> Iterator[Record]:
     delimiter = "\t" if file.suffix.lower() == ".tsv" else ","
     # utf-8-sig: spreadsheet exports often start with a byte-order mark, which
     # would otherwise become part of the first column's name.
+    # A text longer than the csv module's default field limit (131,072 characters) is still one
+    # text: it is cut to the sequence length later, as a long JSONL text is.
+    csv.field_size_limit(max(csv.field_size_limit(), MAX_FIELD_CHARS))
     with _open_text(file) as handle:
         reader = csv.reader(handle, delimiter=delimiter)
         try:
@@ -209,7 +216,9 @@ def _label_str(source: str, label_col: str, value: object) -> str:
             return ""
         if value.is_integer():
             return str(int(value))  # 1.0 is the class "1", as 1 and "1" are
-    return str(value).strip()
+    text = str(value).strip()
+    whole = _WHOLE_NUMBER.fullmatch(text)
+    return whole.group(1) if whole else text  # "1.0" in a CSV is the class "1" too
 
 
 def _raise_if_empty(file: Path, rows: list[str], what: str) -> None:
