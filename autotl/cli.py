@@ -18,7 +18,7 @@ from typing import Any, Callable
 import click
 
 from autotl.config import CACHE_DTYPES, OBJECTIVES, PRECISIONS, TUNERS
-from autotl.errors import AutotlError, typed_first_line
+from autotl.errors import AutotlError, UsageError, typed_first_line
 from autotl.export.manifest import DEFAULT_FORMATS, FORMATS
 from autotl.quiet import import_keras_quietly
 
@@ -349,6 +349,8 @@ def predict(model_dir: str, inputs: tuple[str, ...], model_format: str, as_text:
 
     model = LoadedModel(model_dir, model_format, load_registry(plugin_files))
     if model.manifest["modality"] == "image":
+        if as_text:
+            raise UsageError(f"the model in {model_dir} takes images, not texts: give image files, without --text")
         missing = [p for p in inputs if not Path(p).is_file()]
         if missing:
             raise AutotlError(f"image file not found: {missing[0]}")

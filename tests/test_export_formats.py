@@ -144,6 +144,14 @@ def test_manifest_lists_every_file_with_its_checksum_and_what_each_format_takes(
                for entry in [inputs["keras"], inputs["onnx"], inputs["tflite"], signatures["serving_default"]])
 
 
+def test_predict_with_text_on_an_image_model_says_it_takes_images(exported):
+    _, out, _ = exported
+    result = run_cli("predict", out, "hello", "--text", "--plugin", TINY_PLUGIN)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"Error: the model in {out} takes images, not texts: give image files, without --text"]
+
+
 def test_an_onnx_export_without_onnx_installed_says_what_to_install(exported, tmp_path):
     """The export checks for tf2onnx before writing anything."""
     root, _, _ = exported
