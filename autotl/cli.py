@@ -199,10 +199,12 @@ def worker(search_ref: str, chief: str, store: str, data: str | None, workdir: s
 def _print_result(result) -> None:
     best, search = result.best, result.search
     completed = sum(t.status == "completed" for t in result.trials)
+    interrupted = sum(t.status == "interrupted" for t in result.trials)
     if result.already_finished:
         click.echo(f"search {search.name!r} had already finished; nothing to run")
-    click.echo(f"search {search.name!r}: {completed}/{len(result.trials)} trials completed"
-               + (" (resumed)" if result.resumed else ""))
+    again = f"; {interrupted} interrupted trial(s) ran again" if interrupted else ""
+    click.echo(f"search {search.name!r}: {completed}/{search.config.get('max_trials', len(result.trials))} "
+               "trials completed" + (f" (resumed{again})" if result.resumed else ""))
     click.echo(f"best trial: {best.number}  {search.objective} {best.value:.4f}  "
                f"({best.best_phase} epoch {best.best_epoch})")
     click.echo(f"hyperparameters: {best.hyperparameters_line()}")

@@ -274,7 +274,7 @@ class ProgressLines(Reporter):
         self.label = label
         self._started = time.perf_counter()
 
-    def trial_started(self, number, max_trials, hyperparameters):
+    def trial_started(self, number, max_trials, hyperparameters, **_progress):
         self._started = time.perf_counter()
 
     def trial_ended(self, trial):

@@ -58,6 +58,9 @@ def test_two_local_workers_on_sqlite(tmp_path, mnist_dir):
     assert "chief oracle listening on 127.0.0.1:" in result.stderr
     assert set(trials_run_by(result.stderr)) == {"worker0", "worker1"}, result.stderr
     assert f"search 'two-workers': {MAX_TRIALS}/{MAX_TRIALS} trials completed" in result.stdout
+    # A worker's epoch lines count its trials against the search's maximum, as the chief's would.
+    maxima = re.findall(r"^\[worker\d\]\s+trial \d+/(\d+) +(?:head|finetune) ", result.stderr, flags=re.MULTILINE)
+    assert maxima and set(maxima) == {str(MAX_TRIALS)}, result.stderr
     assert_all_trials_in_one_store(store_url, "two-workers")
 
 

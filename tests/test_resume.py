@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import time
@@ -74,6 +75,9 @@ def test_a_search_killed_three_times_at_random_moments_resumes_to_exactly_max_tr
     stdout, stderr = process.communicate(timeout=600)
     assert process.returncode == 0, stderr
     assert "Traceback" not in stderr and "resuming search 'killed'" in stderr
+    # Counted against the maximum: a re-run says so, and no trial is "7/5".
+    assert f"search 'killed': {MAX_TRIALS}/{MAX_TRIALS} trials completed (resumed" in stdout, stdout
+    assert all(int(n) <= int(m) for n, m in re.findall(r"trial (\d+)/(\d+)", stderr)), stderr
 
     search = store.get_search("killed")
     trials = store.list_trials(search.id)
@@ -177,3 +181,21 @@ def test_bad_reliability_options_are_usage_errors(tmp_path, mnist_dir, option, v
     assert result.returncode == 2, result.stderr
     assert fragment in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "autotl.db").exists() or Store(tmp_path / "autotl.db").list_searches() == []
+
+
+def test_progress_lines_count_a_rerun_against_the_maximum():
+    import io
+
+    from autotl.insight.progress import ConsoleReporter
+
+    stream = io.StringIO()
+    reporter = ConsoleReporter("val_accuracy", stream=stream)
+    reporter.trial_started(3, 5, {"head_units": 64})
+    reporter.epoch_ended(3, "head", 1, 2, {"val_accuracy": 0.5, "seconds": 1.0})
+    reporter.trial_started(7, 5, {"head_units": 32}, completed=4, rerun_of=3)
+    reporter.epoch_ended(7, "head", 1, 2, {"val_accuracy": 0.75, "seconds": 1.0})
+    lines = stream.getvalue().splitlines()
+    assert lines[0] == "trial 3/5: head_units=64"
+    assert lines[1].startswith("  trial 3/5 head     epoch 1/2")
+    assert lines[2] == "trial 7 (re-run of trial 3; 4/5 completed): head_units=32"
+    assert lines[3].startswith("  trial 7 head     epoch 1/2")

@@ -20,7 +20,10 @@ class Reporter:
     def examples_skipped(self, skipped: list[tuple[str, str]]) -> None:
         """The image files or text rows the data loading skipped, as ``(source, reason)``."""
 
-    def trial_started(self, number: int, max_trials: int, hyperparameters: dict[str, Any]) -> None: ...
+    def trial_started(self, number: int, max_trials: int, hyperparameters: dict[str, Any], *,
+                      completed: int = 0, rerun_of: int | None = None) -> None:
+        """Trial `number` of the store starts; `completed` trials of the `max_trials` are done, and
+        `rerun_of` is the number of the interrupted trial it runs again, if it does."""
 
     def epoch_ended(self, trial_number: int, phase: str, epoch: int, epochs: int,
                     metrics: dict[str, float]) -> None: ...
@@ -39,10 +42,9 @@ class ConsoleReporter(Reporter):
         self.direction = "min" if objective.endswith("loss") else "max"
         self.best: float | None = None
         self._trial_started = time.perf_counter()
-        self._max_trials = 0
+        self._labels: dict[int, str] = {}  # trial number -> how its epoch lines name it
 
     def search_started(self, name, store_url, max_trials):
-        self._max_trials = max_trials
         self._print(f"search {name!r}: up to {max_trials} trials, logging to {store_url}")
 
     def examples_skipped(self, skipped):
@@ -52,16 +54,24 @@ class ConsoleReporter(Reporter):
                         f"(first: {source}: {reason}); the search records them as skipped_examples, "
                         "and --strict makes them an error")
 
-    def trial_started(self, number, max_trials, hyperparameters):
+    def trial_started(self, number, max_trials, hyperparameters, *, completed=0, rerun_of=None):
+        """``trial 3/5``; a trial numbered past the maximum (a resumed search's re-runs) is counted
+        by what is completed instead: ``trial 7 (re-run of trial 3; 4/5 completed)``."""
         self._trial_started = time.perf_counter()
         shown = ", ".join(f"{k}={_fmt(v)}" for k, v in hyperparameters.items() if not k.startswith("tuner/"))
-        self._print(f"trial {number}/{max_trials}: {shown}")
+        if rerun_of is None and number <= max_trials:
+            self._labels[number] = f"{number}/{max_trials}"
+            self._print(f"trial {number}/{max_trials}: {shown}")
+            return
+        self._labels[number] = str(number)
+        again = f"re-run of trial {rerun_of}; " if rerun_of is not None else ""
+        self._print(f"trial {number} ({again}{completed}/{max_trials} completed): {shown}")
 
     def epoch_ended(self, trial_number, phase, epoch, epochs, metrics):
         self._update_best(metrics.get(self.objective))
         shown = "  ".join(f"{k} {_fmt(v)}" for k, v in metrics.items() if k != "seconds")
         best_text = f"  best so far {_fmt(self.best)}" if self.best is not None else ""
-        self._print(f"  trial {trial_number}/{self._max_trials} {phase:8s} epoch {epoch}/{epochs}  {shown}"
+        self._print(f"  trial {self._labels.get(trial_number, trial_number)} {phase:8s} epoch {epoch}/{epochs}  {shown}"
                     f"  ({metrics.get('seconds', 0):.1f}s){best_text}")
 
     def trial_ended(self, trial):

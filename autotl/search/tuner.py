@@ -121,9 +121,18 @@ class TransferTuner(OracleOpenedElsewhere, kt.Tuner):
         if done is not None:  # finished before a kill that came before KerasTuner recorded it
             self._rows[trial.trial_id] = done
             return
+        rerun_of = self._interrupted_number(trial.trial_id)
         row = self.store.start_trial(self.search_id, trial.trial_id, dict(trial.hyperparameters.values))
         self._rows[trial.trial_id] = row
-        self.reporter.trial_started(row.number, self.max_trials, dict(trial.hyperparameters.values))
+        self.reporter.trial_started(row.number, self.max_trials, dict(trial.hyperparameters.values),
+                                    completed=self.store.count_trials(self.search_id, store_module.COMPLETED),
+                                    rerun_of=rerun_of)
+
+    def _interrupted_number(self, tuner_trial_id: str) -> int | None:
+        """The number of the last interrupted row of KerasTuner's trial `tuner_trial_id`, which it runs again."""
+        earlier = [t.number for t in self.store.list_trials(self.search_id)
+                   if t.tuner_trial_id == tuner_trial_id and t.status == store_module.INTERRUPTED]
+        return earlier[-1] if earlier else None
 
     def run_trial(self, trial: kt.engine.trial.Trial, data: TrialData | None = None, **_kwargs) -> dict[str, float]:
         row = self._rows[trial.trial_id]
