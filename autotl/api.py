@@ -22,7 +22,8 @@ from autotl import data as data_module
 from autotl.search import space as space_module
 from autotl.config import (Prepared, SearchConfig, check_resumable, check_same_options, config_from_record,
                            config_record, load_split, split_fingerprint)
-from autotl.search.distributed import default_tuner_id, parse_address, run_chief, worker_environment
+from autotl.search.distributed import (check_reachable, default_tuner_id, parse_address, run_chief,
+                                       worker_environment)
 from autotl.errors import AutotlError, UsageError, first_line
 from autotl.search.lock import SearchLock
 from autotl.search.records import Objective, TrainingPlan, TrialData
@@ -109,6 +110,7 @@ def join(search_ref: str | int, chief: str, store: Store | str = DEFAULT_STORE, 
     row = store.get_search(search_ref)
     if row.status == COMPLETED:
         raise AutotlError(f"search {row.name!r} has already finished; there is nothing to join")
+    check_reachable(host, port)
     config = config_from_record(row, data=data)
     if config.tensorboard_dir is not None:
         from autotl.insight.board import require_tensorboard

@@ -108,7 +108,16 @@ def test_joining_a_finished_or_unknown_search_or_a_dead_chief_is_one_line(tmp_pa
     assert unknown.returncode == 1 and "no search 'nope'" in unknown.stderr
     bad_address = run(["worker", "small", "--chief", "localhost", "--store", store_url], tmp_path)
     assert bad_address.returncode == 2 and "HOST:PORT" in bad_address.stderr
-    for result in (finished, unknown, bad_address):
+    # An unfinished search, but no chief where --chief points: one line within seconds, not a silent wait.
+    store = Store(store_url)
+    store.reopen_search(store.get_search("small").id)
+    started = time.monotonic()
+    no_chief = run(["worker", "small", "--chief", f"127.0.0.1:{free_port()}", "--store", store_url], tmp_path)
+    assert time.monotonic() - started < 10 + 30  # the connection attempt, plus the CLI's start-up
+    assert no_chief.returncode == 1 and "cannot reach the chief at 127.0.0.1:" in no_chief.stderr
+    bogus_host = run(["worker", "small", "--chief", "999.1.1.1:80", "--store", store_url], tmp_path)
+    assert bogus_host.returncode == 1 and "cannot reach the chief at 999.1.1.1:80" in bogus_host.stderr
+    for result in (finished, unknown, bad_address, no_chief, bogus_host):
         assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from autotl.store import Search, Store
 
 TUNER_ID, ORACLE_IP, ORACLE_PORT = "KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT"
+CONNECT_TIMEOUT_S = 10.0  # how long `autotl worker` waits for the chief to accept a connection
 
 
 def parse_address(address: str, *, allow_port_zero: bool = False) -> tuple[str, int]:
@@ -36,6 +37,16 @@ def parse_address(address: str, *, allow_port_zero: bool = False) -> tuple[str, 
     if not host or not port.isdigit() or not (0 if allow_port_zero else 1) <= int(port) <= 65535:
         raise UsageError(f"not a HOST:PORT address: {address!r} (e.g. 127.0.0.1:8000)")
     return host.strip("[]"), int(port)
+
+
+def check_reachable(host: str, port: int, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """Fail in one line unless a chief listens at host:port: KerasTuner's client would wait for it forever."""
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as exc:
+        why = exc.strerror or (f"no answer in {timeout_s:.0f} s" if isinstance(exc, TimeoutError) else str(exc))
+        raise AutotlError(f"cannot reach the chief at {host}:{port} ({why}): start it with "
+                          "`autotl search --workers N`, or check --chief") from None
 
 
 def worker_environment(tuner_id: str, host: str, port: int) -> dict[str, str]:
