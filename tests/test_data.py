@@ -350,10 +350,36 @@ def test_missing_column_error_lists_available_columns(tmp_path):
         load_text_table(path)
     assert_one_line_error(excinfo, "'text'", "'sentence'", "'label'")
 
-    path = write_jsonl(tmp_path / "x.jsonl", [{"text": "a", "label": "x"}, {"text": "b", "tag": "y"}])
+    path = write_jsonl(tmp_path / "x.jsonl", [{"text": "a", "tag": "x"}, {"text": "b", "tag": "y"}])
     with pytest.raises(AutotlError) as excinfo:
         load_text_table(path)
-    assert_one_line_error(excinfo, "line 2", "'label'", "'tag'")
+    assert_one_line_error(excinfo, "line 1", "'label'", "'tag'")
+
+
+def test_rows_without_a_label_are_skipped_and_counted_like_empty_texts(tmp_path):
+    """A JSON line without the label field, a null or NaN label, an empty CSV cell: skipped, or with
+    --strict an error, as a row with empty text is (issue 17, 11)."""
+    jsonl = tmp_path / "u.jsonl"
+    jsonl.write_text('{"text": "a", "label": "x"}\n{"text": "b"}\n{"text": "c", "label": null}\n'
+                     '{"text": "", "label": "y"}\n{"text": "d", "label": NaN}\n{"text": "e", "label": "y"}\n')
+    ds = load_text_table(jsonl)
+    assert ds.examples == ["a", "e"] and ds.class_names == ["x", "y"]
+    assert ds.skipped == [("u.jsonl:2", "no label"), ("u.jsonl:3", "no label"), ("u.jsonl:4", "empty text"),
+                          ("u.jsonl:5", "no label")]
+    with pytest.raises(AutotlError) as excinfo:
+        load_text_table(jsonl, strict=True)
+    assert_one_line_error(excinfo, "3 rows", "no label", "u.jsonl:2", "without --strict")
+
+    csv_file = write_csv(tmp_path / "u.csv", ["text", "label"], [["ok", "a"], ["fine", ""], ["good", "b"]])
+    assert load_text_table(csv_file).skipped == [("u.csv:3", "no label")]
+    with pytest.raises(AutotlError) as excinfo:
+        load_text_table(csv_file, strict=True)
+    assert_one_line_error(excinfo, "1 row", "no label", "u.csv:3", "without --strict")
+
+    unlabeled = write_csv(tmp_path / "none.csv", ["text", "label"], [["ok", ""], ["fine", " "]])
+    with pytest.raises(AutotlError) as excinfo:
+        load_text_table(unlabeled)
+    assert_one_line_error(excinfo, "no row", "has a label", "'label'", "none.csv:2", "--label-col")
 
 
 def test_empty_text_rows_are_skipped_and_recorded_like_unreadable_images(tmp_path):
@@ -375,7 +401,6 @@ def test_empty_text_rows_are_skipped_and_recorded_like_unreadable_images(tmp_pat
     [
         ([["", "a"], [" ", "b"]], ("every row", "empty text", "'text'", "e.csv:2", "--text-col")),
         ([["ok", "a"], ["", "b"], ["fine", "a"]], ("class 'b'", "only rows with empty text", "e.csv:3")),
-        ([["ok", "a"], ["fine", ""], ["good", "b"]], ("1 row", "empty label", "e.csv:3")),
     ],
 )  # fmt: skip
 def test_text_tables_whose_empty_rows_leave_nothing_to_learn(tmp_path, rows, fragments):
@@ -410,8 +435,7 @@ def test_mixed_label_types_are_compared_as_class_names(tmp_path):
 
 @pytest.mark.parametrize(
     "label, fragments",
-    [([1, 2], ("m.jsonl:2", "'label'", "JSON list", "one label")), ({"a": 1}, ("m.jsonl:2", "JSON object")),
-     (None, ("1 row", "empty label", "m.jsonl:2"))],
+    [([1, 2], ("m.jsonl:2", "'label'", "JSON list", "one label")), ({"a": 1}, ("m.jsonl:2", "JSON object"))],
 )  # fmt: skip
 def test_labels_that_are_not_class_names(tmp_path, label, fragments):
     path = write_jsonl(tmp_path / "m.jsonl", [{"text": "a", "label": "x"}, {"text": "b", "label": label}])
@@ -422,10 +446,8 @@ def test_labels_that_are_not_class_names(tmp_path, label, fragments):
 
 def test_nan_label_is_a_missing_label(tmp_path):
     path = tmp_path / "n.jsonl"
-    path.write_text('{"text": "a", "label": "x"}\n{"text": "b", "label": NaN}\n')
-    with pytest.raises(AutotlError) as excinfo:
-        load_text_table(path)
-    assert_one_line_error(excinfo, "empty label", "n.jsonl:2")
+    path.write_text('{"text": "a", "label": "x"}\n{"text": "b", "label": NaN}\n{"text": "c", "label": "y"}\n')
+    assert load_text_table(path).skipped == [("n.jsonl:2", "no label")]
 
 
 @pytest.mark.parametrize(

@@ -36,12 +36,13 @@ def load_text_table(
     surrounding spaces, and a JSON number or boolean becomes the text it stands
     for, so ``1``, ``1.0``, ``"1"`` and ``"1.0"`` are one class ``"1"`` (``"01"`` and ``"cat"``
     are others); ``true`` is ``"true"``. A JSON list or object is not a label (one
-    label per row), and a row with an empty label is an error, reported with
-    the count and the first such row.
+    label per row).
 
-    A row whose text is empty (or only spaces) is skipped and recorded in
-    ``skipped``, as an unreadable image is; with ``strict=True`` it is an
-    error. So is a table with no text at all, or a class whose every row is empty.
+    A row whose text is empty (or only spaces), or whose label is missing or
+    empty (a JSON line without the field, ``null``, NaN), is skipped and recorded
+    in ``skipped``, as an unreadable image is; with ``strict=True`` it is an
+    error. So is a table with no text or no label at all, or a class whose every
+    row is empty. A column no row has is an error (the wrong --text-col or --label-col).
 
     Sources are ``"file.csv:ROW"`` with the header as row 1 (as a spreadsheet
     numbers rows) or ``"file.jsonl:LINE"`` (1-based; blank lines are ignored).
@@ -52,8 +53,9 @@ def load_text_table(
         raise AutotlError(f"{file} is not a supported text table: use one of {' '.join(sorted(TEXT_SUFFIXES))}")
     records = _csv_records(file) if suffix in CSV_SUFFIXES else _jsonl_records(file)
     rows = _collect(file, records, text_col, label_col)
-    if not rows.texts and not rows.empty:
+    if not rows.texts and not rows.empty and not rows.unlabeled:
         raise AutotlError(f"no rows in {file}: it needs a header line and at least one row per class")
+    _check_unlabeled(file, rows, label_col, strict)
     _check_empty_texts(file, rows, text_col, strict)
     found = sorted(set(rows.labels) | {label for _, label in rows.empty})
     names = resolve_class_names(found, class_names, file)
@@ -65,7 +67,8 @@ def load_text_table(
         labels=np.asarray([index[label] for label in rows.labels], dtype=np.int64),
         class_names=list(names),
         sources=rows.sources,
-        skipped=[(source, "empty text") for source, _ in rows.empty],
+        skipped=sorted([(source, "empty text") for source, _ in rows.empty]
+                       + [(source, "no label") for source in rows.unlabeled], key=lambda s: _row_number(s[0])),
     )
 
 
@@ -135,26 +138,51 @@ class _Rows:
     labels: list[str] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
     empty: list[tuple[str, str]] = field(default_factory=list)
+    unlabeled: list[str] = field(default_factory=list)  # sources of the rows without a label
 
 
 def _collect(file: Path, records: Iterable[Record], text_col: str, label_col: str) -> _Rows:
+    """The rows, sorted into kept, empty text and unlabeled. A CSV's header must name both columns;
+    a JSON line may lack one (that row is then empty or unlabeled), but some line must have each."""
+    # Checked once all rows are read: a column that no row has is the wrong --text-col / --label-col.
     rows = _Rows()
-    empty_label: list[str] = []
+    first: tuple[str, list[str]] | None = None
+    seen: set[str] = set()
     for source, columns, row in records:
-        _check_columns(file, source, columns, (text_col, label_col))
+        first = first or (source, columns)
+        seen.update(columns)
         text, label = row.get(text_col), _label_str(source, label_col, row.get(label_col))
         if not isinstance(text, str) and text is not None:
             raise AutotlError(f"{source}: the {text_col!r} value must be a string, got {type(text).__name__}")
         if not label:
-            empty_label.append(source)
-        if text is None or not text.strip():
+            rows.unlabeled.append(source)
+        elif text is None or not text.strip():
             rows.empty.append((source, label))
-            continue
-        rows.texts.append(text)
-        rows.labels.append(label)
-        rows.sources.append(source)
-    _raise_if_empty(file, empty_label, "an empty label")
+        else:
+            rows.texts.append(text)
+            rows.labels.append(label)
+            rows.sources.append(source)
+    absent = tuple(column for column in (text_col, label_col) if column not in seen)
+    if first is not None and absent:
+        _check_columns(file, first[0], first[1], absent)
     return rows
+
+
+def _check_unlabeled(file: Path, rows: _Rows, label_col: str, strict: bool) -> None:
+    if not rows.unlabeled:
+        return
+    first = rows.unlabeled[0]
+    if not rows.texts and not rows.empty:
+        raise AutotlError(f"no row of {file} has a label in column {label_col!r} (first: {first}): "
+                          "fill them in, or choose the label column with --label-col")
+    if strict:
+        count = f"{len(rows.unlabeled)} rows" if len(rows.unlabeled) > 1 else "1 row"
+        raise AutotlError(f"{count} in {file} with no label (first: {first}): label them or remove them, "
+                          "or run without --strict to skip them")
+
+
+def _row_number(source: str) -> int:
+    return int(source.rsplit(":", 1)[1])
 
 
 def _check_empty_texts(file: Path, rows: _Rows, text_col: str, strict: bool) -> None:
@@ -219,12 +247,6 @@ def _label_str(source: str, label_col: str, value: object) -> str:
     text = str(value).strip()
     whole = _WHOLE_NUMBER.fullmatch(text)
     return whole.group(1) if whole else text  # "1.0" in a CSV is the class "1" too
-
-
-def _raise_if_empty(file: Path, rows: list[str], what: str) -> None:
-    if rows:
-        count = f"{len(rows)} rows" if len(rows) > 1 else "1 row"
-        raise AutotlError(f"{count} in {file} with {what} (first: {rows[0]}): fill them in or remove them")
 
 
 def _require_file(path: str | Path, role: str = "dataset") -> Path:
