@@ -31,6 +31,7 @@ from autotl.insight.progress import Reporter
 from autotl.backbones.registry import Registry, load_registry
 from autotl.store import COMPLETED, DEFAULT_STORE, FAILED, INTERRUPTED, Search, Store, Trial
 from autotl.search.fleet import trial_process
+from autotl.workarounds import hyperband_first_full_trial
 from autotl.search.trial_process import TrialProcess, TrialProcessSpec, remove_trial_data, save_trial_data
 
 __all__ = ["SearchConfig", "SearchResult", "config_from_record", "join", "load_split", "objective_direction",
@@ -222,6 +223,7 @@ def _run_tuner(config: SearchConfig, store: Store, row: Search, prepared: Prepar
     plan = _training_plan(config, row.name)
     if role != "worker":
         open_oracle(oracle, hypermodel, workdir, resume)
+        _warn_if_budget_too_small(config, oracle, reporter)
         if plan.tensorboard_dir is not None:
             from autotl.insight.board import write_experiment
 
@@ -249,6 +251,17 @@ def _run_tuner(config: SearchConfig, store: Store, row: Search, prepared: Prepar
         if process is not None:
             process.close()
             remove_trial_data(data_dir)
+
+
+def _warn_if_budget_too_small(config: SearchConfig, oracle, reporter: Reporter) -> None:
+    """Hyperband sizes its brackets by --epochs, and --max-trials may stop it before any trial trains them all."""
+    if config.tuner != "hyperband":
+        return
+    needed, first_epochs = hyperband_first_full_trial(oracle)
+    if config.max_trials < needed:
+        reporter.message(f"warning: --tuner hyperband trains its first trials for {first_epochs} head epoch(s) and "
+                         f"only trial {needed} for all --epochs {oracle.max_epochs}: --max-trials {config.max_trials} "
+                         f"stops before; give --max-trials {needed} or more, or --tuner random or bayesian")
 
 
 def _training_plan(config: SearchConfig, search_name: str) -> TrainingPlan:

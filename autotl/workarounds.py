@@ -257,3 +257,13 @@ def chief_may_exit(servicer, oracle) -> bool:
     from keras_tuner.src.distribute.oracle_chief import exit_chief
 
     return servicer.stop_triggered and exit_chief(oracle)
+
+
+def hyperband_first_full_trial(oracle) -> tuple[int, int]:
+    """(how many trials a Hyperband oracle starts before its first trial trained for `max_epochs`,
+    the epochs its first trials train), from its own private bracket arithmetic (`_get_num_brackets`,
+    `_get_size`, `_get_epochs`): its first bracket is the most exploratory, and only its last round
+    trains for the full epochs."""
+    bracket = oracle._get_num_brackets() - 1
+    before = sum(oracle._get_size(bracket, round_num) for round_num in range(bracket))
+    return before + 1, oracle._get_epochs(bracket, 0)

@@ -12,6 +12,7 @@ import pytest
 
 from autotl import api
 from autotl.backbones.registry import load_registry
+from autotl.insight.progress import Reporter
 from autotl.store import COMPLETED, Store
 from autotl.search.runner import VAL_PROBS_NAME
 
@@ -122,20 +123,36 @@ def test_cli_reads_trials_and_best_from_the_store(finished_search):
     assert "unfreeze_depth=" in table and table.count("completed") == 3
 
 
+class MessageLog(Reporter):
+    def __init__(self):
+        self.lines: list[str] = []
+
+    def message(self, text):
+        self.lines.append(text)
+
+
 @pytest.mark.parametrize("tuner", ["bayesian", "hyperband"])
 def test_other_tuners_complete_and_respect_max_trials(tmp_path, mnist_dir, tuner):
     store = Store(str(tmp_path / "autotl.db"))
     config = api.SearchConfig(data=str(mnist_dir), backbone="tiny_cnn", plugin_files=[str(TINY_PLUGIN)],
                               image_size=16, tuner=tuner, max_trials=2, epochs=3, finetune_epochs=1,
                               batch_size=32, name=tuner, workdir=str(tmp_path / "runs"))
-    result = api.search(config, store)
+    messages = MessageLog()
+    result = api.search(config, store, reporter=messages)
     trials = store.list_trials(result.search.id)
     assert len(trials) == 2 and all(t.status == COMPLETED for t in trials)
+    warnings = [m for m in messages.lines if "--tuner hyperband" in m]
     if tuner == "hyperband":  # Hyperband sets each bracket's epoch budget
+        # With --epochs 3 its first bracket trains 3 trials for 1 epoch, then the 4th for 3: 2 trials stop short.
+        assert warnings == ["warning: --tuner hyperband trains its first trials for 1 head epoch(s) and only trial 4 "
+                            "for all --epochs 3: --max-trials 2 stops before; give --max-trials 4 or more, or "
+                            "--tuner random or bayesian"]
         assert all("tuner/epochs" in t.hyperparameters for t in trials)
         for trial in trials:
             head_epochs = {m.epoch for m in store.epoch_metrics(trial.id) if m.phase == "head"}
             assert max(head_epochs) <= trial.hyperparameters["tuner/epochs"]
+    else:
+        assert warnings == []
 
 
 def test_a_given_validation_folder_is_used_instead_of_a_split(tmp_path, mnist_dir):
