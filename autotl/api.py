@@ -21,7 +21,7 @@ from pathlib import Path
 from autotl import data as data_module
 from autotl.search import space as space_module
 from autotl.config import (Prepared, SearchConfig, check_resumable, check_same_options, config_from_record,
-                           config_record, load_split, split_fingerprint)
+                           config_record, extends, load_split, split_fingerprint)
 from autotl.search.distributed import (check_reachable, default_tuner_id, parse_address, run_chief,
                                        worker_environment)
 from autotl.errors import AutotlError, UsageError, first_line
@@ -68,7 +68,7 @@ def search(config: SearchConfig, store: Store | str = DEFAULT_STORE, reporter: R
     existing = _find_search(store, config.name)
     if existing is not None:
         check_same_options(existing, config)
-        if existing.status == COMPLETED:
+        if existing.status == COMPLETED and not extends(existing, config):
             return _result(store, existing, already_finished=True)
     # The trial process starts now, so that its imports overlap the data loading; with --workers there is none
     # here (the trials run in the `autotl worker` processes).
@@ -143,9 +143,14 @@ def _result(store: Store, row: Search, **flags: bool) -> SearchResult:
 
 
 def _reopen(store: Store, row: Search, config: SearchConfig, reporter: Reporter) -> Search:
-    """Take an unfinished search up again: the trials it was running when it stopped are interrupted."""
+    """Take an unfinished search up again (the trials it was running when it stopped are interrupted),
+    or a finished one to more trials."""
     interrupted = store.interrupt_running_trials(row.id, "interrupted: the search stopped during this trial")
     completed = store.count_trials(row.id, COMPLETED)
+    if extends(row, config):
+        reporter.message(f"extending search {row.name!r} from {row.config['max_trials']} to {config.max_trials} "
+                         f"trials: {completed} completed")
+        return store.reopen_search(row.id, max_trials=config.max_trials)
     again = f"; {interrupted} interrupted trial(s) will run again" if interrupted else ""
     reporter.message(f"resuming search {row.name!r}: {completed} of {config.max_trials} trials completed{again}")
     return store.reopen_search(row.id)

@@ -180,13 +180,20 @@ def with_absolute_paths(values: dict[str, Any], names: tuple[str, ...]) -> dict[
 
 
 def check_same_options(existing: Search, config: SearchConfig) -> None:
-    """`search --name NAME` with NAME in the store must be the same search (to resume it or see it done)."""
+    """`search --name NAME` with NAME in the store must be the same search (to resume it or see it done),
+    but for a higher --max-trials, which extends it."""
     given = with_absolute_paths(asdict(config), PATH_OPTIONS)
     stored = with_absolute_paths(existing.config, PATH_OPTIONS)  # stores from before paths were kept absolute
-    changed = [name for name in RESUME_OPTIONS if stored.get(name) != given[name]]
+    changed = [name for name in RESUME_OPTIONS if stored.get(name) != given[name]
+               and not (name == "max_trials" and extends(existing, config))]
     if config.weights is not None and config.weights != existing.weights:
         changed.append("weights")
     _refuse_if_changed(existing, changed)
+
+
+def extends(existing: Search, config: SearchConfig) -> bool:
+    """Whether `config` asks for more trials than the stored search had: it may go on to that many."""
+    return config.max_trials > int(existing.config.get("max_trials", config.max_trials))
 
 
 def check_resumable(existing: Search, config: SearchConfig, prepared: Prepared) -> None:

@@ -119,6 +119,21 @@ def test_a_finished_search_says_so_and_exits_0_and_a_changed_one_is_refused(tmp_
                                       "another --name, or continue it as it was with `autotl resume done`")
     assert completed_rows(store, "done") == rows_before
 
+    # A higher --max-trials extends the finished search (issue 17, 9); a lower one is a different search.
+    args[args.index("--max-trials") + 1] = "3"
+    extended = run_cli(*args, cwd=tmp_path)
+    assert extended.returncode == 0, extended.stderr
+    assert "extending search 'done' from 2 to 3 trials: 2 completed" in extended.stderr
+    assert "search 'done': 3/3 trials completed (resumed)" in extended.stdout
+    after = completed_rows(store, "done")
+    assert len(after) == 3 and after.items() >= rows_before.items(), "the first two trials are kept as they were"
+    assert store.get_search("done").config["max_trials"] == 3
+    again = run_cli("resume", "done", "--store", tmp_path / "autotl.db", cwd=tmp_path)
+    assert again.returncode == 0 and "already finished" in again.stdout
+    args[args.index("--max-trials") + 1] = "1"
+    fewer = run_cli(*args, cwd=tmp_path)
+    assert fewer.returncode == 2 and "different max_trials" in fewer.stderr
+
 
 def test_a_trial_the_store_holds_as_completed_is_not_run_again(tmp_path, mnist_dir):
     """The kill that falls after the store recorded a trial and before KerasTuner did."""

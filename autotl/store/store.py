@@ -197,11 +197,13 @@ class Store:
             search = session.get(Search, search_id)
             search.status, search.error, search.finished_at = status, error, utc_now()
 
-    def reopen_search(self, search_id: int) -> Search:
-        """Mark a search running again, to resume it."""
+    def reopen_search(self, search_id: int, max_trials: int | None = None) -> Search:
+        """Mark a search running again, to resume it (to `max_trials` trials, when given: an extension)."""
         with self.session() as session:
             search = session.get(Search, search_id)
             search.status, search.error, search.finished_at = RUNNING, None, None
+            if max_trials is not None:
+                search.config = {**search.config, "max_trials": max_trials}  # a new dict: JSON changes are not tracked
             return search
 
     # --- trials ---------------------------------------------------------------------
