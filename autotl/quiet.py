@@ -13,6 +13,8 @@ import os
 import sys
 import tempfile
 
+from autotl.errors import AutotlError
+
 
 def import_keras_quietly() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -33,11 +35,23 @@ def import_keras_quietly() -> None:
                 pass
             # tf.function's retracing advice is for model authors; each trial builds new models by design.
             logging.getLogger("tensorflow").setLevel(logging.ERROR)
+        except ModuleNotFoundError as exc:
+            backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+            if (exc.name or "").split(".")[0] != backend:
+                _replay(saved, capture)
+                raise
+            raise AutotlError(f"KERAS_BACKEND={backend} needs the {backend} package, which is not installed: "
+                              f"install it, or unset KERAS_BACKEND to use TensorFlow") from None
         except BaseException:
-            os.dup2(saved, 2)
-            capture.seek(0)
-            sys.stderr.write(capture.read().decode(errors="replace"))
+            _replay(saved, capture)
             raise
         finally:
             os.dup2(saved, 2)
             os.close(saved)
+
+
+def _replay(saved: int, capture) -> None:
+    """Give the failed import's native output back to the terminal."""
+    os.dup2(saved, 2)
+    capture.seek(0)
+    sys.stderr.write(capture.read().decode(errors="replace"))

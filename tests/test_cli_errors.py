@@ -15,6 +15,7 @@ import os
 import shutil
 import sqlite3
 import subprocess
+import sys
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -352,6 +353,19 @@ def test_subcommand_help(tmp_path, command):
     assert first.startswith("Usage:") and f" {command} " in f"{first} ", first
     assert "--help" in result.stdout
     assert not (tmp_path / "autotl.db").exists(), "--help must not create a store"
+
+
+def test_a_keras_backend_that_is_not_installed_is_one_line(tmp_path):
+    """KERAS_BACKEND=torch where torch is missing (as after the README's install): not an internal error."""
+    hide_torch = "import sys; sys.modules['torch'] = None; from autotl.cli import main; main()"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "torch"}
+    env.pop("AUTOTL_DEBUG", None)
+    result = subprocess.run([sys.executable, "-c", hide_torch, "search", str(tmp_path), "--backbone", "resnet50"],
+                            capture_output=True, text=True, cwd=tmp_path, env=env, timeout=180)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "Error: KERAS_BACKEND=torch needs the torch package, which is not installed: install it, or unset "
+        "KERAS_BACKEND to use TensorFlow"]
 
 
 def test_help_of_search_shows_store_and_space_options(tmp_path):
