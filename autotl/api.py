@@ -25,6 +25,7 @@ from autotl.config import (Prepared, SearchConfig, check_resumable, check_same_o
 from autotl.search.distributed import (check_reachable, default_tuner_id, parse_address, run_chief,
                                        worker_environment)
 from autotl.errors import AutotlError, UsageError, first_line
+from autotl.search.budget import Deadline, format_duration
 from autotl.search.lock import SearchLock
 from autotl.search.records import Objective, TrainingPlan, TrialData
 from autotl.insight.progress import Reporter
@@ -38,6 +39,7 @@ __all__ = ["SearchConfig", "SearchResult", "config_from_record", "join", "load_s
            "resume", "search"]
 
 TRIAL_DATA_DIR = "data"  # inside the search's work folder, while trial workers run
+DEADLINE_KEY = "deadline_at"  # in a time-limited search's stored config: when its current run must end
 
 
 @dataclass
@@ -63,6 +65,7 @@ def search(config: SearchConfig, store: Store | str = DEFAULT_STORE, reporter: R
     running are marked interrupted and run again. A search that had completed is returned as it is.
     """
     config.validate()
+    deadline = Deadline.after(config.time_limit) if config.time_limit is not None else None  # from the request
     store = store if isinstance(store, Store) else Store(store)
     reporter = reporter or Reporter()
     existing = _find_search(store, config.name)
@@ -81,7 +84,10 @@ def search(config: SearchConfig, store: Store | str = DEFAULT_STORE, reporter: R
         with SearchLock(row.workdir, row.name):
             if existing is not None:
                 row = _reopen(store, row, config, reporter)
-            _run_search(config, store, row, prepared, reporter, process, resume=existing is not None)
+            if deadline is not None:  # where workers that join read it
+                row = store.update_search_config(row.id, {DEADLINE_KEY: deadline.at})
+            _run_search(config, store, row, prepared, reporter, process, resume=existing is not None,
+                        deadline=deadline)
     best = store.best_trial(row)
     if best is None:
         store.finish_search(row.id, FAILED, "no trial completed")
@@ -126,7 +132,10 @@ def join(search_ref: str | int, chief: str, store: Store | str = DEFAULT_STORE, 
         if workdir is not None:
             row.workdir = str(Path(workdir).expanduser().resolve() / row.name)
         os.environ.update(worker_environment(tuner_id or default_tuner_id(), host, port))
-        return _run_tuner(config, store, row, prepared, reporter, process, resume=True, role="worker")
+        deadline_at = row.config.get(DEADLINE_KEY) if config.time_limit is not None else None
+        deadline = Deadline(deadline_at) if deadline_at is not None else None
+        return _run_tuner(config, store, row, prepared, reporter, process, resume=True, role="worker",
+                          deadline=deadline)
 
 
 def _find_search(store: Store, name: str | None) -> Search | None:
@@ -148,24 +157,36 @@ def _reopen(store: Store, row: Search, config: SearchConfig, reporter: Reporter)
     interrupted = store.interrupt_running_trials(row.id, "interrupted: the search stopped during this trial")
     completed = store.count_trials(row.id, COMPLETED)
     if extends(row, config):
-        reporter.message(f"extending search {row.name!r} from {row.config['max_trials']} to {config.max_trials} "
-                         f"trials: {completed} completed")
-        return store.reopen_search(row.id, max_trials=config.max_trials)
+        reporter.message(f"extending search {row.name!r} from {_budget_text(row.config)} to "
+                         f"{_budget_text({'max_trials': config.max_trials, 'time_limit': config.time_limit})}: "
+                         f"{completed} trials completed")
+        return store.reopen_search(row.id, {"max_trials": config.max_trials, "time_limit": config.time_limit})
     again = f"; {interrupted} interrupted trial(s) will run again" if interrupted else ""
-    reporter.message(f"resuming search {row.name!r}: {completed} of {config.max_trials} trials completed{again}")
+    of_cap = f" of {config.max_trials}" if config.max_trials is not None else ""
+    reporter.message(f"resuming search {row.name!r}: {completed}{of_cap} trials completed{again}")
     return store.reopen_search(row.id)
 
 
+def _budget_text(config: dict) -> str:
+    """``5 trials``, ``10m 00s``, or ``8 trials or 10m 00s`` (whichever comes first)."""
+    parts = []
+    if config.get("max_trials") is not None:
+        parts.append(f"{config['max_trials']} trials")
+    if config.get("time_limit") is not None:
+        parts.append(format_duration(config["time_limit"]))
+    return " or ".join(parts)
+
+
 def _run_search(config: SearchConfig, store: Store, row: Search, prepared: "Prepared", reporter: Reporter,
-                process: TrialProcess | None, resume: bool) -> None:
+                process: TrialProcess | None, resume: bool, deadline: Deadline | None) -> None:
     """Run the tuner and record how the search ended; errors leave as one-line AutotlErrors."""
     from autotl.search.tuner import TooManyFailures
 
-    reporter.search_started(row.name, store.display_url, config.max_trials)
+    reporter.search_started(row.name, store.display_url, config.max_trials, deadline)
     reporter.examples_skipped(data_module.skipped_of(prepared.train, prepared.val))
     try:
         _run_tuner(config, store, row, prepared, reporter, process, resume=resume,
-                   role="chief" if config.workers > 0 else "single")
+                   role="chief" if config.workers > 0 else "single", deadline=deadline)
     except KeyboardInterrupt:
         store.interrupt_running_trials(row.id, "interrupted by the user")
         store.finish_search(row.id, INTERRUPTED, "interrupted by the user")
@@ -209,9 +230,10 @@ def _create_search_row(store: Store, config: SearchConfig, prepared: Prepared) -
 
 
 def _run_tuner(config: SearchConfig, store: Store, row: Search, prepared: Prepared, reporter: Reporter,
-               process: TrialProcess | None, *, resume: bool, role: str) -> int:
+               process: TrialProcess | None, *, resume: bool, role: str, deadline: Deadline | None) -> int:
     """Returns how many trials completed here. role: "single" (oracle and trials here), "chief"
-    (oracle here, trials in worker processes) or "worker" (trials here, oracle at the chief)."""
+    (oracle here, trials in worker processes) or "worker" (trials here, oracle at the chief).
+    `deadline`: when a time-limited search stops handing out trials and stops those running."""
     # Keras and KerasTuner are imported here, not at module level, so that
     # `autotl --help` and the listing commands stay fast.
     import keras_tuner as kt
@@ -224,8 +246,10 @@ def _run_tuner(config: SearchConfig, store: Store, row: Search, prepared: Prepar
                                     prepared.space)
     oracle = make_oracle(config.tuner, kt.Objective(row.objective, row.direction), config.max_trials,
                          config.epochs, config.seed)
+    oracle.deadline = deadline
+    oracle.completed_durations = lambda: store.completed_durations(row.id)
     workdir = Path(row.workdir)
-    plan = _training_plan(config, row.name)
+    plan = _training_plan(config, row.name, deadline)
     if role != "worker":
         open_oracle(oracle, hypermodel, workdir, resume)
         _warn_if_budget_too_small(config, oracle, reporter)
@@ -236,6 +260,7 @@ def _run_tuner(config: SearchConfig, store: Store, row: Search, prepared: Prepar
     if role == "chief":
         run_chief(oracle, store, row, reporter, address=config.oracle_address, workers=config.workers,
                   max_failures=config.max_failures)
+        _say_if_stopped_by_deadline(oracle, config, store, row, reporter)
         return 0
     preprocess = prepared.preprocessor
     data = TrialData(preprocess(prepared.train.examples), prepared.train.labels,
@@ -249,6 +274,7 @@ def _run_tuner(config: SearchConfig, store: Store, row: Search, prepared: Prepar
                               workdir=workdir, max_trials=config.max_trials, max_failures=config.max_failures,
                               trial_process=process)
         tuner.search(data, verbose=0)
+        _say_if_stopped_by_deadline(oracle, config, store, row, reporter)
         return tuner.completed_here
     finally:
         if tuner is not None:
@@ -258,9 +284,16 @@ def _run_tuner(config: SearchConfig, store: Store, row: Search, prepared: Prepar
             remove_trial_data(data_dir)
 
 
+def _say_if_stopped_by_deadline(oracle, config: SearchConfig, store: Store, row: Search, reporter: Reporter) -> None:
+    if oracle.stopped_by_deadline:
+        reporter.message(f"--time-limit {format_duration(config.time_limit)} reached: "
+                         f"{store.count_trials(row.id, COMPLETED)} trials completed, and another would not have "
+                         f"finished in the {format_duration(max(0.0, oracle.deadline.left()))} left")
+
+
 def _warn_if_budget_too_small(config: SearchConfig, oracle, reporter: Reporter) -> None:
     """Hyperband sizes its brackets by --epochs, and --max-trials may stop it before any trial trains them all."""
-    if config.tuner != "hyperband":
+    if config.tuner != "hyperband" or config.max_trials is None:
         return
     needed, first_epochs = hyperband_first_full_trial(oracle)
     if config.max_trials < needed:
@@ -269,7 +302,7 @@ def _warn_if_budget_too_small(config: SearchConfig, oracle, reporter: Reporter) 
                          f"stops before; give --max-trials {needed} or more, or --tuner random or bayesian")
 
 
-def _training_plan(config: SearchConfig, search_name: str) -> TrainingPlan:
+def _training_plan(config: SearchConfig, search_name: str, deadline: Deadline | None) -> TrainingPlan:
     tensorboard_dir = None
     if config.tensorboard_dir is not None:
         tensorboard_dir = str(Path(config.tensorboard_dir).expanduser().resolve() / search_name)
@@ -279,7 +312,8 @@ def _training_plan(config: SearchConfig, search_name: str) -> TrainingPlan:
                         precision=config.precision, cache=config.cache,
                         cache_dir=str(Path(config.cache_dir).expanduser().resolve()) if config.cache_dir else None,
                         cache_storage=config.cache_dtype,
-                        cache_memory_mb=_cache_memory_mb(config.cache_memory_mb), tensorboard_dir=tensorboard_dir)
+                        cache_memory_mb=_cache_memory_mb(config.cache_memory_mb), tensorboard_dir=tensorboard_dir,
+                        deadline=deadline.at if deadline is not None else None)
 
 
 def _configure_trial_process(process: TrialProcess, store: Store, row: Search, prepared: Prepared,

@@ -20,7 +20,9 @@ import click
 from autotl.config import CACHE_DTYPES, OBJECTIVES, PRECISIONS, TUNERS
 from autotl.errors import AutotlError, UsageError, typed_first_line
 from autotl.export.manifest import DEFAULT_FORMATS, FORMATS
+from autotl.insight.table import clip, print_table
 from autotl.quiet import import_keras_quietly
+from autotl.search.budget import parse_duration
 
 
 STORE_OPTION = click.option(
@@ -33,6 +35,23 @@ JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print JSON i
 CACHE_DIR_OPTION = click.option(
     "--cache-dir", type=click.Path(file_okay=False), envvar="AUTOTL_CACHE_DIR", show_envvar=True,
     help="Where cached activations live  [default: ~/.cache/autotl]")
+
+
+class Duration(click.ParamType):
+    """A duration such as ``90s``, ``10m``, ``2h`` or ``1h30m``, in seconds (`autotl.search.budget.parse_duration`)."""
+
+    name = "duration"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (int, float)):
+            return float(value)
+        try:
+            return parse_duration(value)
+        except UsageError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+DURATION = Duration()
 
 
 def handle_errors(command: Callable | None = None, *, needs_keras: bool = True) -> Callable:
@@ -84,7 +103,11 @@ def main() -> None:
 @click.option("--name", help="Name of the search (default: BACKBONE-DATE-TIME).")
 @STORE_OPTION
 @click.option("--tuner", type=click.Choice(TUNERS), default="random")
-@click.option("--max-trials", type=click.IntRange(min=1), default=5)
+@click.option("--max-trials", type=click.IntRange(min=1), default=None,
+              help="Trials to run (a cap when --time-limit is given)  [default: 5; none with --time-limit]")
+@click.option("--time-limit", type=DURATION, metavar="DURATION",
+              help="Time for the search, e.g. 90s, 10m, 2h: no trial starts that would not finish in it, "
+                   "and a running one stops at it with its best epoch so far")
 @click.option("--epochs", type=click.IntRange(min=1), default=10, help="Epochs of the head phase (at most).")
 @click.option("--finetune-epochs", type=click.IntRange(min=0),
               help="Epochs of the fine-tuning phase (at most)  [default: --epochs]")
@@ -203,7 +226,8 @@ def _print_result(result) -> None:
     if result.already_finished:
         click.echo(f"search {search.name!r} had already finished; nothing to run")
     again = f"; {interrupted} interrupted trial(s) ran again" if interrupted else ""
-    click.echo(f"search {search.name!r}: {completed}/{search.config.get('max_trials', len(result.trials))} "
+    cap = search.config.get("max_trials", len(result.trials))
+    click.echo(f"search {search.name!r}: {completed}{f'/{cap}' if cap is not None else ''} "
                "trials completed" + (f" (resumed{again})" if result.resumed else ""))
     click.echo(f"best trial: {best.number}  {search.objective} {best.value:.4f}  "
                f"({best.best_phase} epoch {best.best_epoch})")
@@ -225,7 +249,7 @@ def searches(store: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    _table(rows, ["id", "name", "backbone", "status", "trials", "objective", "best_value", "created_at"])
+    print_table(rows, ["id", "name", "backbone", "status", "trials", "objective", "best_value", "created_at"])
 
 
 @main.command()
@@ -264,7 +288,7 @@ def trials(search_ref: str, store: str, as_json: bool, with_epochs: bool, sort_b
               "seconds": None if t.duration_s is None else f"{t.duration_s:.1f}",
               "data": (t.data_path or {}).get("status", ""),
               "hyperparameters": t.hyperparameters_line()} for t in selected]
-    _table(table, ["trial", "status", search.objective, "best", "seconds", "data", "hyperparameters"])
+    print_table(table, ["trial", "status", search.objective, "best", "seconds", "data", "hyperparameters"])
 
 
 @main.command()
@@ -364,7 +388,7 @@ def predict(model_dir: str, inputs: tuple[str, ...], model_format: str, as_text:
         return
     for p in predictions:
         top = sorted(p.probabilities.items(), key=lambda kv: -kv[1])[:3]
-        click.echo(f"{p.label}\t" + "  ".join(f"{k}={v:.4f}" for k, v in top) + f"\t{_clip(p.source)}")
+        click.echo(f"{p.label}\t" + "  ".join(f"{k}={v:.4f}" for k, v in top) + f"\t{clip(p.source)}")
 
 
 @main.command()
@@ -409,7 +433,7 @@ def plugins(plugin_files: tuple[str, ...], as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(listing, indent=2))
         return
-    _table(listing["backbones"], ["name", "modality", "default_weights", "source"])
+    print_table(listing["backbones"], ["name", "modality", "default_weights", "source"])
     for family in listing["families"]:
         click.echo(f"\n{family['name']}: {family['description']} ({family['source']})")
         click.echo(textwrap.fill(", ".join(family["variants"]), width=100, initial_indent="  ",
@@ -441,7 +465,7 @@ def cache_ls(cache_dir: str | None, as_json: bool) -> None:
         return
     click.echo(f"cache: {activations.directory}  ({len(rows)} entries, {total:.1f} MB)")
     if rows:
-        _table(rows, ["key", "backbone", "tensor", "split", "examples", "shape", "dtype", "size_mb", "created_at"])
+        print_table(rows, ["key", "backbone", "tensor", "split", "examples", "shape", "dtype", "size_mb", "created_at"])
 
 
 @cache.command("clear")
@@ -463,26 +487,3 @@ def _read_text_input(value: str) -> str:
     if path.suffix == ".txt" and path.is_file():
         return path.read_text().strip()
     return value
-
-
-def _clip(text: str, width: int = 60) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
-def _table(rows: list[dict[str, Any]], columns: list[str]) -> None:
-    if not rows:
-        click.echo("(none)")
-        return
-    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-    click.echo("  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip())
-    for r in cells:
-        click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.4f}"
-    return str(value)

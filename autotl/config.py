@@ -30,6 +30,7 @@ TUNERS = ("random", "bayesian", "hyperband")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 CACHE_DTYPES = ("auto", "float32", "float16")
 OBJECTIVES = ("val_accuracy", "val_loss")
+DEFAULT_MAX_TRIALS = 5  # without a --time-limit; with one, --max-trials is an optional cap
 # What must match for `autotl search --name NAME` to resume an unfinished search of that name
 # (the data are compared by fingerprint); the rest (cache, precision, workers) may change.
 RESUME_OPTIONS = ("data", "backbone", "tuner", "max_trials", "epochs", "finetune_epochs", "batch_size", "patience",
@@ -48,7 +49,8 @@ class SearchConfig:
     weights: str | None = None
     name: str | None = None
     tuner: str = "random"
-    max_trials: int = 5
+    max_trials: int | None = None  # None: DEFAULT_MAX_TRIALS, or no cap when time_limit is set
+    time_limit: float | None = None  # seconds for this run of the search (autotl.search.budget)
     epochs: int = 10
     finetune_epochs: int | None = None
     batch_size: int = 32
@@ -78,6 +80,12 @@ class SearchConfig:
     tensorboard_dir: str | None = None  # log each trial for TensorBoard under DIR/<search name>/trial_NNN
 
     def validate(self) -> None:
+        """Check the options (one-line UsageErrors), and settle the trial cap: `max_trials`
+        None becomes DEFAULT_MAX_TRIALS unless a time limit bounds the search instead."""
+        if self.max_trials is None and self.time_limit is None:
+            self.max_trials = DEFAULT_MAX_TRIALS
+        if self.time_limit is not None and not self.time_limit > 0:
+            raise UsageError("--time-limit must be more than 0 seconds")
         if self.tuner not in TUNERS:
             raise UsageError(f"unknown tuner {self.tuner!r} (use one of {', '.join(TUNERS)})")
         if self.precision not in PRECISIONS:
@@ -86,7 +94,7 @@ class SearchConfig:
             raise UsageError(f"unknown cache dtype {self.cache_dtype!r} (use one of {', '.join(CACHE_DTYPES)})")
         for option, value in (("max-trials", self.max_trials), ("epochs", self.epochs),
                               ("batch-size", self.batch_size)):
-            if value < 1:
+            if value is not None and value < 1:
                 raise UsageError(f"--{option} must be at least 1")
         if self.cache_memory_mb is not None and self.cache_memory_mb < 0:
             raise UsageError("--cache-memory cannot be negative")
@@ -192,8 +200,13 @@ def check_same_options(existing: Search, config: SearchConfig) -> None:
 
 
 def extends(existing: Search, config: SearchConfig) -> bool:
-    """Whether `config` asks for more trials than the stored search had: it may go on to that many."""
-    return config.max_trials > int(existing.config.get("max_trials", config.max_trials))
+    """Whether `config` asks for more than the stored search had, more trials or a longer time limit:
+    it may go on, to that many trials or for that long. No cap counts as more than any."""
+    stored_cap = existing.config.get("max_trials", config.max_trials)
+    more_trials = stored_cap is not None and (config.max_trials is None or config.max_trials > int(stored_cap))
+    stored_limit = existing.config.get("time_limit")
+    more_time = stored_limit is not None and config.time_limit is not None and config.time_limit > stored_limit
+    return more_trials or more_time
 
 
 def check_resumable(existing: Search, config: SearchConfig, prepared: Prepared) -> None:

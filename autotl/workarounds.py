@@ -267,3 +267,18 @@ def hyperband_first_full_trial(oracle) -> tuple[int, int]:
     bracket = oracle._get_num_brackets() - 1
     before = sum(oracle._get_size(bracket, round_num) for round_num in range(bracket))
     return before + 1, oracle._get_epochs(bracket, 0)
+
+
+def stopped_trial(oracle, tuner_id: str):
+    """The answer KerasTuner's `Oracle.create_trial` gives when the search is over (`max_trials` reached).
+
+    autotl stops a search for a reason of its own (`autotl.search.budget`), but KerasTuner
+    has no public way to say so: the tuner must receive a STOPPED trial, and the oracle
+    must forget the tuner id (its `tuner_ids`), or a distributed chief would wait for that
+    worker forever (`chief_may_exit`).
+    """
+    from keras_tuner.src.engine import trial as trial_module
+
+    oracle.tuner_ids.discard(tuner_id)
+    return trial_module.Trial(hyperparameters=oracle.hyperparameters.copy(), trial_id="stopped",
+                              status=trial_module.TrialStatus.STOPPED)

@@ -123,7 +123,7 @@ def test_a_finished_search_says_so_and_exits_0_and_a_changed_one_is_refused(tmp_
     args[args.index("--max-trials") + 1] = "3"
     extended = run_cli(*args, cwd=tmp_path)
     assert extended.returncode == 0, extended.stderr
-    assert "extending search 'done' from 2 to 3 trials: 2 completed" in extended.stderr
+    assert "extending search 'done' from 2 trials to 3 trials: 2 trials completed" in extended.stderr
     assert "search 'done': 3/3 trials completed (resumed)" in extended.stdout
     after = completed_rows(store, "done")
     assert len(after) == 3 and after.items() >= rows_before.items(), "the first two trials are kept as they were"

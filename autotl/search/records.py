@@ -35,6 +35,7 @@ class TrainingPlan:
     cache_memory_mb: int = 4096  # a trial's cached activations up to this size are loaded, larger read from disk
     inference_batch_size: int = 128  # batch of the one pass that fills the cache
     tensorboard_dir: str | None = None  # the search's TensorBoard folder (DIR/NAME, autotl.insight.board); None: no logs
+    deadline: float | None = None  # time.time() by which training stops (--time-limit, autotl.search.budget)
 
 
 @dataclass

@@ -27,6 +27,7 @@ import numpy as np
 from autotl.workarounds import TrialHeap, build_training_state, traced_gradients_released
 
 from autotl.search import space as space_module
+from autotl.search.budget import Deadline
 from autotl.insight.board import TrialBoard
 from autotl.cache.entries import ActivationCache
 from autotl.cache.batches import batches, predict_in_order, sequence_lengths, variable_length_inputs
@@ -98,6 +99,7 @@ class TrialRunner:
         feed = self.activations.feed(model, data, values)
         tracker = BestEpoch(self.objective)
         epochs, finetune_epochs = self._epoch_budget(values)
+        deadline = Deadline(self.plan.deadline) if self.plan.deadline is not None else None
 
         def fit(learning_rate: float, phase: str, phase_epochs: int, depth: int) -> None:
             phase_data = feed.phase(depth)
@@ -105,11 +107,13 @@ class TrialRunner:
             callbacks = [FailOnNonFiniteLoss(phase), tracker.callback(phase, phase_data.model.weights), logger]
             if board is not None:
                 callbacks.append(_BoardLogger(board, phase))
+            if deadline is not None:
+                callbacks.append(StopAtDeadline(deadline))
             self._fit(phase_data, data, learning_rate, phase_epochs, callbacks)
 
         fit(hp.get("head_lr"), HEAD, epochs, 0)
         depth = 0
-        if hp.get("unfreeze_depth") > 0 and finetune_epochs > 0:
+        if hp.get("unfreeze_depth") > 0 and finetune_epochs > 0 and (deadline is None or not deadline.passed()):
             tracker.restore()  # fine-tune from the best head, not the last one
             feature_model = model.get_layer(BACKBONE_LAYER)
             depth = set_unfreeze_depth(feature_model, self.hypermodel.backbone.blocks(feature_model),
@@ -220,6 +224,28 @@ class BestEpoch:
         if self._values is not None:
             for variable, value in zip(self._variables, self._values):
                 variable.assign(value)
+
+
+class StopAtDeadline(keras.callbacks.Callback):
+    """Ends a phase at a time-limited search's deadline (`autotl.search.budget`, rule 3): after the
+    step that passes it, or after an epoch when the next one, as long, would end past it. Keras
+    still runs the validation pass of that epoch, so it counts like any other."""
+
+    def __init__(self, deadline: Deadline):
+        super().__init__()
+        self.deadline = deadline
+        self._epoch_started = time.time()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_started = time.time()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.deadline.passed():
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.deadline.left() < time.time() - self._epoch_started:
+            self.model.stop_training = True
 
 
 class FailOnNonFiniteLoss(keras.callbacks.Callback):

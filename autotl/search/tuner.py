@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import io
 import shutil
+import sys
 from pathlib import Path
 
 import keras_tuner as kt
@@ -28,6 +29,7 @@ from autotl import store as store_module
 from autotl.errors import AutotlError
 from autotl.workarounds import (AtomicOracleState, OracleOpenedElsewhere, keras_tuner_tracebacks_off,
                                 set_oracle_project_dir)
+from autotl.search.budget import DeadlineOracle
 from autotl.search.hypermodel import TransferHyperModel
 from autotl.search.records import Objective, TrainingPlan, TrialData, TrialFailed, TrialOutcome
 from autotl.insight.progress import Reporter
@@ -49,13 +51,16 @@ _ORACLES = {
 }
 
 
-def make_oracle(kind: str, objective: kt.Objective, max_trials: int, max_epochs: int, seed: int) -> kt.Oracle:
+def make_oracle(kind: str, objective: kt.Objective, max_trials: int | None, max_epochs: int, seed: int) -> kt.Oracle:
+    """KerasTuner's oracle of that kind, saving its state atomically and able to stop at a deadline
+    (`DeadlineOracle`). `max_trials` None: no cap (a search with a time limit)."""
     if kind not in _ORACLES:
         raise ValueError(f"unknown tuner {kind!r}")
-    oracle_class = type(f"Resumable{_ORACLES[kind].__name__}", (AtomicOracleState, _ORACLES[kind]), {})
+    oracle_class = type(f"Resumable{_ORACLES[kind].__name__}", (DeadlineOracle, AtomicOracleState, _ORACLES[kind]),
+                        {})
     common = dict(objective=objective,
                   seed=seed + 1,  # KerasTuner takes seed 0 to mean "pick one at random"; autotl's --seed 0 is a seed
-                  max_consecutive_failed_trials=max_trials + 1)  # autotl's --max-failures decides instead
+                  max_consecutive_failed_trials=sys.maxsize)  # autotl's --max-failures decides instead
     if kind == "hyperband":
         oracle = oracle_class(max_epochs=max(2, max_epochs), factor=3, **common)
         oracle.max_trials = max_trials  # Hyperband sizes its brackets by epochs; cap the trial count as asked

@@ -197,13 +197,20 @@ class Store:
             search = session.get(Search, search_id)
             search.status, search.error, search.finished_at = status, error, utc_now()
 
-    def reopen_search(self, search_id: int, max_trials: int | None = None) -> Search:
-        """Mark a search running again, to resume it (to `max_trials` trials, when given: an extension)."""
+    def reopen_search(self, search_id: int, config_changes: dict[str, Any] | None = None) -> Search:
+        """Mark a search running again, to resume it, or to extend it with `config_changes`
+        (a higher ``max_trials`` or ``time_limit``)."""
         with self.session() as session:
             search = session.get(Search, search_id)
             search.status, search.error, search.finished_at = RUNNING, None, None
-            if max_trials is not None:
-                search.config = {**search.config, "max_trials": max_trials}  # a new dict: JSON changes are not tracked
+            if config_changes:
+                search.config = {**search.config, **config_changes}  # a new dict: JSON changes are not tracked
+            return search
+
+    def update_search_config(self, search_id: int, changes: dict[str, Any]) -> Search:
+        with self.session() as session:
+            search = session.get(Search, search_id)
+            search.config = {**search.config, **changes}
             return search
 
     # --- trials ---------------------------------------------------------------------
@@ -292,6 +299,13 @@ class Store:
         with self.session() as session:
             return session.scalar(sa.select(Trial).where(
                 Trial.search_id == search_id, Trial.tuner_trial_id == tuner_trial_id, Trial.status == COMPLETED))
+
+    def completed_durations(self, search_id: int) -> list[float]:
+        """How long each completed trial of the search took, in seconds."""
+        with self.session() as session:
+            rows = session.scalars(sa.select(Trial.duration_s).where(
+                Trial.search_id == search_id, Trial.status == COMPLETED, Trial.duration_s.is_not(None)))
+            return [float(value) for value in rows]
 
     def count_trials(self, search_id: int, status: str) -> int:
         with self.session() as session:

@@ -1,0 +1,100 @@
+"""A search's time budget (``--time-limit``): when to stop handing out trials, and when a trial stops training.
+
+Like AutoGluon's ``time_limit`` or Optuna's ``timeout``, the limit bounds one run of the
+search, from the moment it is asked for (a resumed or extended search gets it again). Three
+rules keep the run within it and still end it with a usable best model:
+
+1. the first trial always starts: a search needs one completed trial;
+2. another trial starts only when the time left is at least the median duration of the
+   trials completed so far; otherwise the oracle says "stop" to every tuner that asks
+   (`DeadlineOracle`), workers of a distributed search included;
+3. a running trial stops at the deadline: at the end of the batch step that passes it, or
+   at the end of an epoch when the next would end past it (`StopAtDeadline`, in
+   `autotl.search.runner`). Its validation pass still runs, and the trial keeps its best
+   epoch, like one that early stopping ended.
+
+The deadline is a wall-clock time (``time.time()``), so the trial processes and the workers
+of the same machine share it.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from autotl.errors import UsageError
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_PART = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``90``, ``90s``, ``10m``, ``1.5h`` or ``1h30m``; a one-line UsageError otherwise."""
+    compact = str(text).strip().lower().replace(" ", "")
+    try:
+        seconds = float(compact)
+    except ValueError:
+        parts = _PART.findall(compact)
+        if not parts or "".join(f"{number}{unit}" for number, unit in parts) != compact:
+            raise UsageError(f"cannot read the duration {text!r}: use e.g. 90s, 10m, 2h or 1h30m") from None
+        seconds = sum(float(number) * _UNITS[unit] for number, unit in parts)
+    if not seconds > 0 or seconds == float("inf"):
+        raise UsageError(f"a duration must be more than 0 seconds, not {text!r}")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """``45s``, ``7m 05s``, ``2h 03m``."""
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m {seconds % 60:02d}s"
+    return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
+
+
+@dataclass(frozen=True)
+class Deadline:
+    at: float  # time.time() when the budget is spent
+
+    @classmethod
+    def after(cls, seconds: float) -> "Deadline":
+        return cls(time.time() + seconds)
+
+    def left(self) -> float:
+        return self.at - time.time()
+
+    def passed(self) -> bool:
+        return self.left() <= 0
+
+
+def room_for_a_trial(deadline: Deadline, completed_durations: list[float]) -> bool:
+    """Rules 1 and 2: with no trial completed, yes; else when the median trial still fits."""
+    if not completed_durations:
+        return True
+    return deadline.left() >= statistics.median(completed_durations)
+
+
+class DeadlineOracle:
+    """Mixed into a KerasTuner oracle: `create_trial` answers "stop" once no other trial fits.
+
+    `deadline` is None for a search without a time limit; `completed_durations` returns the
+    durations of the search's completed trials (from the store).
+    """
+
+    deadline: Deadline | None = None
+    completed_durations: Callable[[], list[float]] = staticmethod(list)
+    stopped_by_deadline: bool = False
+
+    def create_trial(self, tuner_id):
+        from autotl.workarounds import stopped_trial
+
+        running_again = tuner_id in self.ongoing_trials  # KerasTuner hands that tuner its trial again
+        if self.deadline is not None and not running_again \
+                and not room_for_a_trial(self.deadline, self.completed_durations()):
+            self.stopped_by_deadline = True
+            return stopped_trial(self, tuner_id)
+        return super().create_trial(tuner_id)

@@ -1,0 +1,87 @@
+"""`--time-limit`: the search stops handing out trials, and stops a running one, at its deadline."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sqlite3
+
+import pytest
+
+from autotl.errors import UsageError
+from autotl.search.budget import Deadline, format_duration, parse_duration, room_for_a_trial
+from conftest import run_cli
+
+# A trial step plus the validation pass that follows the step that passes the deadline: far
+# below a second for the tiny backbone; the bound leaves room for a loaded CI machine.
+OVERRUN_S = 4.0
+
+
+@pytest.mark.parametrize("text, seconds", [("90", 90), ("90s", 90), ("10m", 600), ("1.5h", 5400),
+                                           ("1h30m", 5400), (" 2m 5s ", 125), ("1d", 86400)])
+def test_durations_read_as_seconds(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "ten minutes", "10x", "m", "5m10", "0", "-3s", "0s", "inf"])
+def test_unreadable_or_empty_durations_are_usage_errors(text):
+    with pytest.raises(UsageError):
+        parse_duration(text)
+
+
+def test_durations_print_in_their_largest_units():
+    assert [format_duration(s) for s in (0, 45.4, 425, 7380)] == ["0s", "45s", "7m 05s", "2h 03m"]
+
+
+def test_a_trial_starts_only_when_the_median_trial_fits_in_the_time_left():
+    deadline = Deadline.after(100)
+    assert room_for_a_trial(deadline, [])  # the first trial always starts
+    assert room_for_a_trial(deadline, [10, 90, 20])  # median 20
+    assert not room_for_a_trial(deadline, [150, 90, 120])  # median 120
+    assert room_for_a_trial(Deadline.after(-5), [])  # even late: a search needs one completed trial
+
+
+def _rows(db, sql):
+    with sqlite3.connect(db) as connection:
+        return connection.execute(sql).fetchall()
+
+
+def _seconds_after(start: str, end: str) -> float:
+    return (dt.datetime.fromisoformat(end) - dt.datetime.fromisoformat(start)).total_seconds()
+
+
+def test_a_time_limit_stops_a_long_trial_at_its_deadline_and_the_search_exports(tmp_path, mnist_dir, tiny_plugin):
+    """Trials of 300 epochs (no early stop) never finish in 8 s: the first is stopped at the deadline
+    with its best epoch, no other starts, and the search ends completed and exportable."""
+    db = tmp_path / "store.db"
+    result = run_cli("search", mnist_dir, "-b", "tiny_cnn", "--plugin", tiny_plugin, "--store", db,
+                     "--name", "timed", "--workdir", tmp_path / "runs", "--time-limit", "8s",
+                     "--epochs", "300", "--patience", "300", "--trials-per-worker", "0")
+    assert result.returncode == 0, result.stderr
+    assert "--time-limit 8s reached: 1 trials completed" in result.stderr
+    assert "search 'timed': 1 trials completed" in result.stdout
+    (created,) = _rows(db, "select created_at from searches")[0]
+    trials = _rows(db, "select status, finished_at, best_epoch from trials")
+    assert [t[0] for t in trials] == ["completed"]
+    assert _seconds_after(created, trials[0][1]) <= 8 + OVERRUN_S
+    epochs = _rows(db, "select count(*) from epoch_metrics")[0][0]
+    assert 1 <= epochs < 300
+    assert _rows(db, "select status from searches") == [("completed",)]
+    exported = run_cli("export", "timed", "--store", db, "--out", tmp_path / "out", "--format", "keras")
+    assert exported.returncode == 0, exported.stderr
+    assert json.loads((tmp_path / "out" / "autotl.json").read_text())["search"]["trial"] == 1
+
+
+def test_without_max_trials_a_time_limit_runs_trials_until_the_next_would_not_fit(tmp_path, mnist_dir, tiny_plugin):
+    db = tmp_path / "store.db"
+    result = run_cli("search", mnist_dir, "-b", "tiny_cnn", "--plugin", tiny_plugin, "--store", db,
+                     "--name", "many", "--workdir", tmp_path / "runs", "--time-limit", "20s", "--epochs", "2",
+                     "--finetune-epochs", "1", "--trials-per-worker", "0")
+    assert result.returncode == 0, result.stderr
+    completed = _rows(db, "select count(*) from trials where status = 'completed'")[0][0]
+    assert completed > 5  # the default cap of a search without a time limit
+    (created,) = _rows(db, "select created_at from searches")[0]
+    last_end = max(row[0] for row in _rows(db, "select finished_at from trials"))
+    assert _seconds_after(created, last_end) <= 20 + OVERRUN_S
+    assert "left)" in result.stderr  # each trial's line shows the time left
+    assert _rows(db, "select status from searches") == [("completed",)]
