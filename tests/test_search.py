@@ -41,7 +41,8 @@ def test_every_trial_is_stored_with_hyperparameters_and_epochs(finished_search):
     assert all(t.status == COMPLETED and t.duration_s > 0 for t in trials)
     for trial in trials:
         assert set(trial.hyperparameters) == {"pooling", "head_layers", "head_units", "dropout",
-                                              "unfreeze_depth", "head_lr", "finetune_lr", "augment"}
+                                              "unfreeze_depth", "head_lr", "finetune_lr", "augment", "optimizer",
+                                              "weight_decay", "lr_schedule", "warmup", "label_smoothing"}
         assert trial.hyperparameters["unfreeze_depth"] in (1, 2)  # the space file was applied
         assert 0.001 <= trial.hyperparameters["head_lr"] <= 0.01
         epochs = store.epoch_metrics(trial.id)

@@ -12,7 +12,8 @@ import pytest
 from autotl.errors import UsageError
 from autotl.search.space import DEFAULT_SPACE, build_space, declare, default_space, depth_choices, load_space_file
 
-HP_NAMES = {"pooling", "head_layers", "head_units", "dropout", "unfreeze_depth", "head_lr", "finetune_lr"}
+HP_NAMES = {"pooling", "head_layers", "head_units", "dropout", "unfreeze_depth", "head_lr", "finetune_lr",
+            "optimizer", "weight_decay", "lr_schedule", "warmup", "label_smoothing"}
 IMAGE_HP_NAMES = HP_NAMES | {"augment"}
 
 
@@ -260,3 +261,24 @@ def test_overridden_space_is_what_the_oracle_samples():
         assert 1e-3 <= v["head_lr"] <= 2e-3
         assert v["pooling"] == "mean"
     assert {v["unfreeze_depth"] for v in draws} == {1, 2}
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ({"optimizer": "sgd"}, "optimizer takes adamw or adam, not ['sgd']"),
+    ({"lr_schedule": {"values": ["cosine", "linear"]}}, "lr_schedule takes cosine or constant, not ['linear']"),
+    ({"warmup": 1.0}, "warmup takes numbers from 0 and below 1.0, not [1.0]"),
+    ({"label_smoothing": -0.1}, "label_smoothing takes numbers from 0 and below 1.0, not [-0.1]"),
+    ({"weight_decay": "lots"}, "weight_decay takes numbers from 0, not ['lots']"),
+])
+def test_the_training_recipe_is_checked_against_its_domains(override, fragment):
+    with pytest.raises(UsageError) as excinfo:
+        build_space("image", None, override)
+    usage_error(excinfo, fragment)
+
+
+def test_the_training_recipe_can_be_switched_off_or_tuned():
+    space = build_space("text", None, {"optimizer": "adam", "label_smoothing": {"values": [0.0, 0.1]},
+                                       "warmup": {"min": 0.0, "max": 0.2}})
+    assert space["optimizer"] == {"values": ["adam"]}
+    assert space["label_smoothing"] == {"values": [0.0, 0.1]}
+    assert space["warmup"]["max"] == 0.2

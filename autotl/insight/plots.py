@@ -115,6 +115,10 @@ def hyperparameter_names(trials: list[Trial], best: Trial) -> list[str]:
     return [n for n in names if not n.startswith("tuner/")]
 
 
+def _fixed(spec: dict) -> bool:
+    return len(spec.get("values", [None, None])) == 1 or ("min" in spec and spec["min"] == spec.get("max"))
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -127,6 +131,8 @@ def hyperparameter_plots(search: Search, trials: list[Trial], best: Trial, plots
     plots = []
     for name in hyperparameter_names(trials, best):
         spec = space.get(name) or {}
+        if _fixed(spec):  # one value in every trial: nothing to compare
+            continue
         points = [(t.hyperparameters[name], t.value, t is best or t.id == best.id)
                   for t in completed if name in t.hyperparameters]
         if not points:

@@ -28,6 +28,7 @@ from autotl.workarounds import TrialHeap, build_training_state, traced_gradients
 
 from autotl.search import space as space_module
 from autotl.search.budget import Deadline
+from autotl.search.recipe import Recipe, steps_in
 from autotl.insight.board import TrialBoard
 from autotl.cache.entries import ActivationCache
 from autotl.cache.batches import batches, predict_in_order, sequence_lengths, variable_length_inputs
@@ -100,6 +101,7 @@ class TrialRunner:
         tracker = BestEpoch(self.objective)
         epochs, finetune_epochs = self._epoch_budget(values)
         deadline = Deadline(self.plan.deadline) if self.plan.deadline is not None else None
+        recipe = Recipe.from_values(values)
 
         def fit(learning_rate: float, phase: str, phase_epochs: int, depth: int) -> None:
             phase_data = feed.phase(depth)
@@ -109,7 +111,7 @@ class TrialRunner:
                 callbacks.append(_BoardLogger(board, phase))
             if deadline is not None:
                 callbacks.append(StopAtDeadline(deadline))
-            self._fit(phase_data, data, learning_rate, phase_epochs, callbacks)
+            self._fit(phase_data, data, recipe, learning_rate, phase_epochs, callbacks)
 
         fit(hp.get("head_lr"), HEAD, epochs, 0)
         depth = 0
@@ -137,9 +139,11 @@ class TrialRunner:
             return budget, budget
         return self.plan.epochs, self.plan.finetune_epochs
 
-    def _fit(self, phase: Phase, data: TrialData, learning_rate: float, epochs: int, callbacks: list) -> None:
-        phase.model.compile(optimizer=keras.optimizers.Adam(learning_rate),
-                            loss="sparse_categorical_crossentropy", metrics=["accuracy"],
+    def _fit(self, phase: Phase, data: TrialData, recipe: Recipe, learning_rate: float, epochs: int,
+             callbacks: list) -> None:
+        total_steps = steps_in(len(data.y_train), self.plan.batch_size, epochs)
+        phase.model.compile(optimizer=recipe.optimizer_for(learning_rate, total_steps),
+                            loss=recipe.loss(self.hypermodel.num_classes), metrics=["accuracy"],
                             steps_per_execution=steps_per_execution())
         callbacks = [
             keras.callbacks.EarlyStopping(monitor=self.objective.name, mode=self.objective.direction,

@@ -35,6 +35,12 @@ DEFAULT_SPACE: dict[str, dict[str, Any]] = {
     "unfreeze_depth": {"type": "int", "min": 0, "max": 2},
     "head_lr": {"type": "float", "min": 1e-4, "max": 1e-2, "sampling": "log"},
     "finetune_lr": {"type": "float", "min": 1e-6, "max": 1e-4, "sampling": "log"},
+    # How each phase trains (autotl.search.recipe): fixed by default, tunable or switched off by a space file.
+    "optimizer": {"values": ["adamw"]},
+    "weight_decay": {"values": [0.01]},
+    "lr_schedule": {"values": ["cosine"]},
+    "warmup": {"values": [0.1]},
+    "label_smoothing": {"values": [0.1]},
 }
 # Images only: random flips, shifts and zooms before the backbone. Off unless a space
 # file asks (``augment: {values: [false, true]}``): a trial that augments sees new
@@ -43,6 +49,8 @@ AUGMENT = {"values": [False]}
 TEXT_POOLING = {"values": ["mean", "cls"]}
 IMAGE_POOLING = {"values": ["avg", "flatten"]}
 POOLINGS = {"avg", "flatten", "mean", "cls"}
+OPTIMIZERS = ("adamw", "adam")  # how autotl.search.recipe trains a phase
+SCHEDULES = ("cosine", "constant")
 _SPEC_KEYS = {"values", "min", "max", "step", "sampling", "type"}
 
 
@@ -157,6 +165,23 @@ def _validate(space: Mapping[str, Mapping[str, Any]]) -> None:
         raise UsageError(f"unknown pooling {sorted(bad_pooling)} (use avg/flatten for images, mean/cls for text)")
     if min(depth_choices(space)) < 0:
         raise UsageError("unfreeze_depth cannot be negative")
+    _check_recipe(space)
     bad_augment = [v for v in space.get("augment", {}).get("values", []) if not isinstance(v, bool)]
     if bad_augment:
         raise UsageError(f"augment takes true or false, not {bad_augment}")
+
+
+def _check_recipe(space: Mapping[str, Mapping[str, Any]]) -> None:
+    """The training recipe's hyperparameters (`autotl.search.recipe`) within their domains."""
+    for name, allowed in (("optimizer", OPTIMIZERS), ("lr_schedule", SCHEDULES)):
+        bad = [v for v in space[name].get("values", [None]) if v not in allowed]
+        if bad:
+            raise UsageError(f"{name} takes {' or '.join(allowed)}, not {bad}")
+    for name, high in (("weight_decay", None), ("warmup", 1.0), ("label_smoothing", 1.0)):
+        spec = space[name]
+        values = spec["values"] if "values" in spec else [spec["min"], spec["max"]]
+        bad = [v for v in values if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0
+               or (high is not None and v >= high)]
+        if bad:
+            upper = f" and below {high}" if high is not None else ""
+            raise UsageError(f"{name} takes numbers from 0{upper}, not {bad}")

@@ -1,0 +1,64 @@
+"""How a phase trains (`autotl.search.recipe`): AdamW without decay on biases, warm-up then cosine, smoothing."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from autotl.search.recipe import Recipe, steps_in
+from autotl.search.space import build_space
+
+DEFAULT = Recipe.from_values({name: spec["values"][0] for name, spec in build_space("image").items()
+                              if name in {"optimizer", "weight_decay", "lr_schedule", "warmup", "label_smoothing"}})
+
+
+def test_the_default_space_trains_with_adamw_warmup_cosine_and_smoothing():
+    assert DEFAULT == Recipe(optimizer="adamw", weight_decay=0.01, lr_schedule="cosine", warmup=0.1,
+                             label_smoothing=0.1)
+
+
+def test_trials_stored_before_the_recipe_existed_train_as_they_did():
+    old = Recipe.from_values({"head_lr": 1e-3, "dropout": 0.2})
+    assert isinstance(old.optimizer_for(1e-3, 100), keras.optimizers.Adam)
+    assert not isinstance(old.optimizer_for(1e-3, 100), keras.optimizers.AdamW)
+    assert old.learning_rate(1e-3, 100) == 1e-3
+    assert old.loss(3) == "sparse_categorical_crossentropy"
+
+
+def test_adamw_decays_kernels_but_not_biases():
+    layer = keras.layers.Dense(2)
+    layer.build((None, 3))
+    layer.kernel.assign(np.ones((3, 2), "float32"))
+    layer.bias.assign(np.ones(2, "float32"))
+    optimizer = Recipe(optimizer="adamw", weight_decay=0.5).optimizer_for(0.1, 10)
+    zero = [keras.ops.zeros((3, 2)), keras.ops.zeros((2,))]
+    optimizer.apply(zero, [layer.kernel, layer.bias])  # no gradient: only the decay moves a variable
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer.kernel), 0.95, rtol=1e-6)  # 1 - 0.1 * 0.5
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer.bias), 1.0)
+
+
+def test_the_rate_warms_up_to_its_peak_then_decays_to_zero_by_the_last_step():
+    schedule = Recipe(lr_schedule="cosine", warmup=0.1).learning_rate(1e-3, 100)
+    rates = [float(keras.ops.convert_to_numpy(schedule(step))) for step in (0, 5, 10, 55, 100)]
+    assert rates[0] == 0.0 and rates[1] == pytest.approx(5e-4)
+    assert rates[2] == pytest.approx(1e-3)
+    assert rates[3] == pytest.approx(5e-4, rel=1e-3)  # half-way through the cosine
+    assert rates[4] == pytest.approx(0.0, abs=1e-9)
+    no_warmup = Recipe(lr_schedule="cosine", warmup=0.0).learning_rate(1e-3, 100)
+    assert float(keras.ops.convert_to_numpy(no_warmup(0))) == pytest.approx(1e-3)
+
+
+def test_label_smoothing_is_crossentropy_against_smoothed_one_hot_labels():
+    loss = Recipe(label_smoothing=0.1).loss(4)
+    probabilities = np.array([[0.7, 0.1, 0.1, 0.1], [0.25, 0.25, 0.25, 0.25]], "float32")
+    labels = np.array([0, 2])
+    target = np.full((2, 4), 0.1 / 4, "float32")
+    target[[0, 1], labels] += 0.9
+    expected = -(target * np.log(probabilities)).sum(axis=1).mean()
+    assert float(keras.ops.convert_to_numpy(loss(labels, probabilities))) == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_phase_counts_its_steps_by_batches_per_epoch():
+    assert steps_in(100, 32, 3) == 12
+    assert steps_in(0, 32, 3) == 1
