@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,15 +58,19 @@ def objective_direction(objective: str) -> str:
 
 
 def search(config: SearchConfig, store: Store | str = DEFAULT_STORE, reporter: Reporter | None = None,
-           registry: Registry | None = None) -> SearchResult:
+           registry: Registry | None = None, started_at: float | None = None) -> SearchResult:
     """Run a whole search and return what the store holds about it.
 
     If the store already holds an unfinished search of `config.name` (killed, interrupted,
     stopped by failures), it is resumed: its completed trials count, the trials that were
     running are marked interrupted and run again. A search that had completed is returned as it is.
+    `config.time_limit` counts from `started_at` (a `time.time()`; default: now): the CLI passes
+    the moment its process started, so that the limit covers its imports too.
     """
     config.validate()
-    deadline = Deadline.after(config.time_limit) if config.time_limit is not None else None  # from the request
+    deadline = None
+    if config.time_limit is not None:
+        deadline = Deadline((time.time() if started_at is None else started_at) + config.time_limit)
     store = store if isinstance(store, Store) else Store(store)
     reporter = reporter or Reporter()
     existing = _find_search(store, config.name)
@@ -97,10 +102,10 @@ def search(config: SearchConfig, store: Store | str = DEFAULT_STORE, reporter: R
 
 
 def resume(search_ref: str | int, store: Store | str = DEFAULT_STORE, reporter: Reporter | None = None,
-           registry: Registry | None = None) -> SearchResult:
+           registry: Registry | None = None, started_at: float | None = None) -> SearchResult:
     """Continue a search (by name or id) with the configuration it was started with."""
     store = store if isinstance(store, Store) else Store(store)
-    return search(config_from_record(store.get_search(search_ref)), store, reporter, registry)
+    return search(config_from_record(store.get_search(search_ref)), store, reporter, registry, started_at)
 
 
 def join(search_ref: str | int, chief: str, store: Store | str = DEFAULT_STORE, *, data: str | None = None,

@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,6 +24,8 @@ from autotl.export.manifest import DEFAULT_FORMATS, FORMATS
 from autotl.insight.table import clip, print_table
 from autotl.quiet import import_keras_quietly
 from autotl.search.budget import parse_duration
+
+STARTED_AT = time.time()  # what --time-limit counts from: before Keras' imports, which take seconds
 
 
 STORE_OPTION = click.option(
@@ -168,7 +171,7 @@ def search(data: str, **options: Any) -> None:
     options["plugin_files"] = list(options["plugin_files"])
     store = Store(options.pop("store"))
     config = api.SearchConfig(data=data, **options)
-    _print_result(api.search(config, store, reporter=ConsoleReporter(config.objective)))
+    _print_result(api.search(config, store, reporter=ConsoleReporter(config.objective), started_at=STARTED_AT))
 
 
 @main.command()
@@ -186,7 +189,8 @@ def resume(search_ref: str, store: str) -> None:
     from autotl.store import Store
 
     opened = Store(store)
-    _print_result(api.resume(search_ref, opened, reporter=ConsoleReporter(opened.get_search(search_ref).objective)))
+    reporter = ConsoleReporter(opened.get_search(search_ref).objective)
+    _print_result(api.resume(search_ref, opened, reporter=reporter, started_at=STARTED_AT))
 
 
 @main.command()
