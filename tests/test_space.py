@@ -11,6 +11,7 @@ import pytest
 
 from autotl.errors import UsageError
 from autotl.search.space import (DEFAULT_SPACE, build_space, check_depth_within, declare, default_space, depth_choices,
+                                 in_declared_order,
                                  load_space_file)
 
 HP_NAMES = {"pooling", "head_layers", "head_units", "dropout", "unfreeze_depth", "head_lr", "finetune_lr"}
@@ -322,3 +323,15 @@ def test_overridden_space_is_what_the_oracle_samples():
         assert v["pooling"] == "mean"
     assert {v["unfreeze_depth"] for v in draws} == {1, 2}
 
+
+def test_a_trial_through_keras_tuners_protobuf_is_put_back_in_the_space_order():
+    """Issue 17, 7: a distributed worker's trial arrives through KerasTuner's protobuf messages, which
+    reorder its hyperparameters; autotl prints and stores them in the space's order, as the chief does."""
+    space = build_space("image", user_overrides={"augment": {"values": [False, True]}})
+    hp = declared(space)
+    hp.values["tuner/epochs"] = 2
+    received = kt.engine.trial.Trial.from_proto(kt.engine.trial.Trial(hp, trial_id="1").to_proto())
+    assert list(received.hyperparameters.values) != [*space, "tuner/epochs"]  # what a worker got
+    ordered = in_declared_order(space, received.hyperparameters.values)
+    assert list(ordered) == [*space, "tuner/epochs"]
+    assert ordered == received.hyperparameters.values

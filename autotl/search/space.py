@@ -87,6 +87,18 @@ def check_depth_within(space: Mapping[str, Mapping[str, Any]], blocks: int, back
                          f"{backbone!r} (allowed: 0 to {blocks})")
 
 
+def in_declared_order(space: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
+    """A trial's `values` in the space's order, then any others (KerasTuner's ``tuner/`` entries) as they came.
+
+    A distributed worker gets its trial through KerasTuner's protobuf messages, which group the
+    hyperparameters by type and their values by name: printed and stored as they came, a worker's
+    trials listed them in another order than the chief's and a single process's.
+    """
+    ordered = {name: values[name] for name in space if name in values}
+    ordered.update((name, value) for name, value in values.items() if name not in ordered)
+    return ordered
+
+
 def load_space_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
