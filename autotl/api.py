@@ -217,7 +217,9 @@ def _prepare(config: SearchConfig, registry: Registry) -> Prepared:
     # After the preprocessor: a plugin may size its proposals (e.g. BERT's layer count) by the weights.
     space = space_module.build_space(backbone.modality, backbone.search_space(weights), user_space)
     train, val = load_split(config, backbone.modality, preprocessor)
-    _check_build(backbone, weights, preprocessor)
+    blocks = _check_build(backbone, weights, preprocessor)
+    if user_space and "unfreeze_depth" in user_space:  # a plugin's own range may exceed them: it is capped
+        space_module.check_depth_within(space, blocks, backbone.name)
     _check_precision(config.precision)
     return Prepared(backbone, weights, options, preprocessor, space, train, val)
 
@@ -332,8 +334,9 @@ def _configure_trial_process(process: TrialProcess, store: Store, row: Search, p
         workdir=row.workdir, data_dir=str(data_dir)))
 
 
-def _check_build(backbone, weights, preprocessor) -> None:
-    """Build the backbone once before the search, so a bad weights source fails fast in one line."""
+def _check_build(backbone, weights, preprocessor) -> int:
+    """Build the backbone once before the search, so a bad weights source fails fast in one line;
+    returns its number of blocks."""
     try:
         model = backbone.build(weights, preprocessor)
         blocks = backbone.blocks(model)
@@ -354,6 +357,7 @@ def _check_build(backbone, weights, preprocessor) -> None:
     import keras
 
     keras.utils.clear_session()
+    return len(blocks)
 
 
 def _cache_memory_mb(requested: int | None) -> int:

@@ -1,4 +1,4 @@
-"""Keep TensorFlow's native start-up chatter off the user's terminal.
+"""Keep TensorFlow's native chatter (start-up, converters) off the user's terminal.
 
 TensorFlow's C++ runtime logs a few INFO lines (oneDNN, CUDA stubs, CPU
 features) to file descriptor 2 while it is imported, before
@@ -8,6 +8,7 @@ that import and replay the captured text only if the import fails.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -46,6 +47,25 @@ def import_keras_quietly() -> None:
             _replay(saved, capture)
             raise
         finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+@contextlib.contextmanager
+def native_stderr_held():
+    """Keep what native code writes to file descriptor 2 inside the block off the terminal.
+
+    TFLite's MLIR converter prints its diagnostics there (a failed conversion: a dump of the
+    graph's locations, pages long) besides raising them; the exception is what autotl reports.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
             os.dup2(saved, 2)
             os.close(saved)
 

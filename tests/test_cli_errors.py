@@ -68,6 +68,9 @@ def cases(w: dict) -> dict[str, tuple[list, int, list[str]]]:
     def text_search(file, *extra):
         return ["search", bad / file, *tiny_text, "--store", STORE, *extra]
 
+    def space_file(key):
+        return root / f"space_{key}.yaml"  # SPACE_VALUES[key], written by the world fixture
+
     def with_plugin(file, backbone="tiny_cnn"):
         return ["search", w["two_classes"], "--backbone", backbone, "--plugin", bad / file, "--image-size", "16",
                 "--store", STORE, "--workdir", root / "runs"]
@@ -134,6 +137,19 @@ def cases(w: dict) -> dict[str, tuple[list, int, list[str]]]:
                                          ["'learning_rate'", "known:"]),
         "space_file_missing": (search(w["data"], "--space", root / "absent.yaml"), 2,
                                ["cannot read search-space file", "absent.yaml"]),
+        # issue 17, 5: values outside their hyperparameter's domain, refused before any search row
+        "space_depth_above_blocks": (search(w["data"], "--space", space_file("depth_above_blocks")), 2,
+                                     ["'unfreeze_depth'", "max 50", "3 blocks", "'tiny_cnn'", "0 to 3"]),
+        "space_dropout_range": (search(w["data"], "--space", space_file("dropout_range")), 2,
+                                ["'dropout'", "min -0.5", "a number in [0, 1)"]),
+        "space_dropout_fixed": (search(w["data"], "--space", space_file("dropout_fixed")), 2,
+                                ["'dropout'", "1.5", "a number in [0, 1)"]),
+        "space_head_units_zero": (search(w["data"], "--space", space_file("head_units_zero")), 2,
+                                  ["'head_units'", "value 0", "a whole number >= 1"]),
+        "space_step_zero": (search(w["data"], "--space", space_file("step_zero")), 2,
+                            ["'head_layers'", "step 0", "a whole number >= 1"]),
+        "space_sampling_cubic": (search(w["data"], "--space", space_file("sampling_cubic")), 2,
+                                 ["'head_lr'", "sampling 'cubic'", "linear, log, reverse_log"]),
         # --- stores
         "searches_bad_store": (["searches", "--store", "nosuchdriver://x"], 1, ["nosuchdriver"]),
         "trials_bad_store": (["trials", SEARCH_NAME, "--store", "nosuchdriver://x"], 1, ["nosuchdriver"]),
@@ -156,6 +172,17 @@ def cases(w: dict) -> dict[str, tuple[list, int, list[str]]]:
         "duplicate_name_other_options": (search(w["data"], "--name", SEARCH_NAME, "--epochs", "2"), 2,
                                          ["already exists", f"'{SEARCH_NAME}'", "epochs"]),
     }
+
+
+# The search-space files of issue 17, 5 (the tiny backbone has 3 blocks).
+SPACE_VALUES = {
+    "depth_above_blocks": "unfreeze_depth: {min: 0, max: 50}\n",
+    "dropout_range": "dropout: {min: -0.5, max: 2}\n",
+    "dropout_fixed": "dropout: 1.5\n",
+    "head_units_zero": "head_units: {values: [0]}\n",
+    "step_zero": "head_layers: {min: 0, max: 2, step: 0}\n",
+    "sampling_cubic": "head_lr: {min: 1.0e-4, max: 1.0e-2, sampling: cubic}\n",
+}
 
 
 CLICK_USAGE_CASES = {
@@ -305,6 +332,8 @@ def world(tmp_path_factory) -> dict:
     w["space_bad"].write_text("head_units: {values: [64, 128\nhead_lr: [\n")
     w["space_unknown"] = root / "unknown.yaml"
     w["space_unknown"].write_text("learning_rate: {min: 0.001, max: 0.01}\n")
+    for key, text in SPACE_VALUES.items():
+        (root / f"space_{key}.yaml").write_text(text)
     w["store_folder"] = root / "store_folder"
     w["store_folder"].mkdir()
     w["not_a_db"] = root / "not_a_db.db"

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import time
 
+from autotl.search.space import default_space
 from autotl.store import COMPLETED, RUNNING, Store
 
 from conftest import TINY_PLUGIN, autotl_command
@@ -61,7 +62,20 @@ def test_two_local_workers_on_sqlite(tmp_path, mnist_dir):
     # A worker's epoch lines count its trials against the search's maximum, as the chief's would.
     maxima = re.findall(r"^\[worker\d\]\s+trial \d+/(\d+) +(?:head|finetune) ", result.stderr, flags=re.MULTILINE)
     assert maxima and set(maxima) == {str(MAX_TRIALS)}, result.stderr
+    # A worker lists a trial's hyperparameters in the space's order, as a single process does (issue 17, 7),
+    # on its progress lines and in the store.
+    declared = list(default_space("image"))
+    listed = re.findall(r"^\[worker\d\] trial \d+/\d+: (.*)$", result.stderr, flags=re.MULTILINE)
+    assert len(listed) == MAX_TRIALS and all(names_of(line) == declared for line in listed), listed
+    store = Store(store_url)
+    stored = [list(t.hyperparameters) for t in store.list_trials(store.get_search("two-workers").id)]
+    assert all(names[:len(declared)] == declared for names in stored), stored
     assert_all_trials_in_one_store(store_url, "two-workers")
+
+
+def names_of(line: str) -> list[str]:
+    """The hyperparameter names of a progress line's ``name=value, ...``."""
+    return [pair.split("=", 1)[0] for pair in line.split(", ")]
 
 
 def free_port() -> int:

@@ -10,7 +10,9 @@ import keras_tuner as kt
 import pytest
 
 from autotl.errors import UsageError
-from autotl.search.space import DEFAULT_SPACE, build_space, declare, default_space, depth_choices, load_space_file
+from autotl.search.space import (DEFAULT_SPACE, build_space, check_depth_within, declare, default_space, depth_choices,
+                                 in_declared_order,
+                                 load_space_file)
 
 HP_NAMES = {"pooling", "head_layers", "head_units", "dropout", "unfreeze_depth", "head_lr", "finetune_lr",
             "optimizer", "weight_decay", "lr_schedule", "warmup", "label_smoothing"}
@@ -64,7 +66,7 @@ def test_augment_takes_booleans_and_only_for_images():
     assert build_space("image", None, {"augment": {"values": [False, True]}})["augment"] == {"values": [False, True]}
     with pytest.raises(UsageError) as excinfo:
         build_space("image", None, {"augment": {"values": ["yes"]}})
-    usage_error(excinfo, "augment takes true or false")
+    usage_error(excinfo, "'augment'", "'yes'", "true or false")
     with pytest.raises(UsageError) as excinfo:
         build_space("text", None, {"augment": True})
     usage_error(excinfo, "unknown hyperparameter 'augment'")
@@ -135,13 +137,14 @@ def test_unknown_hyperparameter_is_named(where):
 @pytest.mark.parametrize("overrides, fragments", [
     ({"unfreeze_depth": {"min": 3, "max": 1}}, ["unfreeze_depth", "min 3", "max 1"]),
     ({"dropout": {"min": 0.6, "max": 0.5}}, ["dropout"]),
-    ({"head_lr": {"min": 0.0, "max": 0.1}}, ["head_lr", "log"]),
-    ({"finetune_lr": {"min": -1e-5, "max": 1e-4, "sampling": "log"}}, ["finetune_lr", "log"]),
+    ({"head_lr": {"min": 0.0, "max": 0.1}}, ["head_lr", "min 0.0", "a number > 0"]),
+    ({"finetune_lr": {"min": -1e-5, "max": 1e-4, "sampling": "log"}}, ["finetune_lr", "a number > 0"]),
+    ({"dropout": {"min": 0.0, "max": 0.4, "sampling": "log"}}, ["dropout", "log sampling needs min > 0"]),
     ({"head_units": {"values": []}}, ["head_units", "empty"]),
     ({"head_units": {"values": 128}}, ["head_units", "list"]),  # was a raw TypeError
     ({"pooling": {"values": "avg"}}, ["pooling", "list"]),  # was split into 'a', 'v', 'g'
     ({"head_units": {"max": 64}}, ["head_units", "min"]),  # a choice widened with only a max
-    ({"head_lr": {"min": "small", "max": 0.1}}, ["head_lr", "numbers"]),
+    ({"head_lr": {"min": "small", "max": 0.1}}, ["head_lr", "'small'", "a number > 0"]),
     ({"head_lr": {"lo": 0.1}}, ["head_lr", "lo"]),
     ({"pooling": {"values": ["avg", "max"]}}, ["pooling", "max"]),
     ({"unfreeze_depth": {"min": -1, "max": 1}}, ["unfreeze_depth"]),
@@ -150,6 +153,65 @@ def test_invalid_ranges_are_usage_errors(overrides, fragments):
     with pytest.raises(UsageError) as excinfo:
         build_space("image", user_overrides=overrides)
     usage_error(excinfo, *fragments)
+
+
+# Issue 17, 5: each value is checked against its hyperparameter's domain, the error names the key
+# and what it takes (these failed inside a trial, or ran clipped, or divided by zero).
+@pytest.mark.parametrize("modality, overrides, fragments", [
+    ("image", {"dropout": {"min": -0.5, "max": 2}}, ["'dropout'", "min -0.5", "a number in [0, 1)"]),
+    ("image", {"dropout": {"min": 0, "max": 1}}, ["'dropout'", "max 1", "[0, 1)"]),
+    ("image", {"dropout": 1.5}, ["'dropout'", "1.5", "[0, 1)"]),
+    ("image", {"dropout": {"values": [0.1, "high"]}}, ["'dropout'", "'high'", "[0, 1)"]),
+    ("image", {"head_units": {"values": [0]}}, ["'head_units'", "value 0", "a whole number >= 1"]),
+    ("image", {"head_units": {"values": [64.5]}}, ["'head_units'", "64.5", "whole number"]),
+    ("image", {"head_units": {"min": 32, "max": 96, "step": 0}}, ["'head_units'", "step 0", "whole number >= 1"]),
+    ("image", {"head_units": {"min": 32, "max": 96, "type": "float"}}, ["'head_units'", "'float'", "whole number"]),
+    ("image", {"head_units": True}, ["'head_units'", "True", "whole number"]),
+    ("image", {"head_layers": -1}, ["'head_layers'", "-1", "a whole number >= 0"]),
+    ("image", {"head_layers": "2"}, ["'head_layers'", "'2'", "whole number"]),
+    ("image", {"dropout": {"min": 0.0, "max": 0.5, "step": 0}}, ["'dropout'", "step 0", "a number > 0"]),
+    ("image", {"dropout": {"min": 0.0, "max": 0.5, "step": -0.1}}, ["'dropout'", "step -0.1", "> 0"]),
+    ("image", {"head_lr": {"min": 1e-4, "max": 1e-2, "step": 0.5}}, ["'head_lr'", "step 0.5", "> 1", "multiplies"]),
+    ("image", {"head_lr": {"min": 1e-4, "max": 1e-2, "sampling": "cubic"}},
+     ["'head_lr'", "'cubic'", "linear, log, reverse_log"]),
+    ("image", {"head_lr": 0}, ["'head_lr'", "value 0", "a number > 0"]),
+    ("image", {"head_lr": float("inf")}, ["'head_lr'", "inf", "a number > 0"]),
+    ("image", {"finetune_lr": {"values": [1e-5, -1e-5]}}, ["'finetune_lr'", "-1e-05", "> 0"]),
+    ("image", {"unfreeze_depth": {"min": 0, "max": 2.5}}, ["'unfreeze_depth'", "max 2.5", "whole number"]),
+    ("image", {"pooling": "mean"}, ["'pooling'", "'mean'", "one of avg, flatten"]),
+    ("text", {"pooling": {"values": ["cls", "avg"]}}, ["'pooling'", "'avg'", "one of mean, cls"]),
+    ("image", {"pooling": {"min": 0, "max": 1}}, ["'pooling'", "takes `values`", "not a range"]),
+    ("image", {"augment": 1}, ["'augment'", "1", "true or false"]),
+    ("image", {"augment": {"values": [False, "true"]}}, ["'augment'", "'true'", "true or false"]),
+])
+def test_values_outside_their_domain_are_usage_errors(modality, overrides, fragments):
+    with pytest.raises(UsageError) as excinfo:
+        build_space(modality, user_overrides=overrides)
+    usage_error(excinfo, *fragments)
+
+
+def test_values_are_declared_in_their_domain_type():
+    """A float choice of 0 and 0.5 reaches KerasTuner as floats (its Choice refuses mixed types), and a
+    number YAML leaves as text (``1e-3``, without a dot) as that number, not the string."""
+    space = build_space("image", user_overrides={"dropout": {"values": [0, 0.5]}, "head_lr": "1e-3",
+                                                 "finetune_lr": {"min": "1e-6", "max": "1e-6"}})
+    assert space["dropout"] == {"values": [0.0, 0.5]} and all(type(v) is float for v in space["dropout"]["values"])
+    assert space["head_lr"] == {"values": [0.001]}
+    hp = declared(space)
+    assert hp.values["head_lr"] == 0.001 and hp.values["finetune_lr"] == 1e-6
+
+
+@pytest.mark.parametrize("overrides, fragments", [
+    ({"unfreeze_depth": {"min": 0, "max": 50}}, ["'unfreeze_depth'", "max 50", "3 blocks", "'tiny'", "0 to 3"]),
+    ({"unfreeze_depth": {"values": [1, 4]}}, ["'unfreeze_depth'", "value 4", "3 blocks", "0 to 3"]),
+    ({"unfreeze_depth": 9}, ["'unfreeze_depth'", "9", "0 to 3"]),
+])
+def test_unfreeze_depth_above_the_block_count_is_refused(overrides, fragments):
+    space = build_space("image", user_overrides=overrides)
+    with pytest.raises(UsageError) as excinfo:
+        check_depth_within(space, 3, "tiny")
+    usage_error(excinfo, *fragments)
+    check_depth_within(build_space("image", user_overrides={"unfreeze_depth": {"min": 0, "max": 3}}), 3, "tiny")
 
 
 # --------------------------------------------------------------------------- files
@@ -264,11 +326,11 @@ def test_overridden_space_is_what_the_oracle_samples():
 
 
 @pytest.mark.parametrize("override, fragment", [
-    ({"optimizer": "sgd"}, "optimizer takes adamw or adam, not ['sgd']"),
-    ({"lr_schedule": {"values": ["cosine", "linear"]}}, "lr_schedule takes cosine or constant, not ['linear']"),
-    ({"warmup": 1.0}, "warmup takes numbers from 0 and below 1.0, not [1.0]"),
-    ({"label_smoothing": -0.1}, "label_smoothing takes numbers from 0 and below 1.0, not [-0.1]"),
-    ({"weight_decay": "lots"}, "weight_decay takes numbers from 0, not ['lots']"),
+    ({"optimizer": "sgd"}, "'optimizer': value 'sgd' is not one of adamw, adam"),
+    ({"lr_schedule": {"values": ["cosine", "linear"]}}, "'lr_schedule': value 'linear' is not one of cosine, constant"),
+    ({"warmup": 1.0}, "'warmup': value 1.0 is not a number in [0, 1)"),
+    ({"label_smoothing": -0.1}, "'label_smoothing': value -0.1 is not a number in [0, 1)"),
+    ({"weight_decay": "lots"}, "'weight_decay': value 'lots' is not a number >= 0"),
 ])
 def test_the_training_recipe_is_checked_against_its_domains(override, fragment):
     with pytest.raises(UsageError) as excinfo:
@@ -282,3 +344,16 @@ def test_the_training_recipe_can_be_switched_off_or_tuned():
     assert space["optimizer"] == {"values": ["adam"]}
     assert space["label_smoothing"] == {"values": [0.0, 0.1]}
     assert space["warmup"]["max"] == 0.2
+
+
+def test_a_trial_through_keras_tuners_protobuf_is_put_back_in_the_space_order():
+    """Issue 17, 7: a distributed worker's trial arrives through KerasTuner's protobuf messages, which
+    reorder its hyperparameters; autotl prints and stores them in the space's order, as the chief does."""
+    space = build_space("image", user_overrides={"augment": {"values": [False, True]}})
+    hp = declared(space)
+    hp.values["tuner/epochs"] = 2
+    received = kt.engine.trial.Trial.from_proto(kt.engine.trial.Trial(hp, trial_id="1").to_proto())
+    assert list(received.hyperparameters.values) != [*space, "tuner/epochs"]  # what a worker got
+    ordered = in_declared_order(space, received.hyperparameters.values)
+    assert list(ordered) == [*space, "tuner/epochs"]
+    assert ordered == received.hyperparameters.values

@@ -33,7 +33,7 @@ from autotl.backbones.registry import Registry
 from autotl.store import Store
 from autotl.export.manifest import (DEFAULT_FORMATS, FORMAT_PATHS, FORMATS, KERAS_FILE, MANIFEST, build_manifest,
                                     describe_inputs, file_checksums, graph_tokenizer, tree_checksum, tree_size)
-from autotl.export.tf_formats import PREPROCESSOR_DIR, export_formats
+from autotl.export.tf_formats import PREPROCESSOR_DIR, FormatFailed, export_formats
 
 # What each format needs at export time (module -> pip package), checked before any work.
 _EXPORT_NEEDS = {"onnx": {"tf2onnx": "tf2onnx", "onnx": "onnx"}}
@@ -51,6 +51,7 @@ def export(store: Store, search_ref: str, out_dir: str | Path, formats: Sequence
     import keras
 
     from autotl.backbones.registry import load_registry
+    from autotl.export.keras_model import float32_model
 
     _check_formats(formats)
     search = store.get_search(search_ref)
@@ -61,7 +62,7 @@ def export(store: Store, search_ref: str, out_dir: str | Path, formats: Sequence
 
     out = Path(out_dir).expanduser()
     _replace_out_dir(out)
-    model = keras.saving.load_model(checkpoint, compile=False)
+    model = float32_model(keras.saving.load_model(checkpoint, compile=False))  # a mixed-precision search's too
     preprocessor = backbone.preprocessor(search.weights, _preprocessor_options(search.config["preprocessing"]))
     (out / PREPROCESSOR_DIR).mkdir()
     preprocessor.save(out / PREPROCESSOR_DIR)
@@ -108,7 +109,9 @@ def _best_checkpoint(store: Store, search):
 
 def _write_models(model, checkpoint: Path, out: Path, formats: Sequence[str], preprocessing: dict[str, Any],
                   preprocessor, backbone_name: str, plugin_files: list[str]) -> None:
-    """Write the model in each of `formats`; on any failure remove `out`, so no half export is left behind."""
+    """Write the model in each of `formats`; on any failure remove `out`, so no half export is left behind
+    (a manifest that lists formats the folder lacks, or a folder without one that blocks the next export),
+    and say so: the message names the format that failed, and the export of the others is one command."""
     from autotl.export.keras_model import plain_keras_model
 
     try:
@@ -116,8 +119,14 @@ def _write_models(model, checkpoint: Path, out: Path, formats: Sequence[str], pr
             plain_keras_model(model).save(out / KERAS_FILE)
         export_formats(checkpoint, out, formats, preprocessing, preprocessor, backbone_name, plugin_files,
                        model=model)
+    except AutotlError as exc:
+        shutil.rmtree(out, ignore_errors=True)
+        others = [f for f in formats if f != getattr(exc, "format", None)]
+        instead = f"; the others export without it: {' '.join(f'--format {f}' for f in others)}" \
+            if isinstance(exc, FormatFailed) and others else ""
+        raise AutotlError(f"{exc}; nothing was written to {out}{instead}") from exc
     except BaseException:
-        shutil.rmtree(out, ignore_errors=True)  # no half export left behind (it would block the next one)
+        shutil.rmtree(out, ignore_errors=True)
         raise
 
 

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from autotl.errors import AutotlError
+from autotl.quiet import native_stderr_held
 from autotl.workarounds import frozen_for_onnx, keras_input_signature
 from autotl.export.image_ops import decode_image, pil_resize, pillow_vertical_first
 
@@ -54,6 +55,14 @@ OUTPUT = "probabilities"
 ONNX_OPSET = 17
 
 
+class FormatFailed(AutotlError):
+    """One format's export failed (its converter's error, in one line)."""
+
+    def __init__(self, fmt: str, message: str):
+        super().__init__(message)
+        self.format = fmt
+
+
 def export_formats(keras_file: Path, out_dir: Path, formats: Sequence[str], preprocessing: dict[str, Any],
                    preprocessor, backbone_name: str, plugin_files: Sequence[str], model=None) -> None:
     """Write each of `formats` (of `TF_FORMATS`) of the model in `keras_file` into `out_dir`.
@@ -63,12 +72,14 @@ def export_formats(keras_file: Path, out_dir: Path, formats: Sequence[str], prep
     """
     import keras
 
+    from autotl.export.keras_model import float32_model
+
     formats = [f for f in TF_FORMATS if f in formats]
     if not formats:
         return
     if keras.backend.backend() == "tensorflow":
         model = model if model is not None else keras.saving.load_model(keras_file, compile=False)
-        write_formats(model, Path(out_dir), formats, preprocessing, preprocessor)
+        write_formats(float32_model(model), Path(out_dir), formats, preprocessing, preprocessor)
         return
     env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"}
     args = [sys.executable, "-m", "autotl.export.tf_formats", str(keras_file), str(out_dir),
@@ -93,10 +104,11 @@ def write_formats(model, out_dir: Path, formats: Sequence[str], preprocessing: d
     with tempfile.TemporaryDirectory() as scratch:
         for fmt in (f for f in TF_FORMATS if f in formats):
             try:
-                writers[fmt](Path(scratch))
+                with native_stderr_held():
+                    writers[fmt](Path(scratch))
             except Exception as exc:  # a converter's error, often pages long: its first line
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-                raise AutotlError(f"the {fmt} export failed: {type(exc).__name__}: {first[:300]}") from exc
+                raise FormatFailed(fmt, f"the {fmt} export failed: {type(exc).__name__}: {first[:300]}") from exc
 
 
 def takes_pixels(preprocessing: dict[str, Any]) -> bool:
@@ -273,10 +285,11 @@ def _export_here(keras_file: Path, out_dir: Path, formats: list[str], backbone_n
 
     from autotl.backbones import layers  # noqa: F401 - registers autotl's serialisable layers
     from autotl.backbones.registry import load_registry
+    from autotl.export.keras_model import float32_model
 
     registry = load_registry(plugin_files)  # imports plugin modules, registering their custom layers
     preprocessor = registry.get(backbone_name).load_preprocessor(out_dir / PREPROCESSOR_DIR, preprocessing)
-    model = keras.saving.load_model(keras_file, compile=False)
+    model = float32_model(keras.saving.load_model(keras_file, compile=False))
     write_formats(model, out_dir, formats, preprocessing, preprocessor)
 
 

@@ -24,6 +24,7 @@ import yaml
 
 from autotl.backbones.protocol import IMAGE
 from autotl.errors import UsageError, first_line
+from autotl.search.domains import CHOICE, Domain, checked, domains_for
 
 # name -> spec. "values" is a choice; min/max with "step" or "sampling" is a range.
 # A spec's "type" ("int" or "float") says how a range is sampled.
@@ -48,9 +49,6 @@ DEFAULT_SPACE: dict[str, dict[str, Any]] = {
 AUGMENT = {"values": [False]}
 TEXT_POOLING = {"values": ["mean", "cls"]}
 IMAGE_POOLING = {"values": ["avg", "flatten"]}
-POOLINGS = {"avg", "flatten", "mean", "cls"}
-OPTIMIZERS = ("adamw", "adam")  # how autotl.search.recipe trains a phase
-SCHEDULES = ("cosine", "constant")
 _SPEC_KEYS = {"values", "min", "max", "step", "sampling", "type"}
 
 
@@ -72,16 +70,39 @@ def depth_choices(space: Mapping[str, Mapping[str, Any]]) -> list[int]:
 
 def build_space(modality: str, plugin_overrides: Mapping[str, Any] | None = None,
                 user_overrides: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:
-    """Defaults, then the plugin's proposals, then the user's file, each merged by name."""
+    """Defaults, then the plugin's proposals, then the user's file, each merged by name,
+    then every value checked against its hyperparameter's domain (`DOMAINS`)."""
     space = default_space(modality)
+    domains = domains_for(modality)
     for overrides in (plugin_overrides or {}), (user_overrides or {}):
         for name, spec in overrides.items():
             if name not in space:
                 known = ", ".join(sorted(space))
                 raise UsageError(f"unknown hyperparameter {name!r} in search space (known: {known})")
-            space[name] = _merge(name, space[name], spec)
-    _validate(space)
-    return space
+            space[name] = _merge(name, space[name], spec, domains[name])
+    return {name: checked(name, spec, domains[name]) for name, spec in space.items()}
+
+
+def check_depth_within(space: Mapping[str, Mapping[str, Any]], blocks: int, backbone: str) -> None:
+    """Refuse an unfreeze depth above the backbone's block count (known once it is built)."""
+    deepest = max(depth_choices(space))
+    if deepest > blocks:
+        spec = space["unfreeze_depth"]
+        given = f"max {spec['max']}" if "max" in spec else f"value {deepest}"
+        raise UsageError(f"hyperparameter 'unfreeze_depth': {given} is above the {blocks} blocks of backbone "
+                         f"{backbone!r} (allowed: 0 to {blocks})")
+
+
+def in_declared_order(space: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
+    """A trial's `values` in the space's order, then any others (KerasTuner's ``tuner/`` entries) as they came.
+
+    A distributed worker gets its trial through KerasTuner's protobuf messages, which group the
+    hyperparameters by type and their values by name: printed and stored as they came, a worker's
+    trials listed them in another order than the chief's and a single process's.
+    """
+    ordered = {name: values[name] for name in space if name in values}
+    ordered.update((name, value) for name, value in values.items() if name not in ordered)
+    return ordered
 
 
 def load_space_file(path: str | Path) -> dict[str, Any]:
@@ -114,12 +135,16 @@ def declare(space: Mapping[str, Mapping[str, Any]], hp) -> None:
     for name, spec in space.items():
         if "values" in spec:
             values = list(spec["values"])
-            if len(values) == 1:
+            if len(set(values)) == 1:
                 hp.Fixed(name, values[0])
+            elif all(isinstance(v, bool) for v in values):
+                hp.Boolean(name)  # a Choice of booleans samples the ints 0 and 1
             else:
                 hp.Choice(name, values)
-        elif spec["min"] == spec["max"]:
-            hp.Fixed(name, spec["min"])
+        elif spec.get("type") == "int" and spec["min"] == spec["max"]:
+            hp.Fixed(name, int(spec["min"]))
+        elif float(spec["min"]) == float(spec["max"]):
+            hp.Fixed(name, float(spec["min"]))
         elif spec.get("type") == "int":
             hp.Int(name, int(spec["min"]), int(spec["max"]), step=int(spec.get("step", 1)))
         else:
@@ -127,7 +152,7 @@ def declare(space: Mapping[str, Mapping[str, Any]], hp) -> None:
                      sampling=spec.get("sampling", "linear"))
 
 
-def _merge(name: str, base: dict[str, Any], spec: Any) -> dict[str, Any]:
+def _merge(name: str, base: dict[str, Any], spec: Any, domain: Domain) -> dict[str, Any]:
     if not isinstance(spec, Mapping):  # a single value fixes the hyperparameter
         return {"values": [spec]}
     unknown = set(spec) - _SPEC_KEYS
@@ -137,51 +162,13 @@ def _merge(name: str, base: dict[str, Any], spec: Any) -> dict[str, Any]:
         if not isinstance(spec["values"], (list, tuple)):
             raise UsageError(f"hyperparameter {name!r}: `values` must be a list, e.g. values: [64, 128]")
         return {"values": list(spec["values"])}
+    if domain.kind == CHOICE:
+        raise UsageError(f"hyperparameter {name!r} takes `values` ({domain.describe()}), not a range")
+    if spec.get("type", domain.kind) != domain.kind:
+        raise UsageError(f"hyperparameter {name!r}: type {spec['type']!r} does not fit; it takes {domain.describe()}")
     merged = {k: v for k, v in base.items() if k != "values"}
+    if "sampling" in spec and "step" not in spec:
+        merged.pop("step", None)  # the default's step was for the default's sampling
     merged.update(spec)
-    if "type" not in merged:
-        merged["type"] = "float" if isinstance(merged.get("min"), float) else "int"
+    merged["type"] = domain.kind
     return merged
-
-
-def _validate(space: Mapping[str, Mapping[str, Any]]) -> None:
-    for name, spec in space.items():
-        if "values" in spec:
-            if not spec["values"]:
-                raise UsageError(f"hyperparameter {name!r}: `values` is empty")
-            continue
-        if "min" not in spec or "max" not in spec:
-            raise UsageError(f"hyperparameter {name!r}: give `values`, or `min` and `max`")
-        try:
-            low, high = float(spec["min"]), float(spec["max"])
-        except (TypeError, ValueError):
-            raise UsageError(f"hyperparameter {name!r}: min and max must be numbers") from None
-        if low > high:
-            raise UsageError(f"hyperparameter {name!r}: min {spec['min']} is above max {spec['max']}")
-        if spec.get("sampling") == "log" and low <= 0:
-            raise UsageError(f"hyperparameter {name!r}: log sampling needs min > 0")
-    bad_pooling = set(space["pooling"].get("values", [])) - POOLINGS
-    if bad_pooling:
-        raise UsageError(f"unknown pooling {sorted(bad_pooling)} (use avg/flatten for images, mean/cls for text)")
-    if min(depth_choices(space)) < 0:
-        raise UsageError("unfreeze_depth cannot be negative")
-    _check_recipe(space)
-    bad_augment = [v for v in space.get("augment", {}).get("values", []) if not isinstance(v, bool)]
-    if bad_augment:
-        raise UsageError(f"augment takes true or false, not {bad_augment}")
-
-
-def _check_recipe(space: Mapping[str, Mapping[str, Any]]) -> None:
-    """The training recipe's hyperparameters (`autotl.search.recipe`) within their domains."""
-    for name, allowed in (("optimizer", OPTIMIZERS), ("lr_schedule", SCHEDULES)):
-        bad = [v for v in space[name].get("values", [None]) if v not in allowed]
-        if bad:
-            raise UsageError(f"{name} takes {' or '.join(allowed)}, not {bad}")
-    for name, high in (("weight_decay", None), ("warmup", 1.0), ("label_smoothing", 1.0)):
-        spec = space[name]
-        values = spec["values"] if "values" in spec else [spec["min"], spec["max"]]
-        bad = [v for v in values if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0
-               or (high is not None and v >= high)]
-        if bad:
-            upper = f" and below {high}" if high is not None else ""
-            raise UsageError(f"{name} takes numbers from 0{upper}, not {bad}")

@@ -32,6 +32,7 @@ from autotl.workarounds import (AtomicOracleState, OracleOpenedElsewhere, keras_
 from autotl.search.budget import DeadlineOracle
 from autotl.search.hypermodel import TransferHyperModel
 from autotl.search.records import Objective, TrainingPlan, TrialData, TrialFailed, TrialOutcome
+from autotl.search.space import in_declared_order
 from autotl.insight.progress import Reporter
 from autotl.store import Store
 from autotl.search.runner import TrialRunner
@@ -127,9 +128,10 @@ class TransferTuner(OracleOpenedElsewhere, kt.Tuner):
             self._rows[trial.trial_id] = done
             return
         rerun_of = self._interrupted_number(trial.trial_id)
-        row = self.store.start_trial(self.search_id, trial.trial_id, dict(trial.hyperparameters.values))
+        values = in_declared_order(self.hypermodel.space, trial.hyperparameters.values)
+        row = self.store.start_trial(self.search_id, trial.trial_id, values)
         self._rows[trial.trial_id] = row
-        self.reporter.trial_started(row.number, self.max_trials, dict(trial.hyperparameters.values),
+        self.reporter.trial_started(row.number, self.max_trials, values,
                                     completed=self.store.count_trials(self.search_id, store_module.COMPLETED),
                                     rerun_of=rerun_of)
 
