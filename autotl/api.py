@@ -117,12 +117,8 @@ def join(search_ref: str | int, chief: str, store: Store | str = DEFAULT_STORE, 
     of the data (it must be the same data: checked by fingerprint). Returns how many
     trials this worker completed.
     """
-    host, port = parse_address(chief)
     store = store if isinstance(store, Store) else Store(store)
-    row = store.get_search(search_ref)
-    if row.status == COMPLETED:
-        raise AutotlError(f"search {row.name!r} has already finished; there is nothing to join")
-    check_reachable(host, port)
+    row, (host, port) = check_joinable(search_ref, chief, store)
     config = config_from_record(row, data=data)
     if config.tensorboard_dir is not None:
         from autotl.insight.board import require_tensorboard
@@ -141,6 +137,17 @@ def join(search_ref: str | int, chief: str, store: Store | str = DEFAULT_STORE, 
         deadline = Deadline(deadline_at) if deadline_at is not None else None
         return _run_tuner(config, store, row, prepared, reporter, process, resume=True, role="worker",
                           deadline=deadline)
+
+
+def check_joinable(search_ref: str | int, chief: str, store: Store) -> tuple[Search, tuple[str, int]]:
+    """The search to join and its chief's address, once the search is known to be unfinished and the
+    chief to answer: the checks `join` makes before anything slow (the CLI's worker, before Keras' imports)."""
+    host, port = parse_address(chief)
+    row = store.get_search(search_ref)
+    if row.status == COMPLETED:
+        raise AutotlError(f"search {row.name!r} has already finished; there is nothing to join")
+    check_reachable(host, port)
+    return row, (host, port)
 
 
 def _find_search(store: Store, name: str | None) -> Search | None:

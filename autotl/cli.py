@@ -200,7 +200,7 @@ def resume(search_ref: str, store: str) -> None:
 @click.option("--data", type=click.Path(), help="This machine's copy of the search's data  [default: its path]")
 @click.option("--workdir", help="Folder for this worker's checkpoints  [default: the search's]")
 @click.option("--tuner-id", help="This worker's KerasTuner id  [default: HOST-PID]")
-@handle_errors
+@handle_errors(needs_keras=False)
 def worker(search_ref: str, chief: str, store: str, data: str | None, workdir: str | None,
            tuner_id: str | None) -> None:
     """Join SEARCH, running on a chief started by `autotl search --workers N`, as one more worker.
@@ -216,6 +216,8 @@ def worker(search_ref: str, chief: str, store: str, data: str | None, workdir: s
 
     die_with_parent(os.environ.get("AUTOTL_PARENT_PID"))
     opened = Store(store)
+    api.check_joinable(search_ref, chief, opened)  # a wrong --chief or search in one line, before Keras' imports
+    import_keras_quietly()
     tuner_id = tuner_id or default_tuner_id()
     reporter = ConsoleReporter(opened.get_search(search_ref).objective, prefix=f"[{tuner_id}] ")
     completed = api.join(search_ref, chief, opened, data=data, workdir=workdir, tuner_id=tuner_id,
