@@ -26,7 +26,7 @@ from autotl.config import (Prepared, SearchConfig, check_resumable, check_same_o
 from autotl.search.distributed import (check_reachable, default_tuner_id, parse_address, run_chief,
                                        worker_environment)
 from autotl.errors import AutotlError, UsageError, first_line
-from autotl.search.budget import Deadline, format_duration
+from autotl.search.budget import Deadline, describe_budget, format_duration
 from autotl.search.lock import SearchLock
 from autotl.search.records import Objective, TrainingPlan, TrialData
 from autotl.insight.progress import Reporter
@@ -169,24 +169,14 @@ def _reopen(store: Store, row: Search, config: SearchConfig, reporter: Reporter)
     interrupted = store.interrupt_running_trials(row.id, "interrupted: the search stopped during this trial")
     completed = store.count_trials(row.id, COMPLETED)
     if extends(row, config):
-        reporter.message(f"extending search {row.name!r} from {_budget_text(row.config)} to "
-                         f"{_budget_text({'max_trials': config.max_trials, 'time_limit': config.time_limit})}: "
-                         f"{completed} trials completed")
+        before = describe_budget(row.config.get("max_trials"), row.config.get("time_limit"))
+        reporter.message(f"extending search {row.name!r} from {before} to "
+                         f"{describe_budget(config.max_trials, config.time_limit)}: {completed} trials completed")
         return store.reopen_search(row.id, {"max_trials": config.max_trials, "time_limit": config.time_limit})
     again = f"; {interrupted} interrupted trial(s) will run again" if interrupted else ""
     of_cap = f" of {config.max_trials}" if config.max_trials is not None else ""
     reporter.message(f"resuming search {row.name!r}: {completed}{of_cap} trials completed{again}")
     return store.reopen_search(row.id)
-
-
-def _budget_text(config: dict) -> str:
-    """``5 trials``, ``10m 00s``, or ``8 trials or 10m 00s`` (whichever comes first)."""
-    parts = []
-    if config.get("max_trials") is not None:
-        parts.append(f"{config['max_trials']} trials")
-    if config.get("time_limit") is not None:
-        parts.append(format_duration(config["time_limit"]))
-    return " or ".join(parts)
 
 
 def _run_search(config: SearchConfig, store: Store, row: Search, prepared: "Prepared", reporter: Reporter,

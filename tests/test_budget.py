@@ -9,7 +9,7 @@ import sqlite3
 import pytest
 
 from autotl.errors import UsageError
-from autotl.search.budget import Deadline, format_duration, parse_duration, room_for_a_trial
+from autotl.search.budget import Deadline, describe_budget, format_duration, parse_duration, room_for_a_trial
 from conftest import run_cli
 
 # A trial step plus the validation pass that follows the step that passes the deadline: far
@@ -31,6 +31,12 @@ def test_unreadable_or_empty_durations_are_usage_errors(text):
 
 def test_durations_print_in_their_largest_units():
     assert [format_duration(s) for s in (0, 45.4, 425, 7380)] == ["0s", "45s", "7m 05s", "2h 03m"]
+
+
+def test_a_budget_reads_as_trials_or_time_whichever_ends_the_search_first():
+    assert describe_budget(5, None) == "5 trials"
+    assert describe_budget(None, 600) == "10m 00s"
+    assert describe_budget(8, 90) == "8 trials or 1m 30s"
 
 
 def test_a_trial_starts_only_when_the_median_trial_fits_in_the_time_left():

@@ -62,12 +62,17 @@ def runs_of(document: dict, workload: str) -> dict[str, dict]:
     return {run["kind"]: run for run in runs}
 
 
-@pytest.mark.parametrize("workload", list(NEEDS))
-def test_recipe_and_autotl_are_scored_on_the_test_split(quick_run, workload):
+def measured(quick_run, workload: str) -> tuple[dict, dict[str, dict]]:
+    """The quick run's document and its two runs of `workload` (skipped where its data are missing)."""
     if workload not in WORKLOADS:
         pytest.skip(missing(workload))
     document, _, _ = quick_run
-    runs = runs_of(document, workload)
+    return document, runs_of(document, workload)
+
+
+@pytest.mark.parametrize("workload", list(NEEDS))
+def test_recipe_and_autotl_are_scored_on_the_test_split(quick_run, workload):
+    document, runs = measured(quick_run, workload)
     for kind, run in runs.items():
         assert "error" not in run, f"{kind}: {run.get('error')}"
         assert 0.0 <= run["test_accuracy"] <= 1.0, run
@@ -82,10 +87,7 @@ def test_recipe_and_autotl_are_scored_on_the_test_split(quick_run, workload):
 
 @pytest.mark.parametrize("workload", list(NEEDS))
 def test_autotl_gets_twice_the_recipes_time(quick_run, workload):
-    if workload not in WORKLOADS:
-        pytest.skip(missing(workload))
-    document, _, _ = quick_run
-    runs = runs_of(document, workload)
+    document, runs = measured(quick_run, workload)
     floor = document["settings"]["quick_time_floor_s"]
     expected = max(math.ceil(2 * runs["recipe"]["seconds"]), floor)
     assert runs["autotl"]["time_limit_s"] == expected

@@ -67,56 +67,6 @@ class ConsoleReporter(Reporter):
         by what is completed instead: ``trial 7 (re-run of trial 3; 4/5 completed)``."""
         self._trial_started = time.perf_counter()
         shown = ", ".join(f"{k}={_fmt(v)}" for k, v in hyperparameters.items() if not k.startswith("tuner/"))
-        notes = [f"{format_duration(self.deadline.left())} left"] if self.deadline is not None else []
-        cap = f"/{max_trials}" if max_trials is not None else ""
-        if rerun_of is None and (max_trials is None or number <= max_trials):
-            self._labels[number] = f"{number}{cap}"
-        else:
-            self._labels[number] = str(number)
-            again = [f"re-run of trial {rerun_of}"] if rerun_of is not None else []
-            notes = again + [f"{completed}{cap} completed"] + notes
-        noted = f" ({'; '.join(notes)})" if notes else ""
-        self._print(f"trial {self._labels[number]}{noted}: {shown}")
-
-    def epoch_ended(self, trial_number: int, phase: str, epoch: int, epochs: int,
-                    metrics: dict[str, float]) -> None: ...
-
-    def trial_ended(self, trial: Any) -> None: ...
-
-    def message(self, text: str) -> None:
-        """A line about the search itself (resuming, workers joining, ...)."""
-
-
-class ConsoleReporter(Reporter):
-    def __init__(self, objective: str, stream: TextIO | None = None, prefix: str = ""):
-        self.objective = objective
-        self.stream = stream or sys.stderr
-        self.prefix = prefix  # tells apart the lines of a distributed search's workers
-        self.direction = "min" if objective.endswith("loss") else "max"
-        self.best: float | None = None
-        self._trial_started = time.perf_counter()
-        self._labels: dict[int, str] = {}  # trial number -> how its epoch lines name it
-        self.deadline = None
-
-    def search_started(self, name, store_url, max_trials, deadline=None):
-        self.deadline = deadline
-        budget = [f"up to {max_trials} trials"] if max_trials is not None else []
-        if deadline is not None:
-            budget.append(f"for {format_duration(deadline.left())}")
-        self._print(f"search {name!r}: {' or '.join(budget)}, logging to {store_url}")
-
-    def examples_skipped(self, skipped):
-        if skipped:
-            source, reason = skipped[0]
-            self._print(f"warning: skipped {len(skipped)} unusable example{'s' if len(skipped) > 1 else ''} "
-                        f"(first: {source}: {reason}); the search records them as skipped_examples, "
-                        "and --strict makes them an error")
-
-    def trial_started(self, number, max_trials, hyperparameters, *, completed=0, rerun_of=None):
-        """``trial 3/5``; a trial numbered past the maximum (a resumed search's re-runs) is counted
-        by what is completed instead: ``trial 7 (re-run of trial 3; 4/5 completed)``."""
-        self._trial_started = time.perf_counter()
-        shown = ", ".join(f"{k}={_fmt(v)}" for k, v in hyperparameters.items() if not k.startswith("tuner/"))
         left = f" ({format_duration(self.deadline.left())} left)" if self.deadline is not None else ""
         if rerun_of is None and (max_trials is None or number <= max_trials):
             self._labels[number] = f"{number}/{max_trials}" if max_trials is not None else str(number)

@@ -24,6 +24,7 @@ import numpy as np
 
 from autotl import __version__
 from autotl.errors import AutotlError, first_line
+from autotl.search.budget import describe_budget
 from autotl.insight.plots import (PLOTS_DIR, Plot, confusion_plot, epoch_curves, format_value, hyperparameter_names,
                                   hyperparameter_plots, learning_curves_plot, progress_plot)
 from autotl.search.records import VAL_PROBS_NAME
@@ -222,7 +223,7 @@ def _summary(store: Store, search: Search, trials: list[Trial], best: Trial) -> 
         ("examples", examples),
         ("classes", f"{len(search.labels)}: " + ", ".join(map(str, search.labels))),
         ("objective", f"{search.objective} ({'max' if search.direction == 'max' else 'min'})"),
-        ("tuner", f"{config.get('tuner', '?')}, {config.get('max_trials', '?')} trials at most, "
+        ("tuner", f"{config.get('tuner', '?')}, {describe_budget(config.get('max_trials'), config.get('time_limit'))}, "
                   f"epochs {config.get('epochs', '?')} + fine-tuning {config.get('finetune_epochs') or config.get('epochs', '?')}"),
         ("trials", _status_counts(trials)),
         ("best trial", f"{best.number}: {search.objective} {format_value(best.value)} at {best.best_phase} epoch "

@@ -56,6 +56,14 @@ def format_duration(seconds: float) -> str:
     return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
 
 
+def describe_budget(max_trials: int | None, time_limit: float | None) -> str:
+    """``5 trials``, ``10m 00s``, or ``8 trials or 10m 00s`` (whichever ends the search first)."""
+    parts = [f"{max_trials} trials"] if max_trials is not None else []
+    if time_limit is not None:
+        parts.append(format_duration(time_limit))
+    return " or ".join(parts) or "no limit"
+
+
 @dataclass(frozen=True)
 class Deadline:
     at: float  # time.time() when the budget is spent
