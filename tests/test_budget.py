@@ -91,3 +91,25 @@ def test_without_max_trials_a_time_limit_runs_trials_until_the_next_would_not_fi
     assert _seconds_after(created, last_end) <= 20 + OVERRUN_S
     assert "left)" in result.stderr  # each trial's line shows the time left
     assert _rows(db, "select status from searches") == [("completed",)]
+
+
+def _stored(**config):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(config=config)
+
+
+def test_more_trials_or_more_time_extends_a_finished_search_and_the_same_budget_does_not():
+    from autotl.config import SearchConfig, extends
+
+    def given(**options):
+        config = SearchConfig(data="d", backbone="b", **options)
+        config.validate()
+        return config
+
+    assert extends(_stored(max_trials=5, time_limit=None), given(max_trials=7))
+    assert not extends(_stored(max_trials=5, time_limit=None), given(max_trials=5))
+    assert extends(_stored(max_trials=5, time_limit=None), given(time_limit=600))  # no cap now: more trials
+    assert extends(_stored(max_trials=None, time_limit=300), given(time_limit=600))
+    assert not extends(_stored(max_trials=None, time_limit=600), given(time_limit=600))
+    assert not extends(_stored(max_trials=None, time_limit=600), given(time_limit=300))
