@@ -33,10 +33,12 @@ from test_readme import readme_plugin
 ON_TENSORFLOW = keras.backend.backend() == "tensorflow"
 # Largest absolute difference of a probability from the search's own, per format (as in test_export_formats).
 TOLERANCE = {"keras": 1e-5, "savedmodel": 1e-5, "onnx": 1e-4, "tflite": 1e-4}
+# Every hyperparameter fixed but the depth, so that KerasTuner, which never repeats a trial's
+# values, gives the two trials depths 0 and 1.
 SPACE = {
-    "image": "pooling: avg\nhead_layers: 0\ndropout: 0.0\nhead_lr: 0.003\nfinetune_lr: 0.0001\n"
+    "image": "pooling: avg\nhead_layers: 0\nhead_units: 64\ndropout: 0.0\nhead_lr: 0.003\nfinetune_lr: 0.0001\n"
              "unfreeze_depth: {values: [0, 1]}\n",
-    "text": "pooling: mean\nhead_layers: 0\ndropout: 0.0\nhead_lr: 0.003\nfinetune_lr: 0.0001\n"
+    "text": "pooling: mean\nhead_layers: 0\nhead_units: 64\ndropout: 0.0\nhead_lr: 0.003\nfinetune_lr: 0.0001\n"
             "unfreeze_depth: {values: [0, 1]}\n",
 }
 ALL_FORMATS = ("keras", "savedmodel", "onnx", "tflite")

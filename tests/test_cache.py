@@ -168,7 +168,8 @@ def test_a_best_epoch_in_fine_tuning_is_checkpointed_with_the_predictions_of_the
         mnist_dir, tmp_path):
     """The saved validation predictions (what an export must reproduce) come from the cut the trial
     fine-tuned at, not from the backbone's cached output, which the fine-tuned blocks no longer compute."""
-    (tmp_path / "space.json").write_text(json.dumps({"unfreeze_depth": 1, "head_lr": 1e-6, "finetune_lr": 3e-3}))
+    (tmp_path / "space.json").write_text(json.dumps({"unfreeze_depth": 1, "head_lr": 1e-6, "finetune_lr": 3e-3,
+                                                    "label_smoothing": 0}))  # val_loss: the plain cross-entropy
     store = Store(tmp_path / "autotl.db")
     config = tiny_config(mnist_dir, tmp_path, "tuned", max_trials=1, epochs=1, finetune_epochs=4,
                          objective="val_loss", space_file=str(tmp_path / "space.json"))
