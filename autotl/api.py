@@ -15,7 +15,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,9 +67,7 @@ def search(config: SearchConfig, store: Store | str = DEFAULT_STORE, reporter: R
     the moment its process started, so that the limit covers its imports too.
     """
     config.validate()
-    deadline = None
-    if config.time_limit is not None:
-        deadline = Deadline((time.time() if started_at is None else started_at) + config.time_limit)
+    deadline = Deadline.after(config.time_limit, since=started_at) if config.time_limit is not None else None
     store = store if isinstance(store, Store) else Store(store)
     reporter = reporter or Reporter()
     existing = _find_search(store, config.name)

@@ -69,8 +69,9 @@ class Deadline:
     at: float  # time.time() when the budget is spent
 
     @classmethod
-    def after(cls, seconds: float) -> "Deadline":
-        return cls(time.time() + seconds)
+    def after(cls, seconds: float, since: float | None = None) -> "Deadline":
+        """`seconds` after `since` (a ``time.time()``; default: now)."""
+        return cls((time.time() if since is None else since) + seconds)
 
     def left(self) -> float:
         return self.at - time.time()
