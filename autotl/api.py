@@ -209,9 +209,12 @@ def _prepare(config: SearchConfig, registry: Registry) -> Prepared:
     options = {"image_size": _image_size(config.image_size), "sequence_length": config.sequence_length}
     preprocessor = backbone.preprocessor(weights, options)
     # After the preprocessor: a plugin may size its proposals (e.g. BERT's layer count) by the weights.
-    space = space_module.build_space(backbone.modality, backbone.search_space(weights), user_space)
+    # Checked before the data load and the backbone build, so that a bad space file fails fast;
+    # built again once the backbone's block count sets the default depths.
+    space_module.build_space(backbone.modality, backbone.search_space(weights), user_space)
     train, val = load_split(config, backbone.modality, preprocessor)
     blocks = _check_build(backbone, weights, preprocessor)
+    space = space_module.build_space(backbone.modality, backbone.search_space(weights), user_space, blocks=blocks)
     if user_space and "unfreeze_depth" in user_space:  # a plugin's own range may exceed them: it is capped
         space_module.check_depth_within(space, blocks, backbone.name)
     _check_precision(config.precision)
@@ -240,6 +243,7 @@ def _run_tuner(config: SearchConfig, store: Store, row: Search, prepared: Prepar
     import keras_tuner as kt
 
     from autotl.search.hypermodel import TransferHyperModel
+    from autotl.search.portfolio import first_trials, portfolio_for
     from autotl.search.tuner import TransferTuner, make_oracle, open_oracle
 
     num_classes = len(prepared.train.class_names)
@@ -248,6 +252,8 @@ def _run_tuner(config: SearchConfig, store: Store, row: Search, prepared: Prepar
     oracle = make_oracle(config.tuner, kt.Objective(row.objective, row.direction), config.max_trials,
                          config.epochs, config.seed)
     oracle.deadline = deadline
+    if config.portfolio and config.tuner != "hyperband":
+        oracle.portfolio = first_trials(prepared.space, portfolio_for(prepared.backbone.modality))
     oracle.completed_durations = lambda: store.completed_durations(row.id)
     workdir = Path(row.workdir)
     plan = _training_plan(config, row.name, deadline)

@@ -106,6 +106,9 @@ def main() -> None:
 @click.option("--name", help="Name of the search (default: BACKBONE-DATE-TIME).")
 @STORE_OPTION
 @click.option("--tuner", type=click.Choice(TUNERS), default="random")
+@click.option("--portfolio/--no-portfolio", default=True,
+              help="Start with a few configurations that do well across datasets (README: the levers); "
+                   "the random and bayesian tuners only.")
 @click.option("--max-trials", type=click.IntRange(min=1), default=None,
               help="Trials to run (a cap when --time-limit is given)  [default: 5; none with --time-limit]")
 @click.option("--time-limit", type=DURATION, metavar="DURATION",

@@ -33,7 +33,7 @@ OBJECTIVES = ("val_accuracy", "val_loss")
 DEFAULT_MAX_TRIALS = 5  # without a --time-limit; with one, --max-trials is an optional cap
 # What must match for `autotl search --name NAME` to resume an unfinished search of that name
 # (the data are compared by fingerprint); the rest (cache, precision, workers) may change.
-RESUME_OPTIONS = ("data", "backbone", "tuner", "max_trials", "epochs", "finetune_epochs", "batch_size", "patience",
+RESUME_OPTIONS = ("data", "backbone", "tuner", "portfolio", "max_trials", "epochs", "finetune_epochs", "batch_size", "patience",
                   "seed", "objective", "val_split", "val_data", "image_size", "sequence_length", "text_col",
                   "label_col", "space_file")
 RESUME_FIELDS = ("weights", "space", "preprocessing")  # compared once the data and backbone are loaded
@@ -49,6 +49,7 @@ class SearchConfig:
     weights: str | None = None
     name: str | None = None
     tuner: str = "random"
+    portfolio: bool = True  # the first trials are autotl.search.portfolio's (random and bayesian tuners)
     max_trials: int | None = None  # None: DEFAULT_MAX_TRIALS, or no cap when time_limit is set
     time_limit: float | None = None  # seconds for this run of the search (autotl.search.budget)
     epochs: int = 10
@@ -176,6 +177,7 @@ def config_from_record(row: Search, **overrides: Any) -> SearchConfig:
     """The SearchConfig a stored search was started with (`overrides` that are not None replace fields)."""
     known = {f.name for f in fields(SearchConfig)}
     values = {key: value for key, value in row.config.items() if key in known}
+    values.setdefault("portfolio", False)  # a search from before portfolios drew all its trials
     values.update(name=row.name, workdir=str(Path(row.workdir).parent))
     values.update({key: value for key, value in overrides.items() if value is not None})
     return SearchConfig(**values)

@@ -91,9 +91,6 @@ class EfficientNetLite0(Backbone):
                 groups.setdefault(_block_of(layer.name), []).append(layer)
         return list(groups.values())
 
-    def search_space(self, weights):
-        return {"unfreeze_depth": {"min": 0, "max": 4}}
-
     def imagenet_classifier_weights(self, weights: str = "imagenet"):
         """The ImageNet classifier as a Dense layer's ``(kernel (1280, 1000), bias (1000,))``.
 

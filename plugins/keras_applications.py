@@ -136,9 +136,6 @@ class KerasApplication(Backbone):
         stem = blocks.pop("")
         return [stem, *blocks.values()] if stem else list(blocks.values())
 
-    def search_space(self, weights):
-        return {"unfreeze_depth": {"min": 0, "max": 3}}
-
 
 class KerasApplications(BackboneFamily):
     """The family plugin: ``keras:NAME`` for every network of `available_networks`."""

@@ -156,7 +156,8 @@ class Backbone(abc.ABC):
     def search_space(self, weights: str) -> dict:
         """Overrides of the default search space (see `autotl.search.space`) for the weights
         source `weights`, e.g. ``{"unfreeze_depth": {"min": 0, "max": 3}}``. Without one,
-        unfreeze depth ranges over 0 to 2 (see `autotl.search.space.DEFAULT_SPACE`).
+        unfreeze depth takes 0, 1, 2, and a quarter, half, three quarters and all of the
+        blocks (see `autotl.search.space.depth_grid`).
         It depends on its argument only: autotl may call it before or after the others."""
         return {}
 

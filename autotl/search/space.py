@@ -33,9 +33,10 @@ DEFAULT_SPACE: dict[str, dict[str, Any]] = {
     "head_layers": {"type": "int", "min": 0, "max": 2},
     "head_units": {"values": [64, 128, 256, 512]},
     "dropout": {"type": "float", "min": 0.0, "max": 0.5, "step": 0.1},
+    # Until the backbone is built; then every depth of `depth_grid` (`build_space(blocks=...)`).
     "unfreeze_depth": {"type": "int", "min": 0, "max": 2},
     "head_lr": {"type": "float", "min": 1e-4, "max": 1e-2, "sampling": "log"},
-    "finetune_lr": {"type": "float", "min": 1e-6, "max": 1e-4, "sampling": "log"},
+    "finetune_lr": {"type": "float", "min": 1e-5, "max": 1e-3, "sampling": "log"},
     # How each phase trains (autotl.search.recipe): fixed by default, tunable or switched off by a space file.
     "optimizer": {"values": ["adamw"]},
     "weight_decay": {"values": [0.01]},
@@ -52,12 +53,31 @@ IMAGE_POOLING = {"values": ["avg", "flatten"]}
 _SPEC_KEYS = {"values", "min", "max", "step", "sampling", "type"}
 
 
-def default_space(modality: str) -> dict[str, dict[str, Any]]:
+# Fractions of a backbone's blocks the default unfreeze depths reach, besides 0, 1 and 2.
+DEPTH_FRACTIONS = (0.25, 0.5, 0.75, 1.0)
+
+
+def default_space(modality: str, blocks: int | None = None) -> dict[str, dict[str, Any]]:
+    """The default space; with the backbone's block count, its depths reach the whole backbone."""
     space = copy.deepcopy(DEFAULT_SPACE)
     space["pooling"] = copy.deepcopy(IMAGE_POOLING if modality == IMAGE else TEXT_POOLING)
     if modality == IMAGE:
         space["augment"] = copy.deepcopy(AUGMENT)
+    if blocks is not None:
+        space["unfreeze_depth"] = {"values": depth_grid(blocks)}
     return space
+
+
+def depth_grid(blocks: int) -> list[int]:
+    """The default unfreeze depths of a backbone of `blocks` blocks: 0 to 2, then a quarter,
+    half, three quarters and all of it (18 blocks: 0, 1, 2, 4, 9, 14, 18).
+
+    Fine-tuning deep is what wins when the data look unlike the backbone's pretraining
+    (results/quality-images.md), but each depth the space allows is a cut whose activations
+    are cached: a few spread out cost a few caches, every depth of a deep backbone would cost
+    one each.
+    """
+    return sorted({depth for depth in (0, 1, 2, *(round(blocks * f) for f in DEPTH_FRACTIONS)) if depth <= blocks})
 
 
 def depth_choices(space: Mapping[str, Mapping[str, Any]]) -> list[int]:
@@ -69,10 +89,11 @@ def depth_choices(space: Mapping[str, Mapping[str, Any]]) -> list[int]:
 
 
 def build_space(modality: str, plugin_overrides: Mapping[str, Any] | None = None,
-                user_overrides: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:
-    """Defaults, then the plugin's proposals, then the user's file, each merged by name,
-    then every value checked against its hyperparameter's domain (`DOMAINS`)."""
-    space = default_space(modality)
+                user_overrides: Mapping[str, Any] | None = None, blocks: int | None = None) -> dict[str, dict[str, Any]]:
+    """Defaults (for a backbone of `blocks` blocks, when known), then the plugin's proposals, then
+    the user's file, each merged by name, then every value checked against its hyperparameter's
+    domain (`DOMAINS`)."""
+    space = default_space(modality, blocks)
     domains = domains_for(modality)
     for overrides in (plugin_overrides or {}), (user_overrides or {}):
         for name, spec in overrides.items():

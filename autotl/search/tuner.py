@@ -30,6 +30,7 @@ from autotl.errors import AutotlError
 from autotl.workarounds import (AtomicOracleState, OracleOpenedElsewhere, keras_tuner_tracebacks_off,
                                 set_oracle_project_dir)
 from autotl.search.budget import DeadlineOracle
+from autotl.search.portfolio import PortfolioOracle
 from autotl.search.hypermodel import TransferHyperModel
 from autotl.search.records import Objective, TrainingPlan, TrialData, TrialFailed, TrialOutcome
 from autotl.search.space import in_declared_order
@@ -53,12 +54,13 @@ _ORACLES = {
 
 
 def make_oracle(kind: str, objective: kt.Objective, max_trials: int | None, max_epochs: int, seed: int) -> kt.Oracle:
-    """KerasTuner's oracle of that kind, saving its state atomically and able to stop at a deadline
-    (`DeadlineOracle`). `max_trials` None: no cap (a search with a time limit)."""
+    """KerasTuner's oracle of that kind, saving its state atomically, able to stop at a deadline
+    (`DeadlineOracle`) and to start with a portfolio (`PortfolioOracle`, set by the caller).
+    `max_trials` None: no cap (a search with a time limit)."""
     if kind not in _ORACLES:
         raise ValueError(f"unknown tuner {kind!r}")
-    oracle_class = type(f"Resumable{_ORACLES[kind].__name__}", (DeadlineOracle, AtomicOracleState, _ORACLES[kind]),
-                        {})
+    oracle_class = type(f"Resumable{_ORACLES[kind].__name__}",
+                        (DeadlineOracle, PortfolioOracle, AtomicOracleState, _ORACLES[kind]), {})
     common = dict(objective=objective,
                   seed=seed + 1,  # KerasTuner takes seed 0 to mean "pick one at random"; autotl's --seed 0 is a seed
                   max_consecutive_failed_trials=sys.maxsize)  # autotl's --max-failures decides instead
