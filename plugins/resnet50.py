@@ -1,8 +1,7 @@
 """ResNet50 from `keras.applications`, without its classification top.
 
 The same network as ``keras:ResNet50`` (see `keras_applications`), under its
-own name and with a few more depths in its search space; kept as the built-in
-image backbone the README and earlier searches name.
+own name; kept as the built-in image backbone the README and earlier searches name.
 
 Weights: ``imagenet`` (Keras downloads and caches them on first use), a local
 weights file for the no-top network (e.g. Keras'
