@@ -90,6 +90,8 @@ def search(config: SearchConfig, store: Store | str = DEFAULT_STORE, reporter: R
                 row = store.update_search_config(row.id, {DEADLINE_KEY: deadline.at})
             _run_search(config, store, row, prepared, reporter, process, resume=existing is not None,
                         deadline=deadline)
+            if config.refit:
+                _refit(config, store, store.get_search(row.id), prepared, reporter, deadline)
     best = store.best_trial(row)
     if best is None:
         store.finish_search(row.id, FAILED, "no trial completed")
@@ -252,6 +254,10 @@ def _run_tuner(config: SearchConfig, store: Store, row: Search, prepared: Prepar
     oracle = make_oracle(config.tuner, kt.Objective(row.objective, row.direction), config.max_trials,
                          config.epochs, config.seed)
     oracle.deadline = deadline
+    if config.refit:
+        from autotl.search.refit import reserve_seconds
+
+        oracle.reserve = lambda: reserve_seconds(store, row)
     if config.portfolio and config.tuner != "hyperband":
         oracle.portfolio = first_trials(prepared.space, portfolio_for(prepared.backbone.modality))
     oracle.completed_durations = lambda: store.completed_durations(row.id)
@@ -289,6 +295,28 @@ def _run_tuner(config: SearchConfig, store: Store, row: Search, prepared: Prepar
         if process is not None:
             process.close()
             remove_trial_data(data_dir)
+
+
+def _refit(config: SearchConfig, store: Store, row: Search, prepared: Prepared, reporter: Reporter,
+           deadline: Deadline | None) -> None:
+    """Train the best trial's configuration again on training and validation data (`autotl.search.refit`),
+    here in the search process."""
+    from autotl.search.hypermodel import TransferHyperModel
+    from autotl.search.refit import refit_best
+    from autotl.search.runner import TrialRunner
+
+    hypermodel = TransferHyperModel(prepared.backbone, prepared.weights, prepared.preprocessor,
+                                    len(prepared.train.class_names), prepared.space)
+    objective = Objective(row.objective, row.direction)
+    runner = TrialRunner(hypermodel, _training_plan(config, row.name, None), objective, store, row.id,
+                         Path(row.workdir))
+    preprocess = prepared.preprocessor
+    data = TrialData(preprocess(prepared.train.examples), prepared.train.labels,
+                     preprocess(prepared.val.examples), prepared.val.labels)
+    try:
+        refit_best(store, row, runner, data, objective, Path(row.workdir), deadline, reporter.message)
+    finally:
+        runner.close()
 
 
 def _say_if_stopped_by_deadline(oracle, config: SearchConfig, store: Store, row: Search, reporter: Reporter) -> None:

@@ -109,6 +109,9 @@ def main() -> None:
 @click.option("--portfolio/--no-portfolio", default=True,
               help="Start with a few configurations that do well across datasets (README: the levers); "
                    "the random and bayesian tuners only.")
+@click.option("--refit/--no-refit", default=False,
+              help="Once the best trial is chosen, train its configuration again on training and validation "
+                   "data together, for the epochs it needed; exports use that model.")
 @click.option("--max-trials", type=click.IntRange(min=1), default=None,
               help="Trials to run (a cap when --time-limit is given)  [default: 5; none with --time-limit]")
 @click.option("--time-limit", type=DURATION, metavar="DURATION",
@@ -306,7 +309,8 @@ def trials(search_ref: str, store: str, as_json: bool, with_epochs: bool, sort_b
 @JSON_OPTION
 @handle_errors(needs_keras=False)
 def best(search_ref: str, store: str, as_json: bool) -> None:
-    """Show the best completed trial of SEARCH."""
+    """Show the best completed trial of SEARCH (and its refit, when the search made one)."""
+    from autotl.search.refit import RESULT_KEY
     from autotl.store import Store, as_dict
 
     opened = Store(store)
@@ -314,11 +318,17 @@ def best(search_ref: str, store: str, as_json: bool) -> None:
     trial = opened.best_trial(search)
     if trial is None:
         raise AutotlError(f"search {search.name!r} has no completed trial yet")
+    refit = search.config.get(RESULT_KEY)
+    refit = refit if refit and refit.get("trial") == trial.number else None
     if as_json:
-        click.echo(json.dumps({**as_dict(trial), "search": search.name, "objective": search.objective}, indent=2))
+        click.echo(json.dumps({**as_dict(trial), "search": search.name, "objective": search.objective,
+                               "refit": refit}, indent=2))
         return
     click.echo(f"search {search.name!r} ({search.backbone}): best trial {trial.number}")
     click.echo(f"{search.objective}: {trial.value:.4f} at {trial.best_phase} epoch {trial.best_epoch}")
+    if refit:
+        click.echo(f"refit on all {refit['examples']} labelled examples ({refit['head_epochs']} head + "
+                   f"{refit['finetune_epochs']} fine-tuning epochs): exports use it")
     for key, value in trial.hyperparameters.items():
         click.echo(f"  {key}: {value}")
     for key, value in (trial.metrics or {}).items():
@@ -332,10 +342,14 @@ def best(search_ref: str, store: str, as_json: bool) -> None:
               default=DEFAULT_FORMATS,
               help="Format(s) to write (repeatable): keras (model.keras), savedmodel (saved_model/), "
                    "onnx (model.onnx), tflite (model.tflite, LiteRT).")
+@click.option("--refit/--no-refit", default=True,
+              help="Export the best trial's refit on all labelled examples when the search made one "
+                   "(search --refit); --no-refit exports the trial as validated.")
 @STORE_OPTION
 @PLUGIN_OPTION
 @handle_errors
-def export(search_ref: str, out_dir: str, formats: tuple[str, ...], store: str, plugin_files: tuple[str, ...]) -> None:
+def export(search_ref: str, out_dir: str, formats: tuple[str, ...], store: str, plugin_files: tuple[str, ...],
+           refit: bool) -> None:
     """Export the best model of SEARCH, with its manifest autotl.json."""
     from autotl.export import exporter
     from autotl.backbones.registry import load_registry
@@ -344,8 +358,11 @@ def export(search_ref: str, out_dir: str, formats: tuple[str, ...], store: str, 
     opened = Store(store)
     search = opened.get_search(search_ref)
     plugin_files = list(plugin_files) or search.config.get("plugin_files", [])
-    result = exporter.export(opened, search_ref, out_dir, formats, load_registry(plugin_files), plugin_files)
-    click.echo(f"exported trial {result.manifest['search']['trial']} of {search.name!r} to {result.directory}")
+    result = exporter.export(opened, search_ref, out_dir, formats, load_registry(plugin_files), plugin_files,
+                             refit=refit)
+    refit_note = " (its refit on all labelled examples)" if result.manifest.get("refit") else ""
+    click.echo(f"exported trial {result.manifest['search']['trial']}{refit_note} of {search.name!r} to "
+               f"{result.directory}")
     for name in sorted(result.manifest["files"]):
         click.echo(f"  {name}")
 

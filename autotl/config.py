@@ -50,6 +50,7 @@ class SearchConfig:
     name: str | None = None
     tuner: str = "random"
     portfolio: bool = True  # the first trials are autotl.search.portfolio's (random and bayesian tuners)
+    refit: bool = False  # train the best configuration again on training + validation data (autotl.search.refit)
     max_trials: int | None = None  # None: DEFAULT_MAX_TRIALS, or no cap when time_limit is set
     time_limit: float | None = None  # seconds for this run of the search (autotl.search.budget)
     epochs: int = 10

@@ -231,6 +231,8 @@ class Benchmark:
         self.stem = Path(args.out) / stem
         self.logs = Path(args.out) / f"{stem}-logs"
         self.logs.mkdir(parents=True, exist_ok=True)
+        for earlier in self.logs.glob("*.log"):  # this run's results replace that tag's: so do its logs
+            earlier.unlink()
         self.document = {"quick": args.quick, "tag": args.tag, "command": command_line(),
                          "machine": common.machine(), "settings": settings(args), "runs": []}
 

@@ -128,7 +128,12 @@ def test_unfreezing_the_top_blocks(plugin, random_model):
         for block in blocks:
             for layer in block:
                 layer.trainable = True
-    assert plugin.search_space("imagenet") == {"unfreeze_depth": {"min": 0, "max": 4}}
+    # No depth range of its own: the default depths reach every one of its 18 blocks.
+    from autotl.search.space import build_space
+
+    assert plugin.search_space("imagenet") == {}
+    depths = build_space("image", plugin.search_space("imagenet"), None, blocks=len(blocks))["unfreeze_depth"]
+    assert depths == {"values": [0, 1, 2, 4, 9, 14, 18]} and len(blocks) == 18
 
 
 def test_random_weights_at_96x96(random_model):

@@ -121,3 +121,28 @@ def test_a_search_starts_with_the_portfolio_fitted_to_its_backbone(tmp_path, mni
         assert {m.phase for m in store.epoch_metrics(trials[0].id)} == {"head", "finetune"}
     else:
         assert trials[0].hyperparameters != expected[0]
+
+
+def _portfolio_benchmark():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "portfolio.py"
+    spec = importlib.util.spec_from_file_location("portfolio_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_portfolio_procedure_adds_what_covers_the_datasets_best_then_the_faster():
+    benchmark = _portfolio_benchmark()
+    # An all-rounder first, then a specialist: on d1 "a" is best, on d2 "b"; "c" is good on both.
+    scores = {"d1": {"a": 1.0, "b": 0.5, "c": 0.875}, "d2": {"a": 0.5, "b": 1.0, "c": 0.875}}  # c scales to 0.75
+    steps = benchmark.greedy_portfolio(scores, {"a": 10.0, "b": 5.0, "c": 1.0}, size=2)
+    assert [s["add"] for s in steps] == ["c", "b"]  # after c, a and b both reach 0.875 on average: b is faster
+    assert [s["mean_best_scaled"] for s in steps] == [0.75, 0.875]
+    assert [s["add"] for s in benchmark.greedy_portfolio(scores, {"a": 1.0, "b": 5.0}, size=3)] == ["c", "a", "b"]
+    # Every candidate in the script fits its modality's default space.
+    for modality, candidates in benchmark.CANDIDATES.items():
+        space = build_space(modality, None, None, blocks=7)
+        assert len(first_trials(space, list(candidates.values()))) == len(candidates)

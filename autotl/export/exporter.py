@@ -2,7 +2,8 @@
 
 An export folder holds, for the formats asked for::
 
-    model.keras          the best trial's model at its best epoch, loadable by plain Keras
+    model.keras          the best trial's model at its best epoch (or its refit on all the
+                         labelled examples, when the search made one), loadable by plain Keras
                          (`autotl.export.keras_model`); takes what the search fed it
     saved_model/         TensorFlow SavedModel: ``serving_default`` takes image files or
                          strings, ``pixels`` uint8 images of any size, ``serve`` what
@@ -34,6 +35,7 @@ from autotl.store import Store
 from autotl.export.manifest import (DEFAULT_FORMATS, FORMAT_PATHS, FORMATS, KERAS_FILE, MANIFEST, build_manifest,
                                     describe_inputs, file_checksums, graph_tokenizer, tree_checksum, tree_size)
 from autotl.export.tf_formats import PREPROCESSOR_DIR, FormatFailed, export_formats
+from autotl.search.refit import RESULT_KEY, refit_model
 
 # What each format needs at export time (module -> pip package), checked before any work.
 _EXPORT_NEEDS = {"onnx": {"tf2onnx": "tf2onnx", "onnx": "onnx"}}
@@ -46,8 +48,9 @@ class Export:
 
 
 def export(store: Store, search_ref: str, out_dir: str | Path, formats: Sequence[str] = DEFAULT_FORMATS,
-           registry: Registry | None = None, plugin_files: Sequence[str] | None = None) -> Export:
-    """Write the best trial's model of `search_ref` to `out_dir` in each of `formats`."""
+           registry: Registry | None = None, plugin_files: Sequence[str] | None = None, refit: bool = True) -> Export:
+    """Write the best trial's model of `search_ref` to `out_dir` in each of `formats`: its refit on all
+    labelled examples when the search made one (`autotl.search.refit`) and `refit`, else the trial's own."""
     import keras
 
     from autotl.backbones.registry import load_registry
@@ -56,6 +59,8 @@ def export(store: Store, search_ref: str, out_dir: str | Path, formats: Sequence
     _check_formats(formats)
     search = store.get_search(search_ref)
     best, checkpoint = _best_checkpoint(store, search)
+    refit_path = refit_model(store, search, best) if refit else None
+    checkpoint = refit_path or checkpoint
     plugin_files = list(plugin_files or search.config.get("plugin_files", []))
     registry = registry or load_registry(plugin_files)
     backbone = registry.get(search.backbone)
@@ -71,7 +76,8 @@ def export(store: Store, search_ref: str, out_dir: str | Path, formats: Sequence
 
     checksums = file_checksums(out)
     inputs = describe_inputs(model, formats, preprocessing, len(search.labels), raw_text=graph_tokenizer(preprocessor))
-    manifest = build_manifest(store, search, best, preprocessing, inputs, checksums)
+    manifest = build_manifest(store, search, best, preprocessing, inputs, checksums,
+                              refit=search.config.get(RESULT_KEY) if refit_path else None)
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
     for fmt, name in FORMAT_PATHS.items():
         path = out / name

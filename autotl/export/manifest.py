@@ -32,8 +32,9 @@ _VERSIONED_PACKAGES = ("autotl", "keras", "keras-tuner", "keras-hub", "tensorflo
 
 
 def build_manifest(store: Store, search: Search, best: Trial, preprocessing: dict[str, Any],
-                   inputs: dict[str, Any], files: dict[str, str]) -> dict[str, Any]:
-    """The manifest of an export of `best`: `inputs` from `describe_inputs`, `files` from `file_checksums`."""
+                   inputs: dict[str, Any], files: dict[str, str], refit: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The manifest of an export of `best`: `inputs` from `describe_inputs`, `files` from `file_checksums`;
+    `refit`: what the refit exported instead of the trial's own model did (`autotl.search.refit`), else None."""
     return {
         "autotl_manifest_version": MANIFEST_VERSION,
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -46,6 +47,7 @@ def build_manifest(store: Store, search: Search, best: Trial, preprocessing: dic
         "objective": {"name": search.objective, "direction": search.direction, "value": best.value},
         "metrics": best.metrics,
         "best_epoch": {"phase": best.best_phase, "epoch": best.best_epoch},
+        "refit": refit,
         "search": {"name": search.name, "id": search.id, "trial": best.number, "store": store.display_url,
                    "dataset": search.dataset_path, "dataset_fingerprint": search.dataset_fingerprint},
         "inputs": inputs,

@@ -80,11 +80,12 @@ class Deadline:
         return self.left() <= 0
 
 
-def room_for_a_trial(deadline: Deadline, completed_durations: list[float]) -> bool:
-    """Rules 1 and 2: with no trial completed, yes; else when the median trial still fits."""
+def room_for_a_trial(deadline: Deadline, completed_durations: list[float], reserve: float = 0.0) -> bool:
+    """Rules 1 and 2: with no trial completed, yes; else when the median trial still fits, and then
+    `reserve` seconds more (the refit's, `autotl.search.refit`)."""
     if not completed_durations:
         return True
-    return deadline.left() >= statistics.median(completed_durations)
+    return deadline.left() >= statistics.median(completed_durations) + reserve
 
 
 class DeadlineOracle:
@@ -96,6 +97,7 @@ class DeadlineOracle:
 
     deadline: Deadline | None = None
     completed_durations: Callable[[], list[float]] = staticmethod(list)
+    reserve: Callable[[], float] = staticmethod(float)  # seconds kept for after the trials (a refit)
     stopped_by_deadline: bool = False
 
     def create_trial(self, tuner_id):
@@ -103,7 +105,7 @@ class DeadlineOracle:
 
         running_again = tuner_id in self.ongoing_trials  # KerasTuner hands that tuner its trial again
         if self.deadline is not None and not running_again \
-                and not room_for_a_trial(self.deadline, self.completed_durations()):
+                and not room_for_a_trial(self.deadline, self.completed_durations(), self.reserve()):
             self.stopped_by_deadline = True
             return stopped_trial(self, tuner_id)
         return super().create_trial(tuner_id)

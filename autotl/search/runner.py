@@ -133,6 +133,45 @@ class TrialRunner:
         self._checkpoint_if_best(model, feed.phase(best_depth), data, trial_id, trial_number, outcome)
         return outcome
 
+    def refit(self, values: dict[str, Any], trial_number: int, data: TrialData, head_epochs: int,
+              finetune_epochs: int, out_dir: Path) -> Path:
+        """Train the configuration `values` again on `data` for exactly `head_epochs`, then
+        `finetune_epochs`, and save the model (`autotl.search.refit`).
+
+        `data.x_train` holds the training and validation examples together, so nothing is left
+        to monitor: no early stopping, no validation pass, and the last epoch is the model. Each
+        phase's learning-rate schedule spans the epochs the search planned for it, as the trial's
+        did, and stops where the trial's best epoch was. The model's predictions on `data.x_val`
+        are saved beside it, as a trial's are: an export must reproduce them.
+        """
+        self.release_past_trials()
+        with dtype_policy(self.plan.precision), traced_gradients_released():
+            feature_model = self.backbone.fresh()
+            keras.utils.set_random_seed(self.plan.seed * 1000 + trial_number)  # the trial's initialisation
+            hp = self.hypermodel.hyperparameters(values)
+            model = self.hypermodel.build(hp, feature_model)
+            feed = self.activations.feed(model, data, values)
+            recipe = Recipe.from_values(values)
+            planned_head, planned_finetune = self._epoch_budget(values)
+            callbacks = lambda phase: [FailOnNonFiniteLoss(phase)]  # noqa: E731
+            self._fit(feed.phase(0), data, recipe, hp.get("head_lr"), planned_head, callbacks(HEAD),
+                      stop_after=head_epochs)
+            depth = 0
+            if finetune_epochs > 0 and hp.get("unfreeze_depth") > 0:
+                feature_model = model.get_layer(BACKBONE_LAYER)
+                depth = set_unfreeze_depth(feature_model, self.hypermodel.backbone.blocks(feature_model),
+                                           hp.get("unfreeze_depth"))
+                self.backbone.mark_changed()
+                self._fit(feed.phase(depth), data, recipe, hp.get("finetune_lr"), planned_finetune,
+                          callbacks(FINETUNE), stop_after=finetune_epochs)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            path = out_dir / CHECKPOINT_NAME
+            keras.Model(model.input, model.output, name=model.name).save(path)
+            phase = feed.phase(depth)
+            np.save(out_dir / VAL_PROBS_NAME, predict_in_order(phase.model, phase.x_val, self.plan.batch_size,
+                                                               sequence_lengths(data.x_val)))
+            return path
+
     def _epoch_budget(self, values: dict[str, Any]) -> tuple[int, int]:
         if "tuner/epochs" in values:  # Hyperband decides the budget of each bracket
             budget = int(values["tuner/epochs"])
@@ -140,23 +179,29 @@ class TrialRunner:
         return self.plan.epochs, self.plan.finetune_epochs
 
     def _fit(self, phase: Phase, data: TrialData, recipe: Recipe, learning_rate: float, epochs: int,
-             callbacks: list) -> None:
+             callbacks: list, stop_after: int | None = None) -> None:
+        """Fit `phase` for up to `epochs` with early stopping on the validation split; with
+        `stop_after` (a refit), for that many epochs of a schedule planned for `epochs`, unvalidated."""
         total_steps = steps_in(len(data.y_train), self.plan.batch_size, epochs)
         phase.model.compile(optimizer=recipe.optimizer_for(learning_rate, total_steps),
                             loss=recipe.loss(self.hypermodel.num_classes), metrics=["accuracy"],
                             steps_per_execution=steps_per_execution())
+        croppable = variable_length_inputs(phase.model, phase.x_train)
+        shuffle_seed = int(np.random.randint(2**31))  # numpy is seeded per trial
+        train = batches(phase.x_train, data.y_train, self.plan.batch_size, shuffle=True, seed=shuffle_seed,
+                        lengths=sequence_lengths(data.x_train), croppable=croppable)
+        build_training_state(phase.model, train.first)
+        if stop_after is not None:
+            phase.model.fit(train.x, train.y, epochs=stop_after, batch_size=train.batch_size, shuffle=train.shuffle,
+                            callbacks=callbacks, verbose=0)
+            return
         callbacks = [
             keras.callbacks.EarlyStopping(monitor=self.objective.name, mode=self.objective.direction,
                                           patience=self.plan.patience),
             *callbacks,
         ]
-        croppable = variable_length_inputs(phase.model, phase.x_train)
-        shuffle_seed = int(np.random.randint(2**31))  # numpy is seeded per trial
-        train = batches(phase.x_train, data.y_train, self.plan.batch_size, shuffle=True, seed=shuffle_seed,
-                        lengths=sequence_lengths(data.x_train), croppable=croppable)
         val = batches(phase.x_val, data.y_val, self.plan.batch_size, lengths=sequence_lengths(data.x_val),
                       croppable=croppable)
-        build_training_state(phase.model, train.first)
         phase.model.fit(train.x, train.y, validation_data=val.as_validation(), epochs=epochs,
                         batch_size=train.batch_size, shuffle=train.shuffle, callbacks=callbacks, verbose=0)
 

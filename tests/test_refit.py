@@ -1,0 +1,171 @@
+"""`--refit`: the best configuration trained again on training + validation examples, stored apart from
+the trial, and exported in every format (reloaded without autotl, with the tolerances of every export)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from autotl import api
+from autotl.backbones import layers  # noqa: F401 - the refit checkpoint holds autotl's layers
+from autotl.data import read_image
+from autotl.insight.progress import Reporter
+from autotl.search.budget import Deadline, room_for_a_trial
+from autotl.search.records import VAL_PROBS_NAME
+from autotl.search.refit import REFIT_KIND, RESULT_KEY
+from autotl.store import Store
+
+from conftest import TINY_PLUGIN, run_cli
+from test_export_formats import ALL_FORMATS, TOLERANCE, reload_without_autotl
+
+IMAGE_SIZE = (16, 16)
+# The whole tiny backbone trains (random weights: frozen, it learns little), fast enough to learn digits.
+SPACE = ("unfreeze_depth: 2\nhead_lr: {values: [0.01, 0.02]}\nfinetune_lr: 0.003\npooling: flatten\n"
+         "head_layers: 0\ndropout: 0.0\n")
+
+
+class MessageLog(Reporter):
+    def __init__(self):
+        self.lines: list[str] = []
+
+    def message(self, text):
+        self.lines.append(text)
+
+
+@pytest.fixture(scope="module")
+def refit_search(tmp_path_factory, mnist_dir):
+    root = tmp_path_factory.mktemp("refit")
+    (root / "space.yaml").write_text(SPACE)
+    store = Store(f"sqlite:///{root / 'autotl.db'}")
+    config = api.SearchConfig(
+        data=str(mnist_dir), backbone="tiny_cnn", plugin_files=[str(TINY_PLUGIN)], image_size=IMAGE_SIZE[0],
+        max_trials=2, epochs=8, finetune_epochs=8, batch_size=16, patience=8, seed=2, name="refit", refit=True,
+        space_file=str(root / "space.yaml"), workdir=str(root / "runs"))
+    messages = MessageLog()
+    result = api.search(config, store, reporter=messages)
+    return root, store, result, config, messages
+
+
+def _val(config):
+    from autotl.backbones.registry import load_registry
+
+    preprocessor = load_registry([str(TINY_PLUGIN)]).get("tiny_cnn").preprocessor("none", {"image_size": IMAGE_SIZE})
+    _, val = api.load_split(config, "image", preprocessor)
+    return val, preprocessor
+
+
+def _refit_path(store, result) -> Path:
+    artifacts = store.artifacts(result.search.id, kind=REFIT_KIND)
+    assert [a.trial_id for a in artifacts] == [result.best.id]
+    return Path(artifacts[0].path)
+
+
+def test_the_refit_trains_the_best_trials_epochs_on_every_labelled_example(refit_search):
+    _, store, result, config, messages = refit_search
+    search = store.get_search("refit")
+    best = result.best
+    head = [(m.epoch, m.value) for m in store.epoch_metrics(best.id) if m.phase == "head" and m.name == "val_accuracy"]
+    best_head_epoch = max(head, key=lambda item: (item[1], -item[0]))[0]  # the first of the best
+    expected = {"trial": best.number, "examples": search.config["train_examples"] + search.config["val_examples"],
+                "head_epochs": best.best_epoch if best.best_phase == "head" else best_head_epoch,
+                "finetune_epochs": best.best_epoch if best.best_phase == "finetune" else 0}
+    stored = search.config[RESULT_KEY]
+    assert {k: stored[k] for k in expected} == expected and stored["seconds"] > 0
+    epochs = f"{expected['head_epochs']} head" + (
+        f" + {expected['finetune_epochs']} fine-tuning" if expected["finetune_epochs"] else "")
+    said = [line for line in messages.lines if line.startswith("refit: ")]
+    assert len(said) == 1 and said[0].startswith(
+        f"refit: trial {best.number}'s configuration trained again on all {expected['examples']} labelled examples "
+        f"({epochs} epochs) in "), said
+    shown = json.loads(run_cli("best", "refit", "--store", store.url, "--json", check=True).stdout)
+    assert shown["refit"] == stored and shown["value"] == pytest.approx(best.value)
+    assert f"refit on all {expected['examples']} labelled examples" in run_cli("best", "refit", "--store", store.url,
+                                                                               check=True).stdout
+    # The trial keeps its own checkpoint and validation figure: the refit is stored beside it.
+    assert store.artifacts(search.id, kind="checkpoint", trial_id=best.id)
+    assert search.status == "completed" and best.value == result.best.value
+
+
+def test_the_refit_model_learned_the_validation_examples(refit_search):
+    _, store, result, config, _ = refit_search
+    val, preprocessor = _val(config)
+    path = _refit_path(store, result)
+    refit = keras.saving.load_model(path, compile=False)
+    probs = refit.predict(preprocessor(val.examples), verbose=0)
+    np.testing.assert_allclose(np.load(path.parent / VAL_PROBS_NAME), probs, atol=1e-5)
+    checkpoint = store.artifacts(result.search.id, kind="checkpoint", trial_id=result.best.id)[-1].path
+    trial_model = keras.saving.load_model(checkpoint, compile=False)
+    trial_accuracy = float(np.mean(trial_model.predict(preprocessor(val.examples), verbose=0).argmax(1) == val.labels))
+    refit_accuracy = float(np.mean(probs.argmax(axis=1) == val.labels))
+    print(f"validation accuracy: trial {trial_accuracy:.3f}, refit (trained on them) {refit_accuracy:.3f}")
+    assert trial_accuracy == pytest.approx(result.best.value, abs=1e-6)
+    assert refit_accuracy > trial_accuracy
+
+
+@pytest.mark.parametrize("fmt", ALL_FORMATS)
+def test_the_refit_exports_and_reloads_without_autotl_in_every_format(refit_search, fmt, tmp_path):
+    root, store, result, config, _ = refit_search
+    out = root / f"export_{fmt}"
+    done = run_cli("export", "refit", "--out", out, "--format", fmt, "--store", store.url, "--plugin", TINY_PLUGIN,
+                   check=True)
+    assert f"exported trial {result.best.number} (its refit on all labelled examples)" in done.stdout
+    manifest = json.loads((out / "autotl.json").read_text())
+    assert manifest["refit"] == store.get_search("refit").config[RESULT_KEY]
+    assert manifest["search"]["trial"] == result.best.number
+    val, _ = _val(config)
+    files = val.sources[:20]
+    arrays = [np.asarray(Image.open(path).convert("RGB")) for path in files]
+    np.savez(tmp_path / "arrays.npz", **{str(i): a for i, a in enumerate(arrays)})
+    pixels = np.stack([read_image(path, IMAGE_SIZE) for path in files]).astype("float32")
+    np.savez(tmp_path / "model_inputs.npz", x=pixels)
+    expected = keras.saving.load_model(_refit_path(store, result), compile=False).predict(pixels, verbose=0)
+    takes = {"keras": {"model_inputs": str(tmp_path / "model_inputs.npz")}, "savedmodel": {"files": files},
+             "onnx": {"arrays": str(tmp_path / "arrays.npz")}, "tflite": {"arrays": str(tmp_path / "arrays.npz")}}
+    results, imported = reload_without_autotl(fmt, out, takes[fmt], tmp_path)
+    assert "autotl" not in imported
+    for name in takes[fmt]:
+        difference = float(np.abs(results[name] - expected).max())
+        print(f"{fmt} {name}: max abs difference from the refit model {difference:.3g}")
+        assert difference <= TOLERANCE[fmt]
+
+
+def test_export_no_refit_writes_the_validated_trial(refit_search):
+    root, store, result, _, _ = refit_search
+    out = root / "export_validated"
+    done = run_cli("export", "refit", "--out", out, "--format", "keras", "--no-refit", "--store", store.url,
+                   "--plugin", TINY_PLUGIN, check=True)
+    assert "its refit" not in done.stdout
+    manifest = json.loads((out / "autotl.json").read_text())
+    assert manifest["refit"] is None
+    checkpoint = store.artifacts(result.search.id, kind="checkpoint", trial_id=result.best.id)[-1].path
+    exported = keras.saving.load_model(out / "model.keras", compile=False)
+    trial = keras.saving.load_model(checkpoint, compile=False)
+    for mine, theirs in zip(exported.get_weights(), trial.get_weights()):
+        np.testing.assert_array_equal(mine, theirs)
+
+
+def test_a_time_limited_search_keeps_room_for_the_refit():
+    deadline = Deadline.after(100)
+    assert room_for_a_trial(deadline, [30.0, 40.0])
+    assert not room_for_a_trial(deadline, [30.0, 40.0], reserve=70.0)
+
+
+def test_without_time_for_it_the_search_skips_the_refit_and_says_so(tmp_path, mnist_dir):
+    store_url = f"sqlite:///{tmp_path / 'autotl.db'}"
+    result = run_cli("search", mnist_dir, "--backbone", "tiny_cnn", "--plugin", TINY_PLUGIN, "--image-size", "16",
+                     "--epochs", "200", "--patience", "200", "--time-limit", "12s", "--refit", "--name", "tight",
+                     "--no-portfolio", "--store", store_url, "--workdir", tmp_path / "runs")
+    assert result.returncode == 0, result.stderr
+    assert "no refit: it would take about" in result.stdout + result.stderr
+    store = Store(store_url)
+    search = store.get_search("tight")
+    assert RESULT_KEY not in search.config and not store.artifacts(search.id, kind=REFIT_KIND)
+    exported = run_cli("export", "tight", "--out", tmp_path / "out", "--format", "keras", "--store", store_url,
+                       "--plugin", TINY_PLUGIN, check=True)
+    assert json.loads((tmp_path / "out" / "autotl.json").read_text())["refit"] is None
+    assert "its refit" not in exported.stdout
