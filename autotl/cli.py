@@ -107,7 +107,7 @@ def main() -> None:
 @STORE_OPTION
 @click.option("--tuner", type=click.Choice(TUNERS), default="random")
 @click.option("--portfolio/--no-portfolio", default=True,
-              help="Start with a few configurations that do well across datasets (README: the levers); "
+              help="Start with a few configurations that do well across datasets (README: Strong first trials); "
                    "the random and bayesian tuners only.")
 @click.option("--refit/--no-refit", default=False,
               help="Once the best trial is chosen, train its configuration again on training and validation "
