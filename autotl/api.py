@@ -321,8 +321,9 @@ def _refit(config: SearchConfig, store: Store, row: Search, prepared: Prepared, 
 
 def _say_if_stopped_by_deadline(oracle, config: SearchConfig, store: Store, row: Search, reporter: Reporter) -> None:
     if oracle.stopped_by_deadline:
+        another = "another trial and the refit" if config.refit else "another"
         reporter.message(f"--time-limit {format_duration(config.time_limit)} reached: "
-                         f"{store.count_trials(row.id, COMPLETED)} trials completed, and another would not have "
+                         f"{store.count_trials(row.id, COMPLETED)} trials completed, and {another} would not have "
                          f"finished in the {format_duration(max(0.0, oracle.deadline.left()))} left")
 
 
