@@ -310,7 +310,7 @@ def trials(search_ref: str, store: str, as_json: bool, with_epochs: bool, sort_b
 @handle_errors(needs_keras=False)
 def best(search_ref: str, store: str, as_json: bool) -> None:
     """Show the best completed trial of SEARCH (and its refit, when the search made one)."""
-    from autotl.search.refit import RESULT_KEY
+    from autotl.search.refit import RESULT_KEY, describe_epochs
     from autotl.store import Store, as_dict
 
     opened = Store(store)
@@ -327,8 +327,7 @@ def best(search_ref: str, store: str, as_json: bool) -> None:
     click.echo(f"search {search.name!r} ({search.backbone}): best trial {trial.number}")
     click.echo(f"{search.objective}: {trial.value:.4f} at {trial.best_phase} epoch {trial.best_epoch}")
     if refit:
-        click.echo(f"refit on all {refit['examples']} labelled examples ({refit['head_epochs']} head + "
-                   f"{refit['finetune_epochs']} fine-tuning epochs): exports use it")
+        click.echo(f"refit on all {refit['examples']} labelled examples ({describe_epochs(refit)}): exports use it")
     for key, value in trial.hyperparameters.items():
         click.echo(f"  {key}: {value}")
     for key, value in (trial.metrics or {}).items():

@@ -110,10 +110,15 @@ def refit_best(store: Store, search: Search, runner, data: TrialData, objective:
     result = {"trial": best.number, "examples": train_examples + val_examples, "head_epochs": plan.head_epochs,
               "finetune_epochs": plan.finetune_epochs, "seconds": round(seconds, 1)}
     store.update_search_config(search.id, {RESULT_KEY: result})
-    epochs = f"{plan.head_epochs} head" + (f" + {plan.finetune_epochs} fine-tuning" if plan.finetune_epochs else "")
     say(f"refit: trial {best.number}'s configuration trained again on all {train_examples + val_examples} labelled "
-        f"examples ({epochs} epochs) in {format_duration(seconds)}; exports use it")
+        f"examples ({describe_epochs(result)}) in {format_duration(seconds)}; exports use it")
     return path
+
+
+def describe_epochs(result: Mapping[str, Any]) -> str:
+    """A stored refit's epochs: ``6 head + 10 fine-tuning epochs`` or ``2 head epochs``."""
+    finetune = f" + {result['finetune_epochs']} fine-tuning" if result["finetune_epochs"] else ""
+    return f"{result['head_epochs']} head{finetune} epochs"
 
 
 def _forget_earlier_refits(store: Store, search: Search) -> None:

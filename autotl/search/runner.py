@@ -153,8 +153,7 @@ class TrialRunner:
             feed = self.activations.feed(model, data, values)
             recipe = Recipe.from_values(values)
             planned_head, planned_finetune = self._epoch_budget(values)
-            callbacks = lambda phase: [FailOnNonFiniteLoss(phase)]  # noqa: E731
-            self._fit(feed.phase(0), data, recipe, hp.get("head_lr"), planned_head, callbacks(HEAD),
+            self._fit(feed.phase(0), data, recipe, hp.get("head_lr"), planned_head, [FailOnNonFiniteLoss(HEAD)],
                       stop_after=head_epochs)
             depth = 0
             if finetune_epochs > 0 and hp.get("unfreeze_depth") > 0:
@@ -163,7 +162,7 @@ class TrialRunner:
                                            hp.get("unfreeze_depth"))
                 self.backbone.mark_changed()
                 self._fit(feed.phase(depth), data, recipe, hp.get("finetune_lr"), planned_finetune,
-                          callbacks(FINETUNE), stop_after=finetune_epochs)
+                          [FailOnNonFiniteLoss(FINETUNE)], stop_after=finetune_epochs)
             out_dir.mkdir(parents=True, exist_ok=True)
             path = out_dir / CHECKPOINT_NAME
             keras.Model(model.input, model.output, name=model.name).save(path)
