@@ -232,20 +232,10 @@ def worker(search_ref: str, chief: str, store: str, data: str | None, workdir: s
 
 
 def _print_result(result) -> None:
-    best, search = result.best, result.search
-    completed = sum(t.status == "completed" for t in result.trials)
-    interrupted = sum(t.status == "interrupted" for t in result.trials)
-    if result.already_finished:
-        click.echo(f"search {search.name!r} had already finished; nothing to run")
-    again = f"; {interrupted} interrupted trial(s) ran again" if interrupted else ""
-    cap = search.config.get("max_trials", len(result.trials))
-    click.echo(f"search {search.name!r}: {completed}{f'/{cap}' if cap is not None else ''} "
-               "trials completed" + (f" (resumed{again})" if result.resumed else ""))
-    click.echo(f"best trial: {best.number}  {search.objective} {best.value:.4f}  "
-               f"({best.best_phase} epoch {best.best_epoch})")
-    click.echo(f"hyperparameters: {best.hyperparameters_line()}")
-    click.echo(f"store: {result.store.display_url}")
-    click.echo(f"next: autotl export {search.name} --out exported/{search.name}")
+    from autotl.insight.summary import search_result_lines
+
+    for line in search_result_lines(result):
+        click.echo(line)
 
 
 @main.command()
@@ -310,7 +300,8 @@ def trials(search_ref: str, store: str, as_json: bool, with_epochs: bool, sort_b
 @handle_errors(needs_keras=False)
 def best(search_ref: str, store: str, as_json: bool) -> None:
     """Show the best completed trial of SEARCH (and its refit, when the search made one)."""
-    from autotl.search.refit import RESULT_KEY, describe_epochs
+    from autotl.insight.summary import best_trial_lines
+    from autotl.search.refit import RESULT_KEY
     from autotl.store import Store, as_dict
 
     opened = Store(store)
@@ -324,14 +315,8 @@ def best(search_ref: str, store: str, as_json: bool) -> None:
         click.echo(json.dumps({**as_dict(trial), "search": search.name, "objective": search.objective,
                                "refit": refit}, indent=2))
         return
-    click.echo(f"search {search.name!r} ({search.backbone}): best trial {trial.number}")
-    click.echo(f"{search.objective}: {trial.value:.4f} at {trial.best_phase} epoch {trial.best_epoch}")
-    if refit:
-        click.echo(f"refit on all {refit['examples']} labelled examples ({describe_epochs(refit)}): exports use it")
-    for key, value in trial.hyperparameters.items():
-        click.echo(f"  {key}: {value}")
-    for key, value in (trial.metrics or {}).items():
-        click.echo(f"  {key} = {value:.4f}" if isinstance(value, float) else f"  {key} = {value}")
+    for line in best_trial_lines(search, trial, refit):
+        click.echo(line)
 
 
 @main.command()

@@ -1,1 +1,2 @@
-"""Looking at searches: the HTML report and its plots, TensorBoard logs, and the progress shown while a search runs."""
+"""Looking at searches: the HTML report and its plots, TensorBoard logs, the progress shown while a search runs, and
+what `autotl search` and `autotl best` print at the end."""

@@ -1,0 +1,38 @@
+"""What the CLI prints about a search once it has run (`autotl search`, `resume`) and about its best
+trial (`autotl best`): lines of text, so that the commands only echo them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def search_result_lines(result) -> list[str]:
+    """How the search ended: trials completed, its best trial, the store, the next command."""
+    best, search = result.best, result.search
+    completed = sum(t.status == "completed" for t in result.trials)
+    interrupted = sum(t.status == "interrupted" for t in result.trials)
+    lines = [f"search {search.name!r} had already finished; nothing to run"] if result.already_finished else []
+    again = f"; {interrupted} interrupted trial(s) ran again" if interrupted else ""
+    cap = search.config.get("max_trials", len(result.trials))
+    lines += [f"search {search.name!r}: {completed}{f'/{cap}' if cap is not None else ''} "
+              "trials completed" + (f" (resumed{again})" if result.resumed else ""),
+              f"best trial: {best.number}  {search.objective} {best.value:.4f}  "
+              f"({best.best_phase} epoch {best.best_epoch})",
+              f"hyperparameters: {best.hyperparameters_line()}",
+              f"store: {result.store.display_url}",
+              f"next: autotl export {search.name} --out exported/{search.name}"]
+    return lines
+
+
+def best_trial_lines(search, trial, refit: dict[str, Any] | None) -> list[str]:
+    """The best trial in detail; `refit`: its refit's stored result (`autotl.search.refit`), if any."""
+    from autotl.search.refit import describe_epochs
+
+    lines = [f"search {search.name!r} ({search.backbone}): best trial {trial.number}",
+             f"{search.objective}: {trial.value:.4f} at {trial.best_phase} epoch {trial.best_epoch}"]
+    if refit:
+        lines.append(f"refit on all {refit['examples']} labelled examples ({describe_epochs(refit)}): exports use it")
+    lines += [f"  {key}: {value}" for key, value in trial.hyperparameters.items()]
+    lines += [f"  {key} = {value:.4f}" if isinstance(value, float) else f"  {key} = {value}"
+              for key, value in (trial.metrics or {}).items()]
+    return lines
