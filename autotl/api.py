@@ -275,9 +275,7 @@ def _run_tuner(config: SearchConfig, store: Store, row: Search, prepared: Prepar
                   max_failures=config.max_failures)
         _say_if_stopped_by_deadline(oracle, config, store, row, reporter)
         return 0
-    preprocess = prepared.preprocessor
-    data = TrialData(preprocess(prepared.train.examples), prepared.train.labels,
-                     preprocess(prepared.val.examples), prepared.val.labels)
+    data = _trial_data(prepared)
     data_dir = workdir / (TRIAL_DATA_DIR if role == "single" else f"{TRIAL_DATA_DIR}-{os.getpid()}")
     if process is not None:
         _configure_trial_process(process, store, row, prepared, plan, data, config.plugin_files, data_dir)
@@ -310,13 +308,18 @@ def _refit(config: SearchConfig, store: Store, row: Search, prepared: Prepared, 
     objective = Objective(row.objective, row.direction)
     runner = TrialRunner(hypermodel, _training_plan(config, row.name, None), objective, store, row.id,
                          Path(row.workdir))
-    preprocess = prepared.preprocessor
-    data = TrialData(preprocess(prepared.train.examples), prepared.train.labels,
-                     preprocess(prepared.val.examples), prepared.val.labels)
     try:
-        refit_best(store, row, runner, data, objective, Path(row.workdir), deadline, reporter.message)
+        refit_best(store, row, runner, _trial_data(prepared), objective, Path(row.workdir), deadline,
+                   reporter.message)
     finally:
         runner.close()
+
+
+def _trial_data(prepared: Prepared) -> TrialData:
+    """The training and validation examples as the model takes them (the preprocessor's output)."""
+    preprocess = prepared.preprocessor
+    return TrialData(preprocess(prepared.train.examples), prepared.train.labels,
+                     preprocess(prepared.val.examples), prepared.val.labels)
 
 
 def _say_if_stopped_by_deadline(oracle, config: SearchConfig, store: Store, row: Search, reporter: Reporter) -> None:

@@ -14,7 +14,6 @@ from PIL import Image
 from autotl import api
 from autotl.backbones import layers  # noqa: F401 - the refit checkpoint holds autotl's layers
 from autotl.data import read_image
-from autotl.insight.progress import Reporter
 from autotl.search.budget import Deadline, room_for_a_trial
 from autotl.search.records import VAL_PROBS_NAME
 from autotl.search.refit import REFIT_KIND, RESULT_KEY
@@ -22,19 +21,12 @@ from autotl.store import Store
 
 from conftest import TINY_PLUGIN, run_cli
 from test_export_formats import ALL_FORMATS, TOLERANCE, reload_without_autotl
+from test_search import MessageLog
 
 IMAGE_SIZE = (16, 16)
 # The whole tiny backbone trains (random weights: frozen, it learns little), fast enough to learn digits.
 SPACE = ("unfreeze_depth: 2\nhead_lr: {values: [0.01, 0.02]}\nfinetune_lr: 0.003\npooling: flatten\n"
          "head_layers: 0\ndropout: 0.0\n")
-
-
-class MessageLog(Reporter):
-    def __init__(self):
-        self.lines: list[str] = []
-
-    def message(self, text):
-        self.lines.append(text)
 
 
 @pytest.fixture(scope="module")

@@ -91,7 +91,8 @@ def default(spec: Mapping[str, Any]) -> Any:
 
 
 def nearest(spec: Mapping[str, Any], value: Any) -> Any:
-    """`value` when the spec holds it, else the nearest value it holds (on a log scale for log ranges)."""
+    """`value` when the spec holds it, else the nearest value it holds: a choice's closest number, or the
+    value clipped into the range (and snapped to its step)."""
     if "values" in spec:
         choices = list(spec["values"])
         if value in choices:

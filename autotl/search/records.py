@@ -9,6 +9,8 @@ import numpy as np
 
 # The best trial's validation probabilities, saved next to its checkpoint by the runner and read by the report.
 VAL_PROBS_NAME = "val_probs.npy"
+# The two phases of a trial (`autotl.search.runner`), as the store records each epoch's.
+HEAD, FINETUNE = "head", "finetune"
 
 
 @dataclass

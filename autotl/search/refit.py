@@ -25,12 +25,11 @@ from typing import Any, Mapping
 import numpy as np
 
 from autotl.search.budget import Deadline, format_duration
-from autotl.search.records import Objective, TrialData
+from autotl.search.records import FINETUNE, HEAD, Objective, TrialData
 from autotl.store import Search, Store, Trial
 
 REFIT_KIND = "refit"  # the artifact kind of a refit model
 RESULT_KEY = "refit_result"  # in the search's stored config: what the refit did
-HEAD, FINETUNE = "head", "finetune"
 
 
 @dataclass(frozen=True)

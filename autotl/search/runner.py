@@ -34,10 +34,10 @@ from autotl.cache.entries import ActivationCache
 from autotl.cache.batches import batches, predict_in_order, sequence_lengths, variable_length_inputs
 from autotl.cache.source import ActivationSource, Phase
 from autotl.search.hypermodel import BACKBONE_LAYER, ReusableBackbone, TransferHyperModel, set_unfreeze_depth
-from autotl.search.records import VAL_PROBS_NAME, Objective, TrainingPlan, TrialData, TrialFailed, TrialOutcome
+from autotl.search.records import (FINETUNE, HEAD, VAL_PROBS_NAME, Objective, TrainingPlan, TrialData, TrialFailed,
+                                   TrialOutcome)
 from autotl.store import Store
 
-HEAD, FINETUNE = "head", "finetune"
 CHECKPOINT_NAME = "model.keras"
 
 EpochCallback = Callable[[int, str, int, int, dict], None]
