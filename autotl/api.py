@@ -90,7 +90,10 @@ def search(config: SearchConfig, store: Store | str = DEFAULT_STORE, reporter: R
                 row = store.update_search_config(row.id, {DEADLINE_KEY: deadline.at})
             _run_search(config, store, row, prepared, reporter, process, resume=existing is not None,
                         deadline=deadline)
-            if config.refit:
+            ensemble = _choose_ensemble(config, store, store.get_search(row.id), prepared, reporter)
+            if config.refit and ensemble:
+                reporter.message("no refit: the ensemble is exported, and a refit of its members is not made")
+            elif config.refit:
                 _refit(config, store, store.get_search(row.id), prepared, reporter, deadline)
     best = store.best_trial(row)
     if best is None:
@@ -295,6 +298,16 @@ def _run_tuner(config: SearchConfig, store: Store, row: Search, prepared: Prepar
             remove_trial_data(data_dir)
 
 
+def _choose_ensemble(config: SearchConfig, store: Store, row: Search, prepared: Prepared, reporter: Reporter) -> bool:
+    """Choose the ensemble of the kept trials (`autotl.search.ensemble`); whether exports will build it."""
+    if config.ensemble_size < 2:
+        return False
+    from autotl.search.ensemble import choose
+
+    choice = choose(store, row, prepared.val.labels, config.ensemble_size, reporter.message)
+    return bool(choice and choice.used)
+
+
 def _refit(config: SearchConfig, store: Store, row: Search, prepared: Prepared, reporter: Reporter,
            deadline: Deadline | None) -> None:
     """Train the best trial's configuration again on training and validation data (`autotl.search.refit`),
@@ -352,7 +365,8 @@ def _training_plan(config: SearchConfig, search_name: str, deadline: Deadline | 
                         cache_dir=str(Path(config.cache_dir).expanduser().resolve()) if config.cache_dir else None,
                         cache_storage=config.cache_dtype,
                         cache_memory_mb=_cache_memory_mb(config.cache_memory_mb), tensorboard_dir=tensorboard_dir,
-                        deadline=deadline.at if deadline is not None else None)
+                        deadline=deadline.at if deadline is not None else None,
+                        kept_checkpoints=config.ensemble_size)
 
 
 def _configure_trial_process(process: TrialProcess, store: Store, row: Search, prepared: Prepared,

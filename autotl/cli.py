@@ -7,19 +7,18 @@ see the traceback of an unexpected error.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
-import sys
 import textwrap
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
 
 from autotl.config import CACHE_DTYPES, OBJECTIVES, PRECISIONS, TUNERS
-from autotl.errors import AutotlError, UsageError, typed_first_line
+from autotl.cli_errors import handle_errors
+from autotl.errors import AutotlError, UsageError
 from autotl.export.manifest import DEFAULT_FORMATS, FORMATS
 from autotl.insight.table import clip, print_table
 from autotl.quiet import import_keras_quietly
@@ -57,38 +56,6 @@ class Duration(click.ParamType):
 DURATION = Duration()
 
 
-def handle_errors(command: Callable | None = None, *, needs_keras: bool = True) -> Callable:
-    """Turn user errors into one line on stderr and the right exit code."""
-    if command is None:
-        return functools.partial(handle_errors, needs_keras=needs_keras)
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            if needs_keras:
-                import_keras_quietly()
-            return command(*args, **kwargs)
-        except AutotlError as exc:
-            click.echo(f"Error: {exc}", err=True)
-            sys.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            click.echo("Interrupted.", err=True)
-            sys.exit(130)
-        except BrokenPipeError:  # output piped into `head` and the like
-            sys.stderr.close()
-            sys.exit(0)
-        except click.exceptions.ClickException:
-            raise
-        except Exception as exc:  # noqa: BLE001 - a bug: one line, traceback on request
-            if os.environ.get("AUTOTL_DEBUG"):
-                raise
-            click.echo(f"Error: internal error ({typed_first_line(exc)}); "
-                       "rerun with AUTOTL_DEBUG=1 for the traceback", err=True)
-            sys.exit(1)
-
-    return wrapper
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option(package_name="autotl")
 def main() -> None:
@@ -112,6 +79,9 @@ def main() -> None:
 @click.option("--refit/--no-refit", default=False,
               help="Once the best trial is chosen, train its configuration again on training and validation "
                    "data together, for the epochs it needed; exports use that model.")
+@click.option("--ensemble-size", type=click.IntRange(min=1), default=1,
+              help="Keep the N best trials and export the weighted average of some of them when it beats the best "
+                   "trial on validation (greedy ensemble selection, README: Ensembles); 1: no ensemble.")
 @click.option("--max-trials", type=click.IntRange(min=1), default=None,
               help="Trials to run (a cap when --time-limit is given)  [default: 5; none with --time-limit]")
 @click.option("--time-limit", type=DURATION, metavar="DURATION",
@@ -299,8 +269,9 @@ def trials(search_ref: str, store: str, as_json: bool, with_epochs: bool, sort_b
 @JSON_OPTION
 @handle_errors(needs_keras=False)
 def best(search_ref: str, store: str, as_json: bool) -> None:
-    """Show the best completed trial of SEARCH (and its refit, when the search made one)."""
+    """Show the best completed trial of SEARCH (and its refit or ensemble, when the search made one)."""
     from autotl.insight.summary import best_trial_lines
+    from autotl.search import ensemble
     from autotl.search.refit import RESULT_KEY
     from autotl.store import Store, as_dict
 
@@ -313,9 +284,9 @@ def best(search_ref: str, store: str, as_json: bool) -> None:
     refit = refit if refit and refit.get("trial") == trial.number else None
     if as_json:
         click.echo(json.dumps({**as_dict(trial), "search": search.name, "objective": search.objective,
-                               "refit": refit}, indent=2))
+                               "refit": refit, "ensemble": search.config.get(ensemble.RESULT_KEY)}, indent=2))
         return
-    for line in best_trial_lines(search, trial, refit):
+    for line in best_trial_lines(search, trial, refit, search.config.get(ensemble.RESULT_KEY)):
         click.echo(line)
 
 
@@ -329,13 +300,17 @@ def best(search_ref: str, store: str, as_json: bool) -> None:
 @click.option("--refit/--no-refit", default=True,
               help="Export the best trial's refit on all labelled examples when the search made one "
                    "(search --refit); --no-refit exports the trial as validated.")
+@click.option("--ensemble/--no-ensemble", default=True,
+              help="Export the search's ensemble when it chose one (search --ensemble-size); --no-ensemble: the best "
+                   "trial alone.")
 @STORE_OPTION
 @PLUGIN_OPTION
 @handle_errors
 def export(search_ref: str, out_dir: str, formats: tuple[str, ...], store: str, plugin_files: tuple[str, ...],
-           refit: bool) -> None:
+           refit: bool, ensemble: bool) -> None:
     """Export the best model of SEARCH, with its manifest autotl.json."""
     from autotl.export import exporter
+    from autotl.insight.summary import exported_what
     from autotl.backbones.registry import load_registry
     from autotl.store import Store
 
@@ -343,10 +318,8 @@ def export(search_ref: str, out_dir: str, formats: tuple[str, ...], store: str, 
     search = opened.get_search(search_ref)
     plugin_files = list(plugin_files) or search.config.get("plugin_files", [])
     result = exporter.export(opened, search_ref, out_dir, formats, load_registry(plugin_files), plugin_files,
-                             refit=refit)
-    refit_note = " (its refit on all labelled examples)" if result.manifest.get("refit") else ""
-    click.echo(f"exported trial {result.manifest['search']['trial']}{refit_note} of {search.name!r} to "
-               f"{result.directory}")
+                             refit=refit, ensemble=ensemble)
+    click.echo(f"exported {exported_what(result.manifest)} of {search.name!r} to {result.directory}")
     for name in sorted(result.manifest["files"]):
         click.echo(f"  {name}")
 

@@ -51,6 +51,7 @@ class SearchConfig:
     tuner: str = "random"
     portfolio: bool = True  # the first trials are autotl.search.portfolio's (random and bayesian tuners)
     refit: bool = False  # train the best configuration again on training + validation data (autotl.search.refit)
+    ensemble_size: int = 1  # > 1: average up to this many of the best trials when it helps (autotl.search.ensemble)
     max_trials: int | None = None  # None: DEFAULT_MAX_TRIALS, or no cap when time_limit is set
     time_limit: float | None = None  # seconds for this run of the search (autotl.search.budget)
     epochs: int = 10
@@ -100,6 +101,8 @@ class SearchConfig:
                 raise UsageError(f"--{option} must be at least 1")
         if self.cache_memory_mb is not None and self.cache_memory_mb < 0:
             raise UsageError("--cache-memory cannot be negative")
+        if self.ensemble_size < 1:
+            raise UsageError("--ensemble-size must be at least 1 (1: no ensemble)")
         if self.max_failures < 1:
             raise UsageError("--max-failures must be at least 1")
         if self.workers < 0:

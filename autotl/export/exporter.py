@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -35,6 +36,8 @@ from autotl.store import Store
 from autotl.export.manifest import (DEFAULT_FORMATS, FORMAT_PATHS, FORMATS, KERAS_FILE, MANIFEST, build_manifest,
                                     describe_inputs, file_checksums, graph_tokenizer, tree_checksum, tree_size)
 from autotl.export.tf_formats import PREPROCESSOR_DIR, FormatFailed, export_formats
+from autotl.search.ensemble import used_ensemble
+from autotl.search.records import FINETUNE
 from autotl.search.refit import RESULT_KEY, refit_model
 
 # What each format needs at export time (module -> pip package), checked before any work.
@@ -48,9 +51,11 @@ class Export:
 
 
 def export(store: Store, search_ref: str, out_dir: str | Path, formats: Sequence[str] = DEFAULT_FORMATS,
-           registry: Registry | None = None, plugin_files: Sequence[str] | None = None, refit: bool = True) -> Export:
-    """Write the best trial's model of `search_ref` to `out_dir` in each of `formats`: its refit on all
-    labelled examples when the search made one (`autotl.search.refit`) and `refit`, else the trial's own."""
+           registry: Registry | None = None, plugin_files: Sequence[str] | None = None, refit: bool = True,
+           ensemble: bool = True) -> Export:
+    """Write the best model of `search_ref` to `out_dir` in each of `formats`: the search's ensemble when it
+    chose one (`autotl.search.ensemble`) and `ensemble`; else the best trial's refit on all labelled examples
+    when the search made one (`autotl.search.refit`) and `refit`; else the best trial's own model."""
     import keras
 
     from autotl.backbones.registry import load_registry
@@ -59,7 +64,8 @@ def export(store: Store, search_ref: str, out_dir: str | Path, formats: Sequence
     _check_formats(formats)
     search = store.get_search(search_ref)
     best, checkpoint = _best_checkpoint(store, search)
-    refit_path = refit_model(store, search, best) if refit else None
+    chosen = used_ensemble(search) if ensemble else None
+    refit_path = refit_model(store, search, best) if refit and chosen is None else None
     checkpoint = refit_path or checkpoint
     plugin_files = list(plugin_files or search.config.get("plugin_files", []))
     registry = registry or load_registry(plugin_files)
@@ -67,17 +73,23 @@ def export(store: Store, search_ref: str, out_dir: str | Path, formats: Sequence
 
     out = Path(out_dir).expanduser()
     _replace_out_dir(out)
-    model = float32_model(keras.saving.load_model(checkpoint, compile=False))  # a mixed-precision search's too
-    preprocessor = backbone.preprocessor(search.weights, _preprocessor_options(search.config["preprocessing"]))
-    (out / PREPROCESSOR_DIR).mkdir()
-    preprocessor.save(out / PREPROCESSOR_DIR)
-    preprocessing = preprocessor.config()
-    _write_models(model, checkpoint, out, formats, preprocessing, preprocessor, search.backbone, plugin_files)
+    with tempfile.TemporaryDirectory() as scratch:
+        if chosen is not None:
+            model = _ensemble(store, search, chosen, backbone)
+            checkpoint = Path(scratch) / "ensemble.keras"  # what a TensorFlow child process loads on other backends
+            model.save(checkpoint)
+        else:
+            model = float32_model(keras.saving.load_model(checkpoint, compile=False))  # a mixed-precision search's too
+        preprocessor = backbone.preprocessor(search.weights, _preprocessor_options(search.config["preprocessing"]))
+        (out / PREPROCESSOR_DIR).mkdir()
+        preprocessor.save(out / PREPROCESSOR_DIR)
+        preprocessing = preprocessor.config()
+        _write_models(model, checkpoint, out, formats, preprocessing, preprocessor, search.backbone, plugin_files)
 
     checksums = file_checksums(out)
     inputs = describe_inputs(model, formats, preprocessing, len(search.labels), raw_text=graph_tokenizer(preprocessor))
     manifest = build_manifest(store, search, best, preprocessing, inputs, checksums,
-                              refit=search.config.get(RESULT_KEY) if refit_path else None)
+                              refit=search.config.get(RESULT_KEY) if refit_path else None, ensemble=chosen)
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
     for fmt, name in FORMAT_PATHS.items():
         path = out / name
@@ -86,6 +98,27 @@ def export(store: Store, search_ref: str, out_dir: str | Path, formats: Sequence
                                path=str(path.resolve()), sha256=tree_checksum(name, checksums),
                                size_bytes=tree_size(path))
     return Export(out, manifest)
+
+
+def _ensemble(store: Store, search, chosen: dict[str, Any], backbone):
+    """The stored ensemble's members loaded from their checkpoints, as one model (`autotl.export.ensemble_model`)."""
+    import keras
+
+    from autotl.export.ensemble_model import ensemble_model
+    from autotl.export.keras_model import float32_model
+
+    trials = {trial.number: trial for trial in store.list_trials(search.id)}
+    members, weights, depths = [], [], []
+    for member in chosen["members"]:
+        trial = trials[member["trial"]]
+        checkpoints = store.artifacts(search.id, kind="checkpoint", trial_id=trial.id)
+        if not checkpoints or not Path(checkpoints[-1].path).is_file():
+            raise AutotlError(f"the checkpoint of trial {trial.number}, a member of the ensemble of {search.name!r}, "
+                              "is missing; export the best trial alone with --no-ensemble")
+        members.append(float32_model(keras.saving.load_model(checkpoints[-1].path, compile=False)))
+        weights.append(float(member["weight"]))
+        depths.append(int(trial.metrics.get("unfreeze_depth_applied", 0)) if trial.best_phase == FINETUNE else 0)
+    return ensemble_model(members, weights, depths, backbone)
 
 
 def _check_formats(formats: Sequence[str]) -> None:

@@ -32,9 +32,11 @@ _VERSIONED_PACKAGES = ("autotl", "keras", "keras-tuner", "keras-hub", "tensorflo
 
 
 def build_manifest(store: Store, search: Search, best: Trial, preprocessing: dict[str, Any],
-                   inputs: dict[str, Any], files: dict[str, str], refit: dict[str, Any] | None = None) -> dict[str, Any]:
+                   inputs: dict[str, Any], files: dict[str, str], refit: dict[str, Any] | None = None,
+                   ensemble: dict[str, Any] | None = None) -> dict[str, Any]:
     """The manifest of an export of `best`: `inputs` from `describe_inputs`, `files` from `file_checksums`;
-    `refit`: what the refit exported instead of the trial's own model did (`autotl.search.refit`), else None."""
+    `refit`: what the refit exported instead of the trial's own model did (`autotl.search.refit`), else None;
+    `ensemble`: the ensemble exported instead, with its members and weights (`autotl.search.ensemble`), else None."""
     return {
         "autotl_manifest_version": MANIFEST_VERSION,
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -48,6 +50,7 @@ def build_manifest(store: Store, search: Search, best: Trial, preprocessing: dic
         "metrics": best.metrics,
         "best_epoch": {"phase": best.best_phase, "epoch": best.best_epoch},
         "refit": refit,
+        "ensemble": ensemble,
         "search": {"name": search.name, "id": search.id, "trial": best.number, "store": store.display_url,
                    "dataset": search.dataset_path, "dataset_fingerprint": search.dataset_fingerprint},
         "inputs": inputs,

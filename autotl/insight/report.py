@@ -229,6 +229,7 @@ def _summary(store: Store, search: Search, trials: list[Trial], best: Trial) -> 
         ("best trial", f"{best.number}: {search.objective} {format_value(best.value)} at {best.best_phase} epoch "
                        f"{best.best_epoch}"),
         ("best hyperparameters", best.hyperparameters_line(number=format_value)),
+        *_model_choice_rows(search),
         ("status", search.status + (f" ({search.error})" if search.error else "")),
         ("started / finished", f"{_format_time(search.created_at)} / {_format_time(search.finished_at)}"),
         ("store", store.display_url),
@@ -236,6 +237,21 @@ def _summary(store: Store, search: Search, trials: list[Trial], best: Trial) -> 
     ]
     e = html.escape
     return '<dl class="summary">' + "".join(f"<dt>{e(k)}</dt><dd>{e(str(v))}</dd>" for k, v in rows) + "</dl>"
+
+
+def _model_choice_rows(search: Search) -> list[tuple[str, str]]:
+    """What the search chose beyond its best trial: an ensemble (used or not) and a refit, when it made them."""
+    from autotl.search.ensemble import RESULT_KEY as ENSEMBLE_KEY, describe_record
+    from autotl.search.refit import RESULT_KEY as REFIT_KEY, describe_epochs
+
+    rows = []
+    if search.config.get(ENSEMBLE_KEY):
+        rows.append(("ensemble", describe_record(search.config[ENSEMBLE_KEY], search.objective)))
+    refit = search.config.get(REFIT_KEY)
+    if refit:
+        rows.append(("refit", f"trial {refit['trial']} on all {refit['examples']} labelled examples "
+                              f"({describe_epochs(refit)}, {refit['seconds']} s)"))
+    return rows
 
 
 def _trials_table(search: Search, trials: list[Trial], best: Trial) -> str:

@@ -24,15 +24,28 @@ def search_result_lines(result) -> list[str]:
     return lines
 
 
-def best_trial_lines(search, trial, refit: dict[str, Any] | None) -> list[str]:
-    """The best trial in detail; `refit`: its refit's stored result (`autotl.search.refit`), if any."""
+def best_trial_lines(search, trial, refit: dict[str, Any] | None, ensemble: dict[str, Any] | None = None) -> list[str]:
+    """The best trial in detail; `refit`: its refit's stored result (`autotl.search.refit`), if any;
+    `ensemble`: the ensemble the search chose (`autotl.search.ensemble`), used or not, if any."""
+    from autotl.search.ensemble import describe_record
     from autotl.search.refit import describe_epochs
 
     lines = [f"search {search.name!r} ({search.backbone}): best trial {trial.number}",
              f"{search.objective}: {trial.value:.4f} at {trial.best_phase} epoch {trial.best_epoch}"]
+    if ensemble:
+        lines.append(describe_record(ensemble, search.objective))
     if refit:
         lines.append(f"refit on all {refit['examples']} labelled examples ({describe_epochs(refit)}): exports use it")
     lines += [f"  {key}: {value}" for key, value in trial.hyperparameters.items()]
     lines += [f"  {key} = {value:.4f}" if isinstance(value, float) else f"  {key} = {value}"
               for key, value in (trial.metrics or {}).items()]
     return lines
+
+
+def exported_what(manifest: dict[str, Any]) -> str:
+    """What an export holds, from its manifest: ``trial 3``, ``trial 3 (its refit ...)`` or ``the ensemble ...``."""
+    if manifest.get("ensemble"):
+        members = manifest["ensemble"]["members"]
+        return "the ensemble of trials " + ", ".join(f"{m['trial']} ({m['weight']:.2f})" for m in members)
+    refit = " (its refit on all labelled examples)" if manifest.get("refit") else ""
+    return f"trial {manifest['search']['trial']}{refit}"

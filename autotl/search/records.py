@@ -7,7 +7,8 @@ from typing import Any
 
 import numpy as np
 
-# The best trial's validation probabilities, saved next to its checkpoint by the runner and read by the report.
+# A kept trial's validation probabilities, saved next to its checkpoint by the runner; read by the report and
+# by ensemble selection (`autotl.search.ensemble`).
 VAL_PROBS_NAME = "val_probs.npy"
 # The two phases of a trial (`autotl.search.runner`), as the store records each epoch's.
 HEAD, FINETUNE = "head", "finetune"
@@ -38,6 +39,7 @@ class TrainingPlan:
     inference_batch_size: int = 128  # batch of the one pass that fills the cache
     tensorboard_dir: str | None = None  # the search's TensorBoard folder (DIR/NAME, autotl.insight.board); None: no logs
     deadline: float | None = None  # time.time() by which training stops (--time-limit, autotl.search.budget)
+    kept_checkpoints: int = 1  # the best trials whose checkpoints are kept: 1, or the ensemble's pool (--ensemble-size)
 
 
 @dataclass

@@ -130,7 +130,7 @@ class TrialRunner:
         # A best epoch of the head phase left the blocks as they were: the head on the cached
         # backbone output computes what the model does. After it, the fine-tuned blocks do too.
         best_depth = depth if outcome.phase == FINETUNE else 0
-        self._checkpoint_if_best(model, feed.phase(best_depth), data, trial_id, trial_number, outcome)
+        self._checkpoint_if_kept(model, feed.phase(best_depth), data, trial_id, trial_number, outcome)
         return outcome
 
     def refit(self, values: dict[str, Any], trial_number: int, data: TrialData, head_epochs: int,
@@ -204,15 +204,16 @@ class TrialRunner:
         phase.model.fit(train.x, train.y, validation_data=val.as_validation(), epochs=epochs,
                         batch_size=train.batch_size, shuffle=train.shuffle, callbacks=callbacks, verbose=0)
 
-    def _checkpoint_if_best(self, model: keras.Model, phase: Phase, data: TrialData, trial_id: int, trial_number: int,
+    def _checkpoint_if_kept(self, model: keras.Model, phase: Phase, data: TrialData, trial_id: int, trial_number: int,
                             outcome: TrialOutcome) -> None:
-        """Keep the model of a trial better than the best completed so far.
+        """Keep the model of a trial among the best `plan.kept_checkpoints` completed so far (the
+        best one, or an ensemble's pool).
 
-        The tuner removes the checkpoints that stopped being the best once the trial is
+        The tuner removes the checkpoints that dropped out of them once the trial is
         recorded as completed (`TransferTuner`), so a kill never leaves a search without one.
         """
-        best = self.store.best_trial(self.store.get_search(self.search_id))
-        if best is not None and not self.objective.better(outcome.value, best.value):
+        kept = self.store.best_trials(self.store.get_search(self.search_id), self.plan.kept_checkpoints)
+        if len(kept) >= self.plan.kept_checkpoints and not self.objective.better(outcome.value, kept[-1].value):
             return
         trial_dir = self.workdir / f"trial_{trial_number:03d}"
         trial_dir.mkdir(parents=True, exist_ok=True)

@@ -179,8 +179,9 @@ class TransferTuner(OracleOpenedElsewhere, kt.Tuner):
         return self.store.finish_trial(row.id, store_module.FAILED, error=_last_line(trial.message))
 
     def _prune_checkpoints(self) -> None:
-        """Only the best completed trial keeps its checkpoint (backbones are large); running trials keep theirs."""
-        stale = self.store.stale_checkpoints(self.search_id)
+        """Only the best completed trials keep their checkpoints (backbones are large): the best one, or an
+        ensemble's pool (`TrainingPlan.kept_checkpoints`); running trials keep theirs."""
+        stale = self.store.stale_checkpoints(self.search_id, self.runner.plan.kept_checkpoints)
         for artifact in stale:
             shutil.rmtree(Path(artifact.path).parent, ignore_errors=True)
         self.store.delete_artifacts([artifact.id for artifact in stale])
@@ -191,7 +192,7 @@ class TransferTuner(OracleOpenedElsewhere, kt.Tuner):
             raise TooManyFailures(too_many_failures_message(failed, self.max_failures))
 
     def save_model(self, trial_id, model, step=0):
-        """Checkpoints are written by the trial runner (the best trial's only)."""
+        """Checkpoints are written by the trial runner (the best trials' only)."""
 
     def load_model(self, trial):
         import keras
@@ -199,7 +200,7 @@ class TransferTuner(OracleOpenedElsewhere, kt.Tuner):
         row = next((t for t in self.store.list_trials(self.search_id) if t.tuner_trial_id == trial.trial_id), None)
         artifacts = self.store.artifacts(self.search_id, kind="checkpoint", trial_id=row.id) if row else []
         if not artifacts:
-            raise ValueError(f"trial {trial.trial_id} has no checkpoint (only the best trial keeps one)")
+            raise ValueError(f"trial {trial.trial_id} has no checkpoint (only the best trials keep one)")
         return keras.saving.load_model(artifacts[-1].path, compile=False)
 
 

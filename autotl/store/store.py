@@ -285,14 +285,19 @@ class Store:
 
     def best_trial(self, search: Search) -> Trial | None:
         """The completed trial with the best objective value (ties: the earliest)."""
+        best = self.best_trials(search, 1)
+        return best[0] if best else None
+
+    def best_trials(self, search: Search, count: int) -> list[Trial]:
+        """The `count` completed trials with the best objective values, best first (ties: the earliest)."""
         order = Trial.value.desc() if search.direction == "max" else Trial.value.asc()
         with self.session() as session:
-            return session.scalar(
+            return list(session.scalars(
                 sa.select(Trial)
                 .where(Trial.search_id == search.id, Trial.status == COMPLETED, Trial.value.is_not(None))
                 .order_by(order, Trial.number)
-                .limit(1)
-            )
+                .limit(count)
+            ))
 
     def completed_trial(self, search_id: int, tuner_trial_id: str) -> Trial | None:
         """The completed row of KerasTuner's trial `tuner_trial_id`, if the store holds one."""
@@ -345,14 +350,14 @@ class Store:
         with self.session() as session:
             return list(session.scalars(query.order_by(Artifact.id)))
 
-    def stale_checkpoints(self, search_id: int) -> list[Artifact]:
-        """Checkpoints of finished trials other than the best one: no longer needed."""
-        best = self.best_trial(self.get_search(search_id))
+    def stale_checkpoints(self, search_id: int, keep: int = 1) -> list[Artifact]:
+        """Checkpoints of finished trials other than the `keep` best: no longer needed."""
+        kept = [trial.id for trial in self.best_trials(self.get_search(search_id), keep)]
         with self.session() as session:
             query = (sa.select(Artifact).join(Trial, Artifact.trial_id == Trial.id)
                      .where(Artifact.search_id == search_id, Artifact.kind == "checkpoint", Trial.status != RUNNING))
-            if best is not None:
-                query = query.where(Artifact.trial_id != best.id)
+            if kept:
+                query = query.where(Artifact.trial_id.not_in(kept))
             return list(session.scalars(query))
 
     def delete_artifacts(self, artifact_ids: list[int]) -> None:
