@@ -21,7 +21,7 @@ from pathlib import Path
 from autotl import data as data_module
 from autotl.search import space as space_module
 from autotl.config import (Prepared, SearchConfig, check_resumable, check_same_options, config_from_record,
-                           config_record, extends, load_split, split_fingerprint)
+                           config_record, extends, load_split, planned_finetune_epochs, split_fingerprint)
 from autotl.search.distributed import (check_reachable, default_tuner_id, parse_address, run_chief,
                                        worker_environment)
 from autotl.errors import AutotlError, UsageError, first_line
@@ -265,7 +265,7 @@ def _run_tuner(config: SearchConfig, store: Store, row: Search, prepared: Prepar
         oracle.portfolio = first_trials(prepared.space, portfolio_for(prepared.backbone.modality))
     oracle.completed_durations = lambda: store.completed_durations(row.id)
     workdir = Path(row.workdir)
-    plan = _training_plan(config, row.name, deadline)
+    plan = _training_plan(config, prepared.backbone, row.name, deadline)
     if role != "worker":
         open_oracle(oracle, hypermodel, workdir, resume)
         _warn_if_budget_too_small(config, oracle, reporter)
@@ -319,7 +319,7 @@ def _refit(config: SearchConfig, store: Store, row: Search, prepared: Prepared, 
     hypermodel = TransferHyperModel(prepared.backbone, prepared.weights, prepared.preprocessor,
                                     len(prepared.train.class_names), prepared.space)
     objective = Objective(row.objective, row.direction)
-    runner = TrialRunner(hypermodel, _training_plan(config, row.name, None), objective, store, row.id,
+    runner = TrialRunner(hypermodel, _training_plan(config, prepared.backbone, row.name, None), objective, store, row.id,
                          Path(row.workdir))
     try:
         refit_best(store, row, runner, _trial_data(prepared), objective, Path(row.workdir), deadline,
@@ -354,12 +354,12 @@ def _warn_if_budget_too_small(config: SearchConfig, oracle, reporter: Reporter) 
                          f"stops before; give --max-trials {needed} or more, or --tuner random or bayesian")
 
 
-def _training_plan(config: SearchConfig, search_name: str, deadline: Deadline | None) -> TrainingPlan:
+def _training_plan(config: SearchConfig, backbone, search_name: str, deadline: Deadline | None) -> TrainingPlan:
     tensorboard_dir = None
     if config.tensorboard_dir is not None:
         tensorboard_dir = str(Path(config.tensorboard_dir).expanduser().resolve() / search_name)
     return TrainingPlan(epochs=config.epochs,
-                        finetune_epochs=config.epochs if config.finetune_epochs is None else config.finetune_epochs,
+                        finetune_epochs=planned_finetune_epochs(config, backbone),
                         batch_size=config.batch_size, patience=config.patience, seed=config.seed,
                         precision=config.precision, cache=config.cache,
                         cache_dir=str(Path(config.cache_dir).expanduser().resolve()) if config.cache_dir else None,

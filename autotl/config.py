@@ -173,8 +173,16 @@ def config_record(config: SearchConfig, prepared: Prepared) -> dict[str, Any]:
     record.update(weights=prepared.weights, weights_identity=prepared.backbone.describe_weights(prepared.weights),
                   space=prepared.space, preprocessing=prepared.preprocessor.config(),
                   train_examples=len(prepared.train), val_examples=len(prepared.val),
+                  planned_finetune_epochs=planned_finetune_epochs(config, prepared.backbone),
                   **skipped_record(prepared.train, prepared.val))
     return json.loads(json.dumps(record, default=str))
+
+
+def planned_finetune_epochs(config: SearchConfig, backbone: Backbone) -> int:
+    """The fine-tuning phase's epochs: --finetune-epochs, else the backbone's own (at most --epochs), else --epochs."""
+    if config.finetune_epochs is not None:
+        return config.finetune_epochs
+    return min(config.epochs, backbone.default_finetune_epochs or config.epochs)
 
 
 def config_from_record(row: Search, **overrides: Any) -> SearchConfig:

@@ -126,7 +126,7 @@ def test_blocks_and_unfreeze_depth(plugin, model):
     assert counts[0] == 0 and 0 < counts[1] < counts[2], counts
     assert plugin.search_space(plugin.default_weights) == {
         "unfreeze_depth": {"min": 0, "max": 6},
-        "finetune_lr": {"min": 1e-5, "max": 1e-4, "sampling": "log"},
+        "finetune_lr": {"min": 1e-5, "max": 2e-4, "sampling": "log"},
     }
     model.trainable = False
     model.trainable = True

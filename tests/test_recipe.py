@@ -62,3 +62,19 @@ def test_label_smoothing_is_crossentropy_against_smoothed_one_hot_labels():
 def test_a_phase_counts_its_steps_by_batches_per_epoch():
     assert steps_in(100, 32, 3) == 12
     assert steps_in(0, 32, 3) == 1
+
+
+def test_a_backbone_sets_its_fine_tuning_epochs_unless_the_user_does():
+    from autotl import api
+    from autotl.backbones.registry import load_registry
+    from autotl.config import SearchConfig, planned_finetune_epochs
+
+    from conftest import TINY_PLUGIN
+
+    tiny = load_registry([str(TINY_PLUGIN)]).get("tiny_cnn")
+    few = type("FewEpochs", (type(tiny),), {"default_finetune_epochs": 3})()
+    plan = api._training_plan(SearchConfig(data="d", backbone="b", epochs=10), few, "s", None)
+    assert (plan.epochs, plan.finetune_epochs) == (10, 3)
+    assert planned_finetune_epochs(SearchConfig(data="d", backbone="b", epochs=2), few) == 2  # --epochs caps it
+    assert planned_finetune_epochs(SearchConfig(data="d", backbone="b", epochs=10, finetune_epochs=7), few) == 7
+    assert planned_finetune_epochs(SearchConfig(data="d", backbone="b", epochs=10), tiny) == 10  # no own: --epochs

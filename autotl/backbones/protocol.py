@@ -115,6 +115,9 @@ class Backbone(abc.ABC):
         default_image_size: (image plugins) the input size used unless
             ``--image-size`` says otherwise.
         default_sequence_length: (text plugins) likewise for ``--sequence-length``.
+        default_finetune_epochs: the fine-tuning phase's epochs unless ``--finetune-epochs`` says
+            otherwise (at most ``--epochs``); None: ``--epochs``. Pretrained transformers need
+            few (BERT's authors fine-tune for 2-4); the learning-rate schedule spans them.
     """
 
     name: ClassVar[str]
@@ -123,6 +126,7 @@ class Backbone(abc.ABC):
     default_weights: ClassVar[str] = "none"
     default_image_size: ClassVar[tuple[int, int]] = (224, 224)
     default_sequence_length: ClassVar[int] = 128
+    default_finetune_epochs: ClassVar[int | None] = None
 
     @abc.abstractmethod
     def build(self, weights: str, preprocessor: Preprocessor):

@@ -224,7 +224,7 @@ def _summary(store: Store, search: Search, trials: list[Trial], best: Trial) -> 
         ("classes", f"{len(search.labels)}: " + ", ".join(map(str, search.labels))),
         ("objective", f"{search.objective} ({'max' if search.direction == 'max' else 'min'})"),
         ("tuner", f"{config.get('tuner', '?')}, {describe_budget(config.get('max_trials'), config.get('time_limit'))}, "
-                  f"epochs {config.get('epochs', '?')} + fine-tuning {config.get('finetune_epochs') or config.get('epochs', '?')}"),
+                  f"epochs {config.get('epochs', '?')} + fine-tuning {_finetune_epochs(config)}"),
         ("trials", _status_counts(trials)),
         ("best trial", f"{best.number}: {search.objective} {format_value(best.value)} at {best.best_phase} epoch "
                        f"{best.best_epoch}"),
@@ -237,6 +237,13 @@ def _summary(store: Store, search: Search, trials: list[Trial], best: Trial) -> 
     ]
     e = html.escape
     return '<dl class="summary">' + "".join(f"<dt>{e(k)}</dt><dd>{e(str(v))}</dd>" for k, v in rows) + "</dl>"
+
+
+def _finetune_epochs(config: dict) -> object:
+    """The fine-tuning epochs the search planned (stored since backbones may set their own), else as set."""
+    if "planned_finetune_epochs" in config:
+        return config["planned_finetune_epochs"]
+    return config.get("finetune_epochs") if config.get("finetune_epochs") is not None else config.get("epochs", "?")
 
 
 def _model_choice_rows(search: Search) -> list[tuple[str, str]]:
