@@ -72,7 +72,6 @@ def export(store: Store, search_ref: str, out_dir: str | Path, formats: Sequence
     backbone = registry.get(search.backbone)
 
     out = Path(out_dir).expanduser()
-    _replace_out_dir(out)
     with tempfile.TemporaryDirectory() as scratch:
         if chosen is not None:
             model = _ensemble(store, search, chosen, backbone)
@@ -80,6 +79,7 @@ def export(store: Store, search_ref: str, out_dir: str | Path, formats: Sequence
             model.save(checkpoint)
         else:
             model = float32_model(keras.saving.load_model(checkpoint, compile=False))  # a mixed-precision search's too
+        _replace_out_dir(out)
         preprocessor = backbone.preprocessor(search.weights, _preprocessor_options(search.config["preprocessing"]))
         (out / PREPROCESSOR_DIR).mkdir()
         preprocessor.save(out / PREPROCESSOR_DIR)

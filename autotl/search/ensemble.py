@@ -25,7 +25,7 @@ from typing import Callable, Mapping
 import numpy as np
 
 from autotl.search.records import VAL_PROBS_NAME, Objective
-from autotl.store import Search, Store
+from autotl.store import COMPLETED, Search, Store
 
 RESULT_KEY = "ensemble_result"  # in the search's stored config: the ensemble chosen, and whether it is used
 _EPSILON = 1e-7  # probabilities are clipped to [eps, 1] before the log of the log loss
@@ -94,7 +94,7 @@ def candidates_of(store: Store, search: Search) -> dict[int, np.ndarray]:
     """Trial number -> validation probabilities, for the completed trials whose checkpoint and
     probabilities are on disk (the search's pool)."""
     found: dict[int, np.ndarray] = {}
-    completed = {trial.id: trial for trial in store.best_trials(search, 1_000_000)}
+    completed = {trial.id: trial for trial in store.list_trials(search.id) if trial.status == COMPLETED}
     for artifact in store.artifacts(search.id, kind="checkpoint"):
         trial = completed.get(artifact.trial_id)
         probabilities = Path(artifact.path).parent / VAL_PROBS_NAME
