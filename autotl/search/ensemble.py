@@ -126,6 +126,9 @@ def describe(choice: Choice, objective_name: str) -> str:
     if choice.used:
         return (f"ensemble: {members}: {objective_name} {choice.value:.4f} on validation, against "
                 f"{choice.best_trial_value:.4f} for trial {choice.best_trial} alone; exports use it")
+    if len(choice.members) == 1:
+        return (f"no ensemble: no average of the kept trials beats trial {choice.best_trial}'s {objective_name} "
+                f"{choice.best_trial_value:.4f} on validation; exports use the trial")
     return (f"no ensemble: the best average of the kept trials ({members}) reaches {objective_name} "
             f"{choice.value:.4f} on validation, no better than trial {choice.best_trial}'s {choice.best_trial_value:.4f}")
 
