@@ -11,22 +11,17 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from PIL import Image
 
-from autotl import api
 from autotl.backbones import layers  # noqa: F401 - the checkpoints hold autotl's layers
 from autotl.backbones.registry import load_registry
-from autotl.data import read_image
 from autotl.export.ensemble_model import ensemble_model
 from autotl.search import ensemble
 from autotl.search.records import VAL_PROBS_NAME, Objective
-from autotl.store import Store
 
 from conftest import TINY_PLUGIN, run_cli
-from test_export_formats import ALL_FORMATS, TOLERANCE, reload_without_autotl
-from test_search import MessageLog
+from test_export_formats import ALL_FORMATS, assert_reloads_like, image_inputs
+from test_refit import IMAGE_SIZE, assert_holds_the_best_trials_weights, run_tiny_search, validation_split
 
-IMAGE_SIZE = (16, 16)
 POOL = 4
 # Fine-tuned top blocks of different depths (the tiny backbone's random weights learn little frozen), so that
 # the ensemble model shares only what lies below the deepest member's blocks.
@@ -60,21 +55,10 @@ def test_selection_adds_with_replacement_the_member_that_makes_the_average_best(
 @pytest.fixture(scope="module")
 def ensemble_search(tmp_path_factory, mnist_dir):
     root = tmp_path_factory.mktemp("ensemble")
-    (root / "space.yaml").write_text(SPACE)
-    store = Store(f"sqlite:///{root / 'autotl.db'}")
-    config = api.SearchConfig(
-        data=str(mnist_dir), backbone="tiny_cnn", plugin_files=[str(TINY_PLUGIN)], image_size=IMAGE_SIZE[0],
-        max_trials=6, epochs=8, finetune_epochs=8, batch_size=16, patience=8, seed=3, name="ens",
-        ensemble_size=POOL, portfolio=False, val_split=0.4, space_file=str(root / "space.yaml"), workdir=str(root / "runs"))
-    messages = MessageLog()
-    result = api.search(config, store, reporter=messages)
+    store, result, config, messages = run_tiny_search(
+        root, mnist_dir, SPACE, max_trials=6, epochs=8, finetune_epochs=8, batch_size=16, patience=8, seed=3,
+        name="ens", ensemble_size=POOL, portfolio=False, val_split=0.4)
     return root, store, result, config, messages
-
-
-def _val(config):
-    preprocessor = load_registry([str(TINY_PLUGIN)]).get("tiny_cnn").preprocessor("none", {"image_size": IMAGE_SIZE})
-    _, val = api.load_split(config, "image", preprocessor)
-    return val, preprocessor
 
 
 def _members(store, search) -> dict[int, keras.Model]:
@@ -92,7 +76,7 @@ def test_the_search_keeps_its_best_trials_and_records_the_ensemble_it_chose(ense
     stored = search.config[ensemble.RESULT_KEY]
     assert stored["used"], stored  # on these digits the average of the kept trials beats the best one
     # Recomputed from the members' own predictions of the validation digits, not the saved probabilities.
-    val, preprocessor = _val(config)
+    val, preprocessor = validation_split(config)
     x = preprocessor(val.examples)
     mean = sum(m["weight"] * members[m["trial"]].predict(x, verbose=0) for m in stored["members"])
     best_alone = members[result.best.number].predict(x, verbose=0)
@@ -119,7 +103,7 @@ def test_the_ensemble_model_computes_the_frozen_part_once(ensemble_search):
     depths = [trials[m["trial"]].metrics["unfreeze_depth_applied"] if trials[m["trial"]].best_phase == "finetune"
               else 0 for m in chosen]
     backbone = load_registry([str(TINY_PLUGIN)]).get("tiny_cnn")
-    val, preprocessor = _val(config)
+    val, preprocessor = validation_split(config)
     x = preprocessor(val.examples)
     expected = sum(w * m.predict(x, verbose=0) for w, m in zip(weights, models))
 
@@ -146,22 +130,11 @@ def test_the_ensemble_exports_and_reloads_without_autotl_in_every_format(ensembl
     assert "exported the ensemble of trials " + ", ".join(
         f"{m['trial']} ({m['weight']:.2f})" for m in stored["members"]) in done.stdout
     assert json.loads((out / "autotl.json").read_text())["ensemble"] == stored
-    val, _ = _val(config)
-    files = val.sources[:20]
-    arrays = [np.asarray(Image.open(path).convert("RGB")) for path in files]
-    np.savez(tmp_path / "arrays.npz", **{str(i): a for i, a in enumerate(arrays)})
-    pixels = np.stack([read_image(path, IMAGE_SIZE) for path in files]).astype("float32")
-    np.savez(tmp_path / "model_inputs.npz", x=pixels)
+    val, _ = validation_split(config)
+    pixels, takes = image_inputs(val.sources[:20], IMAGE_SIZE, tmp_path)
     members = _members(store, search)
     expected = sum(m["weight"] * members[m["trial"]].predict(pixels, verbose=0) for m in stored["members"])
-    takes = {"keras": {"model_inputs": str(tmp_path / "model_inputs.npz")}, "savedmodel": {"files": files},
-             "onnx": {"arrays": str(tmp_path / "arrays.npz")}, "tflite": {"arrays": str(tmp_path / "arrays.npz")}}
-    results, imported = reload_without_autotl(fmt, out, takes[fmt], tmp_path)
-    assert "autotl" not in imported
-    for name in takes[fmt]:
-        difference = float(np.abs(results[name] - expected).max())
-        print(f"{fmt} {name}: max abs difference from the members' weighted mean {difference:.3g}")
-        assert difference <= TOLERANCE[fmt]
+    assert_reloads_like(fmt, out, takes, expected, tmp_path, "the members' weighted mean")
 
 
 def test_export_no_ensemble_writes_the_best_trial(ensemble_search):
@@ -171,16 +144,13 @@ def test_export_no_ensemble_writes_the_best_trial(ensemble_search):
                    "--plugin", TINY_PLUGIN, check=True)
     assert f"exported trial {result.best.number} of" in done.stdout
     assert json.loads((out / "autotl.json").read_text())["ensemble"] is None
-    checkpoint = store.artifacts(result.search.id, kind="checkpoint", trial_id=result.best.id)[-1].path
-    exported = keras.saving.load_model(out / "model.keras", compile=False)
-    for mine, theirs in zip(exported.get_weights(), keras.saving.load_model(checkpoint, compile=False).get_weights()):
-        np.testing.assert_array_equal(mine, theirs)
+    assert_holds_the_best_trials_weights(out, store, result)
 
 
 def test_saved_probabilities_are_the_members_predictions(ensemble_search):
     _, store, _, config, _ = ensemble_search
     search = store.get_search("ens")
-    val, preprocessor = _val(config)
+    val, preprocessor = validation_split(config)
     trials = {t.id: t.number for t in store.list_trials(search.id)}
     for artifact in store.artifacts(search.id, kind="checkpoint"):
         saved = np.load(Path(artifact.path).parent / VAL_PROBS_NAME)

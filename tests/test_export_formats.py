@@ -81,6 +81,28 @@ def reload_without_autotl(fmt: str, export_dir: Path, spec: dict, work: Path) ->
         return {name: stored[name] for name in stored.files}, json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def image_inputs(files: list, image_size: tuple[int, int], work: Path) -> tuple[np.ndarray, dict]:
+    """The model inputs of image `files` (float pixels at `image_size`), and what each format takes of them
+    for `reload_without_autotl`: the files themselves, their decoded arrays or those pixels."""
+    arrays = [np.asarray(Image.open(path).convert("RGB")) for path in files]
+    np.savez(work / "arrays.npz", **{str(i): a for i, a in enumerate(arrays)})
+    pixels = np.stack([read_image(path, image_size) for path in files]).astype("float32")
+    np.savez(work / "model_inputs.npz", x=pixels)
+    takes = {"keras": {"model_inputs": str(work / "model_inputs.npz")}, "savedmodel": {"files": list(files)},
+             "onnx": {"arrays": str(work / "arrays.npz")}, "tflite": {"arrays": str(work / "arrays.npz")}}
+    return pixels, takes
+
+
+def assert_reloads_like(fmt: str, export_dir: Path, takes: dict, expected: np.ndarray, work: Path, what: str) -> None:
+    """`fmt` of the export, run without autotl on what it `takes`, gives `expected` within the format's tolerance."""
+    results, imported = reload_without_autotl(fmt, export_dir, takes[fmt], work)
+    assert "autotl" not in imported
+    for name in takes[fmt]:
+        difference = float(np.abs(results[name] - expected).max())
+        print(f"{fmt} {name}: max abs difference from {what} {difference:.3g}")
+        assert difference <= TOLERANCE[fmt]
+
+
 @pytest.mark.parametrize("fmt", ALL_FORMATS)
 def test_each_format_predicts_like_the_keras_model_without_autotl(exported, digits, fmt, tmp_path):
     _, out, _ = exported

@@ -9,18 +9,16 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from PIL import Image
 
 from autotl import api
 from autotl.backbones import layers  # noqa: F401 - the refit checkpoint holds autotl's layers
-from autotl.data import read_image
 from autotl.search.budget import Deadline, room_for_a_trial
 from autotl.search.records import VAL_PROBS_NAME
 from autotl.search.refit import REFIT_KIND, RESULT_KEY
 from autotl.store import Store
 
 from conftest import TINY_PLUGIN, run_cli
-from test_export_formats import ALL_FORMATS, TOLERANCE, reload_without_autotl
+from test_export_formats import ALL_FORMATS, assert_reloads_like, image_inputs
 from test_search import MessageLog
 
 IMAGE_SIZE = (16, 16)
@@ -29,26 +27,35 @@ SPACE = ("unfreeze_depth: 2\nhead_lr: {values: [0.01, 0.02]}\nfinetune_lr: 0.003
          "head_layers: 0\ndropout: 0.0\n")
 
 
-@pytest.fixture(scope="module")
-def refit_search(tmp_path_factory, mnist_dir):
-    root = tmp_path_factory.mktemp("refit")
-    (root / "space.yaml").write_text(SPACE)
+def run_tiny_search(root: Path, data: Path, space: str, **options):
+    """A real search of the tiny backbone on `data` (digits at 16 px) with `space`, through the API, its
+    messages kept: (store, result, config, messages)."""
+    (root / "space.yaml").write_text(space)
     store = Store(f"sqlite:///{root / 'autotl.db'}")
-    config = api.SearchConfig(
-        data=str(mnist_dir), backbone="tiny_cnn", plugin_files=[str(TINY_PLUGIN)], image_size=IMAGE_SIZE[0],
-        max_trials=2, epochs=8, finetune_epochs=8, batch_size=16, patience=8, seed=2, name="refit", refit=True,
-        space_file=str(root / "space.yaml"), workdir=str(root / "runs"))
+    config = api.SearchConfig(data=str(data), backbone="tiny_cnn", plugin_files=[str(TINY_PLUGIN)],
+                              image_size=IMAGE_SIZE[0], space_file=str(root / "space.yaml"),
+                              workdir=str(root / "runs"), **options)
     messages = MessageLog()
     result = api.search(config, store, reporter=messages)
-    return root, store, result, config, messages
+    return store, result, config, messages
 
 
-def _val(config):
+def validation_split(config):
+    """The search's validation split, and the tiny backbone's preprocessor."""
     from autotl.backbones.registry import load_registry
 
     preprocessor = load_registry([str(TINY_PLUGIN)]).get("tiny_cnn").preprocessor("none", {"image_size": IMAGE_SIZE})
     _, val = api.load_split(config, "image", preprocessor)
     return val, preprocessor
+
+
+@pytest.fixture(scope="module")
+def refit_search(tmp_path_factory, mnist_dir):
+    root = tmp_path_factory.mktemp("refit")
+    store, result, config, messages = run_tiny_search(
+        root, mnist_dir, SPACE, max_trials=2, epochs=8, finetune_epochs=8, batch_size=16, patience=8, seed=2,
+        name="refit", refit=True)
+    return root, store, result, config, messages
 
 
 def _refit_path(store, result) -> Path:
@@ -85,7 +92,7 @@ def test_the_refit_trains_the_best_trials_epochs_on_every_labelled_example(refit
 
 def test_the_refit_model_learned_the_validation_examples(refit_search):
     _, store, result, config, _ = refit_search
-    val, preprocessor = _val(config)
+    val, preprocessor = validation_split(config)
     path = _refit_path(store, result)
     refit = keras.saving.load_model(path, compile=False)
     probs = refit.predict(preprocessor(val.examples), verbose=0)
@@ -109,21 +116,10 @@ def test_the_refit_exports_and_reloads_without_autotl_in_every_format(refit_sear
     manifest = json.loads((out / "autotl.json").read_text())
     assert manifest["refit"] == store.get_search("refit").config[RESULT_KEY]
     assert manifest["search"]["trial"] == result.best.number
-    val, _ = _val(config)
-    files = val.sources[:20]
-    arrays = [np.asarray(Image.open(path).convert("RGB")) for path in files]
-    np.savez(tmp_path / "arrays.npz", **{str(i): a for i, a in enumerate(arrays)})
-    pixels = np.stack([read_image(path, IMAGE_SIZE) for path in files]).astype("float32")
-    np.savez(tmp_path / "model_inputs.npz", x=pixels)
+    val, _ = validation_split(config)
+    pixels, takes = image_inputs(val.sources[:20], IMAGE_SIZE, tmp_path)
     expected = keras.saving.load_model(_refit_path(store, result), compile=False).predict(pixels, verbose=0)
-    takes = {"keras": {"model_inputs": str(tmp_path / "model_inputs.npz")}, "savedmodel": {"files": files},
-             "onnx": {"arrays": str(tmp_path / "arrays.npz")}, "tflite": {"arrays": str(tmp_path / "arrays.npz")}}
-    results, imported = reload_without_autotl(fmt, out, takes[fmt], tmp_path)
-    assert "autotl" not in imported
-    for name in takes[fmt]:
-        difference = float(np.abs(results[name] - expected).max())
-        print(f"{fmt} {name}: max abs difference from the refit model {difference:.3g}")
-        assert difference <= TOLERANCE[fmt]
+    assert_reloads_like(fmt, out, takes, expected, tmp_path, "the refit model")
 
 
 def test_export_no_refit_writes_the_validated_trial(refit_search):
@@ -134,8 +130,13 @@ def test_export_no_refit_writes_the_validated_trial(refit_search):
     assert "its refit" not in done.stdout
     manifest = json.loads((out / "autotl.json").read_text())
     assert manifest["refit"] is None
+    assert_holds_the_best_trials_weights(out, store, result)
+
+
+def assert_holds_the_best_trials_weights(export_dir: Path, store, result) -> None:
+    """The export's model.keras has the weights of the best trial's checkpoint."""
     checkpoint = store.artifacts(result.search.id, kind="checkpoint", trial_id=result.best.id)[-1].path
-    exported = keras.saving.load_model(out / "model.keras", compile=False)
+    exported = keras.saving.load_model(export_dir / "model.keras", compile=False)
     trial = keras.saving.load_model(checkpoint, compile=False)
     for mine, theirs in zip(exported.get_weights(), trial.get_weights()):
         np.testing.assert_array_equal(mine, theirs)
