@@ -29,7 +29,7 @@ from autotl.cache import cut as graph_module
 from autotl.cache.batches import (PADDING_MASK, as_list, call_eagerly, cropped_length, model_input, pad_sequence,
                                   sequence_lengths, slices, take_rows, variable_length)
 from autotl.cache.entries import ActivationCache, digest, storage_dtype
-from autotl.search.hypermodel import BACKBONE_LAYER
+from autotl.search.hypermodel import BACKBONE_LAYER, top_block_layers
 from autotl.search.records import TrialData
 
 HIT, COMPUTED, BYPASSED = "hit", "computed", "bypassed"
@@ -178,8 +178,7 @@ class ActivationSource:
         blocks = self.backbone.blocks(model.get_layer(BACKBONE_LAYER))
         cuts = {}
         for depth in sorted({min(d, len(blocks)) for d in self.depths}):
-            top = [layer for block in blocks[len(blocks) - depth:] for layer in block] if depth else []
-            cuts[depth] = graph_module.cut(graph, depth, top)
+            cuts[depth] = graph_module.cut(graph, depth, top_block_layers(blocks, depth))
         started = time.perf_counter()
         keys = self._keys(graph, model, cuts, data)
         computed = self._compute_missing(graph, data, keys)

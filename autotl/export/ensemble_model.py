@@ -21,7 +21,7 @@ import numpy as np
 from keras import tree
 
 from autotl.cache import cut as cut_module
-from autotl.search.hypermodel import BACKBONE_LAYER
+from autotl.search.hypermodel import BACKBONE_LAYER, top_block_layers
 
 
 def ensemble_model(members: Sequence[keras.Model], weights: Sequence[float], depths: Sequence[int],
@@ -34,8 +34,9 @@ def ensemble_model(members: Sequence[keras.Model], weights: Sequence[float], dep
             for graph, member in zip(graphs, members)]
     fresh = [keras.Input(batch_shape=t.shape, dtype=t.dtype, name=t.name) for t in members[0].inputs]
     inputs = tree.pack_sequence_as(members[0]._inputs_struct, fresh)
-    if _shared_prefix(graphs, cuts):
-        probabilities = _through_shared_prefix(graphs, cuts, fresh)
+    prefix = _prefix(graphs[0], cuts[0])
+    if _shared_prefix(prefix, graphs, cuts):
+        probabilities = _through_shared_prefix(prefix, graphs, cuts, fresh)
     else:
         probabilities = [_renamed(member, f"autotl_member_{index}")(inputs) for index, member in enumerate(members)]
     return keras.Model(inputs, _weighted_mean(probabilities, weights), name="autotl_ensemble")
@@ -47,17 +48,16 @@ def _renamed(model: keras.Model, name: str) -> keras.Model:
 
 
 def _top_layers(member: keras.Model, backbone, depth: int) -> list:
-    blocks = backbone.blocks(member.get_layer(BACKBONE_LAYER))
-    depth = min(depth, len(blocks))
-    return [layer for block in blocks[len(blocks) - depth:] for layer in block] if depth else []
+    return top_block_layers(backbone.blocks(member.get_layer(BACKBONE_LAYER)), depth)
 
 
-def _shared_prefix(graphs: list, cuts: list) -> bool:
-    """The members cross their cuts through the same tensors, computed by equal weights."""
+def _shared_prefix(prefix: keras.Model, graphs: list, cuts: list) -> bool:
+    """The members cross their cuts through the same tensors, computed by the weights of `prefix`
+    (the first member's)."""
     names = cuts[0].names
     if any(item.names != names for item in cuts[1:]):
         return False
-    reference = _prefix(graphs[0], cuts[0]).get_weights()
+    reference = prefix.get_weights()
     for graph, item in zip(graphs[1:], cuts[1:]):
         other = _prefix(graph, item).get_weights()
         if len(other) != len(reference) or not all(np.array_equal(a, b) for a, b in zip(reference, other)):
@@ -70,13 +70,12 @@ def _prefix(graph, item) -> keras.Model:
     return cut_module.prefix_model(graph, activations)
 
 
-def _through_shared_prefix(graphs: list, cuts: list, fresh: list) -> list:
-    """Each member's probabilities, its suffix fed by one prefix (the first member's) on `fresh` inputs."""
+def _through_shared_prefix(prefix: keras.Model, graphs: list, cuts: list, fresh: list) -> list:
+    """Each member's probabilities, its suffix fed by `prefix` (the first member's) on `fresh` inputs."""
     by_name = {fresh_input.name: fresh_input for fresh_input in fresh}
     crossing = {}
     activations = [name for name in cuts[0].names if cut_module.input_name(name) is None]
     if activations:
-        prefix = _prefix(graphs[0], cuts[0])
         outputs = prefix([by_name[t.name] for t in prefix.inputs])
         crossing.update(zip(activations, outputs if isinstance(outputs, (list, tuple)) else [outputs]))
     probabilities = []

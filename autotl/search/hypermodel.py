@@ -176,14 +176,20 @@ def set_unfreeze_depth(feature_model: keras.Model, blocks: list[list], depth: in
     # earlier call froze; going through False resets every sub-layer first.
     feature_model.trainable = False
     feature_model.trainable = True
-    top = {id(layer) for block in blocks[len(blocks) - depth:] for top_layer in block
-           for layer in self_and_sublayers(top_layer)}
+    top = {id(layer) for top_layer in top_block_layers(blocks, depth) for layer in self_and_sublayers(top_layer)}
     for layer in self_and_sublayers(feature_model)[1:]:
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.trainable = False
         elif id(layer) not in top and not _contains_any(layer, top):
             layer.trainable = False
     return depth
+
+
+def top_block_layers(blocks: list[list], depth: int) -> list:
+    """The layers of the top `depth` blocks (all of them when `depth` exceeds the block count): what
+    "unfreeze depth k" makes trainable, and where the cache and an ensemble cut the model."""
+    depth = max(0, min(int(depth), len(blocks)))
+    return [layer for block in blocks[len(blocks) - depth:] for layer in block]
 
 
 def _contains_any(layer, ids: set[int]) -> bool:
