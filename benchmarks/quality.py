@@ -1,12 +1,20 @@
 """Model quality: autotl's default search, given twice the recipe's time, against the hand-written recipe.
 
     python benchmarks/quality.py                                  # images + text, seeds 0 1 2
-    python benchmarks/quality.py --suite /tmp/suite               # ... and the tuning suite
-    python benchmarks/quality.py --workloads images --seeds 0 --only-autotl --time-limit-s 420 \\
-        --autotl-arg=--space=my_space.yaml --tag no-ensemble     # an ablation run
+    python benchmarks/quality.py --suite /tmp/suite --workloads   # the tuning suite only (one seed)
+    python benchmarks/quality.py --workloads images --seeds 0 --only-autotl --kind no-portfolio \\
+        --autotl-arg=--no-portfolio                               # an ablation, at 2x the recorded recipe time
+    python benchmarks/quality.py --report                         # rebuild results/quality.md, run nothing
     python benchmarks/quality.py --quick --out /tmp/q             # smoke test, ~2-3 minutes
 
-What it measures (issue 13, item 8), for each workload and seed, in one run:
+It lands in pieces (benchmarks/quality_records.py): each finished run is appended at once to
+``OUT/quality-runs.jsonl`` (workload or suite dataset, seed, kind, test and validation accuracy, seconds,
+time limit, configurations compared, revision, code digests, command), and ``OUT/quality.md`` is rebuilt
+from the records after each run. A restart skips every run already recorded for the same code, settings
+and seed: run the same command again to continue a stopped benchmark. A failed run is recorded with its
+error and runs again on the next start.
+
+What it measures, for each workload and seed:
 
 * data: ``images``: Fashion-MNIST (Debian ``dataset-fashion-mnist``); seed s draws 100 per class for
   training and 100 per class for validation, disjoint, from the official train file with
@@ -26,17 +34,18 @@ What it measures (issue 13, item 8), for each workload and seed, in one run:
 
 ``--suite DIR`` (written by ``python benchmarks/tuning_suite.py DIR``) adds, for every dataset in
 DIR/suite.json, one seed (the first of ``--seeds``) of the recipe for its modality (images at 96 px) and of
-autotl with twice its time. ``--only-autotl`` skips the recipe and gives autotl ``--time-limit-s`` seconds.
-
-Results go to ``OUT/quality[-TAG].{json,md}`` (``--quick``: ``quality-quick[-TAG]``), rewritten after every
-run, with the machine and the command line; the searches' output to ``OUT/quality[...]-logs/``. One progress
-line per step goes to stderr.
+autotl with twice its time. ``--only-autotl`` skips the recipe: autotl gets twice the recipe's recorded
+seconds for that workload and seed, or ``--time-limit-s``. ``--kind NAME`` records autotl's runs as the
+ablation NAME (needed with ``--autotl-arg``); the report sets each ablation against the default run of the
+same workload and seed.
 
 Duration on a 2-core CPU machine (from ../shared/baselines.md): images about 209 s of recipe + 418 s of
-autotl per seed, text about 525 s + 1,050 s, plus exports and test predictions (about 1 minute a run): the
-default 3 seeds of both workloads take about 1 h 25 min; the tuning suite adds about 30-60 minutes.
-``--quick`` (tiny splits: 5 + 5 images per class and 100 test images, 60 / 30 / 60 texts, 1 + 1 and 1
-recipe epochs, time limits of at least 30 s) runs in 2-3 minutes per workload and measures nothing.
+autotl per seed, text about 525 s + 1,050 s, plus exports and test predictions (about 1 minute a run): no
+single run takes more than about 20 minutes, and the default 3 seeds of both workloads about 1 h 25 min;
+the tuning suite adds about 1 h. ``--quick`` (tiny splits: 5 + 5 images per class and 100 test images,
+60 / 30 / 60 texts, 1 + 1 and 1 recipe epochs, time limits of at least 30 s) writes
+``OUT/quality-quick-runs.jsonl`` and ``OUT/quality-quick.md`` instead, runs in 2-3 minutes per workload and
+measures nothing.
 """
 
 from __future__ import annotations
@@ -64,6 +73,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 
 import common  # noqa: E402
+import quality_records as records  # noqa: E402
 import make_datasets  # noqa: E402
 import recipe  # noqa: E402
 
@@ -212,193 +222,154 @@ def run_autotl(modality: str, paths: dict[str, Path], folder: Path, name: str, s
         "test_accuracy": accuracy, "seconds": round(search_s, 1), "time_limit_s": time_limit_s,
         "over_limit_pct": round(100 * (search_s / time_limit_s - 1), 1),
         "completed_trials": counts.get("completed", 0), "trials_by_status": counts,
-        "best_val_accuracy": best.get("value"), "best_trial": best.get("number"),
+        "configurations": counts.get("completed", 0),
+        "val_accuracy": best.get("value"), "best_trial": best.get("number"),
         "best_hyperparameters": best.get("hyperparameters"),
         "val_test_gap": None if best.get("value") is None else round(best["value"] - accuracy, 4),
         "command": shlex.join(["autotl", *shown[1:]]),
     }
 
 
-# --------------------------------------------------------------------------- one run of each
+# --------------------------------------------------------------------------- one run at a time
 
 
 class Benchmark:
-    """Runs the recipe and autotl on one dataset at a time; keeps every record and rewrites the results."""
+    """Runs what is not yet recorded, one run at a time, each appended to the log as soon as it ends."""
 
     def __init__(self, args: argparse.Namespace, workdir: Path):
         self.args, self.workdir = args, workdir
-        stem = "quality" + ("-quick" if args.quick else "") + (f"-{args.tag}" if args.tag else "")
-        self.stem = Path(args.out) / stem
-        self.logs = Path(args.out) / f"{stem}-logs"
-        self.logs.mkdir(parents=True, exist_ok=True)
-        for earlier in self.logs.glob("*.log"):  # this run's results replace that tag's: so do its logs
-            earlier.unlink()
-        self.document = {"quick": args.quick, "tag": args.tag, "command": command_line(),
-                         "machine": common.machine(), "settings": settings(args), "runs": []}
+        self.out = Path(args.out)
+        self.log = records.RunLog(self.out / records.runs_file_name(args.quick))
+        self.logs = self.out / ("quality-quick-logs" if args.quick else "quality-logs")
+        self.code, self.recipe = records.code_digest(), records.recipe_digest()
+        self.stamp = {"revision": records.git_revision(), "code_digest": self.code, "recipe_digest": self.recipe,
+                      "quick": args.quick, "machine": common.machine(), "benchmark_command": command_line()}
+        self.ran = self.failed = 0
 
-    def record(self, run: dict[str, Any]) -> dict[str, Any]:
-        self.document["runs"].append(run)
-        self.stem.parent.mkdir(parents=True, exist_ok=True)
-        self.stem.with_suffix(".json").write_text(json.dumps(self.document, indent=2, default=str) + "\n")
-        self.stem.with_suffix(".md").write_text(render(self.document))
-        return run
+    def settings(self, kind: str, sizes: Any) -> dict[str, Any]:
+        """What, besides the code, decides a run's result: part of its key."""
+        common_settings = {"sizes": sizes, "quick": self.args.quick, "image_size": recipe.IMAGE_SIZE,
+                           "sequence_length": recipe.SEQUENCE_LENGTH}
+        if kind == records.RECIPE:
+            return common_settings
+        time_rule = f"{self.args.time_limit_s}s" if self.args.time_limit_s else f"{TIME_FACTOR:g}x recipe"
+        return {**common_settings, "time_limit": time_rule, "autotl_args": self.args.autotl_arg}
 
-    def attempt(self, base: dict[str, Any], action) -> dict[str, Any]:
-        """Run `action()` (a dict of figures) into a record; a failure is recorded, not raised."""
+    def once(self, base: dict[str, Any], action) -> dict[str, Any] | None:
+        """The recorded run with `base`'s key, or run `action()` (a dict of figures) and record it.
+
+        A failure is recorded with its error (and retried on a restart), never raised: one failed run must
+        not lose the others."""
+        found = self.log.find({**self.stamp, **base})
+        tag = f"{base['workload']} seed {base['seed']} {base['kind']}"
+        if found:
+            log(f"{tag}: recorded at {found['revision']}, skipped")
+            return found
+        log(f"{tag} ...")
         started = time.perf_counter()
         try:
             figures = action()
-        except Exception as error:  # one failed run must not lose the others
+        except Exception as error:
             traceback.print_exc()
             figures = {"error": f"{type(error).__name__}: {' '.join(str(error).split())[:500]}",
                        "seconds": round(time.perf_counter() - started, 1)}
-        return self.record({**base, **figures})
+        record = self.log.append({**self.stamp, **base, **figures,
+                                  "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        self.ran += 1
+        self.failed += "error" in record
+        log(f"{tag}: {summary(record)}")
+        self.write_report()
+        return None if "error" in record else record
 
-    def pair(self, label: dict[str, Any], modality: str, paths: dict[str, Path], seed: int) -> None:
-        """The recipe, then autotl with twice the recipe's seconds (or --time-limit-s with --only-autotl)."""
+    def pair(self, label: dict[str, Any], modality: str, paths: dict[str, Path], seed: int, sizes: Any) -> None:
+        """The recipe (unless --only-autotl), then autotl with twice the recipe's seconds or --time-limit-s."""
         base = {**label, "modality": modality, "seed": seed, "backbone": BACKBONE_OF[modality]}
-        tag = f"{label['workload']} seed {seed}"
+        recipe_base = {**base, "kind": records.RECIPE, "settings": self.settings(records.RECIPE, sizes)}
         if self.args.only_autotl:
-            limit, rule = self.args.time_limit_s, "--time-limit-s"
+            recipe_run = self.log.find({**self.stamp, **recipe_base})
         else:
-            log(f"{tag}: recipe ...")
-            run = self.attempt({**base, "kind": "recipe"},
-                               lambda: recipe.run_recipe(modality, paths, seed, quick=self.args.quick))
-            if "error" in run:
-                log(f"{tag}: recipe failed ({run['error']}); autotl skipped")
-                return
-            log(f"{tag}: recipe test accuracy {run['test_accuracy']:.4f} in {run['seconds']:.0f}s")
-            limit, rule = time_limit(run["seconds"], self.args.quick), f"{TIME_FACTOR:g} x the recipe's seconds"
-        name = f"quality-{label['workload'].replace(':', '-')}-s{seed}"
-        folder = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self.workdir))
-        log(f"{tag}: autotl search --time-limit {limit}s ...")
-        run = self.attempt({**base, "kind": "autotl", "time_limit_s": limit, "time_limit_rule": rule},
-                           lambda: run_autotl(modality, paths, folder, name, seed, limit, self.args.autotl_arg,
-                                              self.logs / f"{name}.log"))
-        if "error" in run:
-            log(f"{tag}: autotl failed ({run['error']})")
+            recipe_run = self.once(recipe_base, lambda: recipe_figures(modality, paths, seed, self.args.quick))
+        if self.args.time_limit_s:
+            limit = self.args.time_limit_s
+        elif recipe_run:
+            limit = time_limit(recipe_run["seconds"], self.args.quick)
         else:
-            log(f"{tag}: autotl test accuracy {run['test_accuracy']:.4f} (best val {fmt(run['best_val_accuracy'])}), "
-                f"{run['completed_trials']} trials in {run['seconds']:.0f}s of {limit}s")
+            log(f"{label['workload']} seed {seed}: no recipe run recorded to set the time limit; autotl skipped")
+            return
+        kind = self.args.kind
+        name = f"quality-{label['workload'].replace(':', '-')}-s{seed}-{kind}"
+        autotl_base = {**base, "kind": kind, "time_limit_s": limit, "settings": self.settings(kind, sizes)}
+
+        def search():
+            folder = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self.workdir))
+            self.logs.mkdir(parents=True, exist_ok=True)
+            return run_autotl(modality, paths, folder, name, seed, limit, self.args.autotl_arg,
+                              self.logs / f"{name}-{self.code}.log")
+
+        self.once(autotl_base, search)
 
     def workloads(self) -> None:
         sizes = QUICK_SIZES if self.args.quick else SIZES
         for workload in self.args.workloads:
             modality, _ = WORKLOADS[workload]
             for seed in self.args.seeds:
-                log(f"{workload} seed {seed}: writing the splits ...")
                 paths = write_workload(workload, self.workdir / "data", sizes[workload], seed)
-                self.pair({"group": "workload", "workload": workload}, modality, paths, seed)
+                self.pair({"group": "workload", "workload": workload, "dataset": workload}, modality, paths, seed,
+                          sizes[workload])
 
     def suite(self) -> None:
-        folder = Path(self.args.suite)
-        for entry in json.loads((folder / "suite.json").read_text())["datasets"]:
-            paths = {split: folder / entry["paths"][split] for split in ("train", "val", "test")}
+        for entry in suite_entries(self.args.suite):
+            paths = {split: Path(self.args.suite) / entry["paths"][split] for split in ("train", "val", "test")}
             label = {"group": "suite", "workload": f"suite:{entry['name']}", "dataset": entry["name"],
                      "dataset_kind": entry.get("kind"), "classes": entry.get("classes")}
-            self.pair(label, entry["modality"], paths, self.args.seeds[0])
+            self.pair(label, entry["modality"], paths, self.args.seeds[0], {"suite_entry": records.json_digest(entry)})
+
+    def write_report(self) -> Path:
+        path = self.out / ("quality-quick.md" if self.args.quick else "quality.md")
+        path.write_text(records.render(self.log.records(), self.code, self.recipe, expected_runs(self.args),
+                                       suite_names(self.args.suite), self.args.seeds[0],
+                                       "python benchmarks/quality.py --report", quick=self.args.quick))
+        return path
 
 
-# --------------------------------------------------------------------------- the report
+def recipe_figures(modality: str, paths: dict[str, Path], seed: int, quick: bool) -> dict[str, Any]:
+    figures = recipe.run_recipe(modality, paths, seed, quick=quick)
+    return {**figures, "command": f"benchmarks/recipe.py ({modality}), seed {seed}" + (" --quick" if quick else "")}
 
 
-def fmt(value: Any, digits: int = 4) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+def summary(record: dict[str, Any]) -> str:
+    if "error" in record:
+        return f"failed ({record['error']})"
+    text = f"test accuracy {record['test_accuracy']:.4f} in {record['seconds']:.0f}s"
+    if record["kind"] != records.RECIPE:
+        text += (f" of {record['time_limit_s']}s (best val {fmt(record.get('val_accuracy'))}, "
+                 f"{record.get('configurations')} configurations)")
+    return text
 
 
-def mean_sd(values: list[float]) -> str:
-    if not values:
-        return "-"
-    sd = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-    return f"{np.mean(values):.4f} ± {sd:.4f}"
+def fmt(value: Any) -> str:
+    return "-" if value is None else f"{value:.4f}"
 
 
-def paired(runs: list[dict], workload: str) -> list[tuple[int, dict, dict]]:
-    """(seed, recipe record or {}, autotl record or {}) of one workload, by seed."""
-    seeds = sorted({run["seed"] for run in runs if run["workload"] == workload})
-    pick = lambda kind, seed: next((r for r in runs if r["workload"] == workload and r["seed"] == seed  # noqa: E731
-                                    and r["kind"] == kind), {})
-    return [(seed, pick("recipe", seed), pick("autotl", seed)) for seed in seeds]
+def suite_entries(suite: str | None) -> list[dict[str, Any]]:
+    return json.loads((Path(suite) / "suite.json").read_text())["datasets"] if suite else []
 
 
-def row(first: str, rec: dict, auto: dict) -> str:
-    difference = (100 * (auto["test_accuracy"] - rec["test_accuracy"])
-                  if "test_accuracy" in auto and "test_accuracy" in rec else None)
-    error = "; ".join(f"{kind} failed: {r['error']}" for kind, r in (("recipe", rec), ("autotl", auto))
-                      if "error" in r)
-    return (f"| {first} | {fmt(rec.get('test_accuracy'))} | {fmt(rec.get('seconds'), 0)} "
-            f"| {fmt(auto.get('test_accuracy'))} | {fmt(auto.get('best_val_accuracy'))} "
-            f"| {fmt(auto.get('val_test_gap'))} | {fmt(auto.get('seconds'), 0)} | {fmt(auto.get('time_limit_s'))} "
-            f"| {fmt(auto.get('completed_trials'))} | {fmt(difference, 1)} | {error} |")
+def suite_names(suite: str | None) -> list[str]:
+    return [entry["name"] for entry in suite_entries(suite)]
 
 
-HEADER = ["recipe test | recipe s | autotl test | autotl best val | val - test | autotl s | time limit s "
-          "| trials | autotl - recipe (points) | notes |"]
-
-
-def workload_table(runs: list[dict], workload: str) -> list[str]:
-    pairs = paired(runs, workload)
-    lines = [f"### {workload}", "", "| seed | " + HEADER[0], "|---" * 11 + "|"]
-    lines += [row(str(seed), rec, auto) for seed, rec, auto in pairs]
-    recipe_acc = [r["test_accuracy"] for _, r, _ in pairs if "test_accuracy" in r]
-    autotl_acc = [a["test_accuracy"] for _, _, a in pairs if "test_accuracy" in a]
-    gaps = [a["val_test_gap"] for _, _, a in pairs if a.get("val_test_gap") is not None]
-    difference = (f"{100 * (np.mean(autotl_acc) - np.mean(recipe_acc)):+.1f}"
-                  if recipe_acc and autotl_acc else "-")
-    lines += ["", f"Mean ± sd over {len(pairs)} seed(s): recipe {mean_sd(recipe_acc)}, autotl {mean_sd(autotl_acc)}"
-              f" (autotl - recipe: {difference} points); autotl's val - test gap {mean_sd(gaps)}.", ""]
-    return lines
-
-
-def suite_table(runs: list[dict]) -> list[str]:
-    names = list(dict.fromkeys(run["workload"] for run in runs if run["group"] == "suite"))
-    if not names:
-        return []
-    lines = ["## Tuning suite (one seed)", "", "| dataset | kind | " + HEADER[0], "|---" * 12 + "|"]
-    for name in names:
-        pairs = paired(runs, name)
-        _, rec, auto = pairs[0] if pairs else (0, {}, {})
-        any_run = rec or auto
-        lines.append(row(f"{any_run.get('dataset')} | {any_run.get('dataset_kind')}", rec, auto))
-    return lines + [""]
-
-
-def render(document: dict[str, Any]) -> str:
-    runs, machine = document["runs"], document["machine"]
-    lines = ["# Model quality: autotl's default search vs the hand-written recipe", ""]
-    if document["quick"]:
-        lines += ["**Quick smoke run (`--quick`): tiny splits and epochs; these figures measure nothing.**", ""]
-    lines += [f"Command: `{document['command']}`", "",
-              f"Machine: {machine['cpu']}, {machine['cores']} CPUs, {machine['ram_gib']} GiB RAM; Python "
-              f"{machine['python']}, TensorFlow {machine['tensorflow']}, Keras {machine['keras']}, KerasTuner "
-              f"{machine['keras_tuner']}, keras-hub {machine['keras_hub']}; {machine['date']}.", "",
-              "Test accuracy on the fixed test split. Recipe seconds: model build + training + test evaluation "
-              "(benchmarks/recipe.py). autotl: `autotl search` as a subprocess (its wall time), with "
-              "`--time-limit` as shown; its export's test accuracy; val - test: its best trial's validation "
-              "accuracy minus that test accuracy. Each run's command and figures are in the .json.", ""]
-    workloads = list(dict.fromkeys(run["workload"] for run in runs if run["group"] == "workload"))
-    if workloads:
-        lines += ["## Workloads", ""]
-    for workload in workloads:
-        lines += workload_table(runs, workload)
-    return "\n".join(lines + suite_table(runs)) + "\n"
+def expected_runs(args: argparse.Namespace) -> list[tuple[str, int, str]]:
+    """What a full benchmark holds: every workload and seed, and the suite at the first seed, both kinds."""
+    workloads = [(w, seed) for w in (args.workloads or list(WORKLOADS)) for seed in args.seeds]
+    workloads += [(f"suite:{name}", args.seeds[0]) for name in suite_names(args.suite)]
+    return [(w, seed, kind) for w, seed in workloads for kind in (records.RECIPE, records.AUTOTL)]
 
 
 def time_limit(recipe_seconds: float, quick: bool) -> int:
     """Twice the recipe's seconds, rounded up (at least 30 s with --quick)."""
     seconds = math.ceil(TIME_FACTOR * recipe_seconds)
     return max(seconds, QUICK_TIME_FLOOR_S) if quick else max(seconds, 1)
-
-
-def settings(args: argparse.Namespace) -> dict[str, Any]:
-    return {"workloads": args.workloads, "seeds": args.seeds, "suite": args.suite, "only_autotl": args.only_autotl,
-            "time_limit_s": args.time_limit_s, "autotl_args": args.autotl_arg,
-            "sizes": {w: (QUICK_SIZES if args.quick else SIZES)[w] for w in args.workloads},
-            "time_factor": TIME_FACTOR, "quick_time_floor_s": QUICK_TIME_FLOOR_S if args.quick else None,
-            "text_test_seed": TEXT_TEST_SEED, "image_size": recipe.IMAGE_SIZE,
-            "sequence_length": recipe.SEQUENCE_LENGTH}
 
 
 def command_line() -> str:
@@ -410,33 +381,44 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workloads", nargs="*", choices=sorted(WORKLOADS), default=["images", "text"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--suite", metavar="DIR", help="a tuning suite written by benchmarks/tuning_suite.py")
-    parser.add_argument("--only-autotl", action="store_true", help="skip the recipe (ablations); needs --time-limit-s")
-    parser.add_argument("--time-limit-s", type=int, help="autotl's --time-limit in seconds with --only-autotl")
+    parser.add_argument("--only-autotl", action="store_true",
+                        help="skip the recipe: autotl gets 2x its recorded seconds, or --time-limit-s")
+    parser.add_argument("--time-limit-s", type=int, help="autotl's --time-limit in seconds instead of 2x the recipe's")
     parser.add_argument("--autotl-arg", action="append", default=[], metavar="ARG",
                         help="appended to `autotl search` (repeatable), e.g. --autotl-arg=--space=FILE")
-    parser.add_argument("--tag", help="results go to OUT/quality-TAG.{json,md}")
+    parser.add_argument("--kind", default=records.AUTOTL,
+                        help="the name autotl's runs are recorded under: an ablation's name with --autotl-arg")
+    parser.add_argument("--report", action="store_true", help="rebuild OUT/quality.md from the records; run nothing")
     parser.add_argument("--out", default=str(REPO / "results"), help="folder for the results (default: results/)")
     parser.add_argument("--workdir", help="where the temporary data and searches go (default: the system's)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes and epochs: a smoke test, not a measurement")
     args = parser.parse_args(argv)
-    if args.only_autotl and not args.time_limit_s:
-        parser.error("--only-autotl needs --time-limit-s SECONDS")
-    if not args.workloads and not args.suite:
+    if args.autotl_arg and args.kind == records.AUTOTL:
+        parser.error("--autotl-arg changes the search: name the ablation with --kind NAME")
+    if args.kind == records.RECIPE:
+        parser.error("--kind recipe is the recipe's own; choose another name")
+    if not args.workloads and not args.suite and not args.report:
         parser.error("nothing to run: give --workloads or --suite")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    out = Path(args.out)
+    if args.report:
+        with tempfile.TemporaryDirectory() as workdir:
+            path = Benchmark(args, Path(workdir)).write_report()
+        log(f"rebuilt {path}")
+        return 0
     with tempfile.TemporaryDirectory(prefix="autotl-quality-", dir=args.workdir) as workdir:
         benchmark = Benchmark(args, Path(workdir))
-        log(f"results: {benchmark.stem}.{{json,md}}")
+        log(f"records: {benchmark.log.path} (code {benchmark.code}, recipe {benchmark.recipe})")
         benchmark.workloads()
         if args.suite:
             benchmark.suite()
-    failed = [run for run in benchmark.document["runs"] if "error" in run]
-    log(f"done: {len(benchmark.document['runs'])} runs, {len(failed)} failed -> {benchmark.stem}.md")
-    return 1 if failed else 0
+        path = benchmark.write_report()
+    log(f"done: {benchmark.ran} runs, {benchmark.failed} failed -> {path} ({out})")
+    return 1 if benchmark.failed else 0
 
 
 if __name__ == "__main__":

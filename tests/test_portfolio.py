@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import keras_tuner as kt
 import pytest
 
@@ -146,3 +148,159 @@ def test_the_portfolio_procedure_adds_what_covers_the_datasets_best_then_the_fas
     for modality, candidates in benchmark.CANDIDATES.items():
         space = build_space(modality, None, None, blocks=7)
         assert len(first_trials(space, list(candidates.values()))) == len(candidates)
+
+
+# --------------------------------------------------------------------------- benchmarks/portfolio.py in pieces
+
+FAKE_CANDIDATES = {"image": {"a": {"x": 1}, "b": {"x": 2}, "c": {"x": 3}}, "text": {"p": {"x": 1}}}
+FAKE_SUITE = [{"name": "d1", "modality": "image", "paths": {}}, {"name": "d2", "modality": "image", "paths": {}},
+              {"name": "t1", "modality": "text", "paths": {}}]
+
+
+class _Stopped(Exception):
+    """Stands for a run stopped half-way (Ctrl-C, a lost machine)."""
+
+
+def _fake_values(entry, modality):
+    return {"unfreeze_depth": entry["x"] * 2, "modality": modality}
+
+
+def _runs(tmp_path, benchmark, runner, modalities=("image", "text"), names=None, values_of=_fake_values):
+    log = tmp_path / "out" / benchmark.RUNS_FILE
+    return benchmark.run_missing(tmp_path / "suite", FAKE_SUITE, list(modalities), names, log, "rev1",
+                                 extra={"machine": {"cpu": "test"}}, runner=runner, values_of=values_of,
+                                 after_each=lambda: benchmark.write_report(tmp_path / "out", benchmark.build_document(
+                                     benchmark.read_records(log), FAKE_SUITE, list(modalities), "rev1", 2, "test",
+                                     log)))
+
+
+def test_a_stopped_portfolio_run_restarts_where_it_stopped_and_retries_failures(tmp_path, monkeypatch):
+    benchmark = _portfolio_benchmark()
+    monkeypatch.setattr(benchmark, "CANDIDATES", FAKE_CANDIDATES)
+    log = tmp_path / "out" / benchmark.RUNS_FILE
+    # A success of c on d1, but from other code: it must run again.
+    benchmark.append_record(log, {"candidate": "c", "dataset": "d1", "values": _fake_values({"x": 3}, "image"),
+                                  "revision": "rev0", "dataset_digest": benchmark.dataset_digest(FAKE_SUITE[0]),
+                                  "val_accuracy": 0.9, "seconds": 1.0})
+    calls = []
+
+    def runner(name, values, dataset, suite_dir, work):
+        if stop_after is not None and len(calls) == stop_after:
+            raise _Stopped
+        calls.append((name, dataset["name"]))
+        if (name, dataset["name"]) == ("a", "d2") and stop_after is not None:  # fails in the first session only
+            return {"error": ["out of memory"], "seconds": 1.0, "command": "fake"}
+        return {"val_accuracy": 0.5 + len(calls) / 100, "seconds": 1.0, "command": "fake"}
+
+    stop_after = 3
+    with pytest.raises(_Stopped):
+        _runs(tmp_path, benchmark, runner)
+    assert calls == [("a", "d1"), ("a", "d2"), ("b", "d1")]
+    assert len(benchmark.read_records(log)) == 4  # each finished run landed at once
+    partial = (tmp_path / "out" / "portfolio.md").read_text()
+    assert "Still missing: (a, d2), (b, d2), (c, d1), (c, d2)." in partial and "| a | 0.5100 | error | 0 |" in partial
+
+    calls.clear()
+    stop_after = None
+    assert _runs(tmp_path, benchmark, runner) == 5
+    assert calls == [("a", "d2"), ("b", "d2"), ("c", "d1"), ("c", "d2"), ("p", "t1")]
+    record = benchmark.read_records(log)[-1]
+    assert record["revision"] == "rev1" and record["machine"] == {"cpu": "test"} and record["command"] == "fake"
+    assert record["values"] == {"unfreeze_depth": 2, "modality": "text"}
+    assert "Every run is there." in (tmp_path / "out" / "portfolio.md").read_text()
+
+    calls.clear()
+    assert _runs(tmp_path, benchmark, runner) == 0 and calls == []
+    # Other fitted values (the space changed) are another run.
+    assert _runs(tmp_path, benchmark, runner, values_of=lambda e, m: {**_fake_values(e, m), "x": e["x"]}) == 7
+
+
+def test_runs_follow_the_order_of_modalities_and_candidates_given(tmp_path, monkeypatch):
+    benchmark = _portfolio_benchmark()
+    monkeypatch.setattr(benchmark, "CANDIDATES", FAKE_CANDIDATES)
+    calls = []
+
+    def runner(name, values, dataset, suite_dir, work):
+        calls.append((name, dataset["name"]))
+        return {"val_accuracy": 0.5, "seconds": 1.0, "command": "fake"}
+
+    _runs(tmp_path, benchmark, runner, modalities=("text", "image"), names=["c", "p", "a"])
+    assert calls == [("p", "t1"), ("c", "d1"), ("c", "d2"), ("a", "d1"), ("a", "d2")]
+
+
+def _record(benchmark, candidate, dataset, accuracy, revision="rev1", digest=None, entry=None, seconds=1.0):
+    modality = "text" if dataset.startswith("t") else "image"
+    entry = FAKE_CANDIDATES[modality][candidate] if entry is None else entry
+    suite_entry = next(d for d in FAKE_SUITE if d["name"] == dataset)
+    record = {"candidate": candidate, "modality": modality, "dataset": dataset, "entry": entry,
+              "values": _fake_values(entry, modality), "revision": revision,
+              "dataset_digest": digest or benchmark.dataset_digest(suite_entry), "seconds": seconds, "command": "c"}
+    record.update({"val_accuracy": accuracy} if accuracy is not None else {"error": ["failed"]})
+    return record
+
+
+def test_the_report_counts_only_the_current_revision_and_selects_over_complete_datasets(tmp_path, monkeypatch):
+    benchmark = _portfolio_benchmark()
+    monkeypatch.setattr(benchmark, "CANDIDATES", FAKE_CANDIDATES)
+    records = [_record(benchmark, "a", "d1", 0.9, seconds=10), _record(benchmark, "b", "d1", 0.5, seconds=5),
+               _record(benchmark, "c", "d1", 0.8, seconds=1),
+               _record(benchmark, "a", "d2", 0.6), _record(benchmark, "b", "d2", None),
+               _record(benchmark, "c", "d2", 0.7),
+               # Not counted: other code, a suite written again, a candidate since changed.
+               _record(benchmark, "b", "d2", 0.99, revision="rev0"), _record(benchmark, "a", "d1", 0.1, digest="stale"),
+               _record(benchmark, "c", "d1", 0.0, entry={"x": 99})]
+    document = benchmark.build_document(records, FAKE_SUITE, ["image", "text"], "rev1", 2, "cmd", tmp_path / "r")
+    image, text = document["modalities"]["image"], document["modalities"]["text"]
+    assert list(document["modalities"]) == ["image", "text"]
+    assert image["scores"] == {"d1": {"a": 0.9, "b": 0.5, "c": 0.8}, "d2": {"a": 0.6, "c": 0.7}}
+    assert image["missing"] == [["b", "d2"]] and image["failed"] == [["b", "d2"]]
+    assert image["complete_datasets"] == ["d1"]
+    # Over d1 alone: a is best; then b and c add nothing, c is the faster.
+    assert [(s["add"], s["mean_best_scaled"]) for s in image["steps"]] == [("a", 1.0), ("c", 1.0)]
+    assert text["missing"] == [["p", "t1"]] and text["steps"] == []
+    markdown = benchmark.render(document)
+    assert "| b | 0.5000 | error | 5 |" in markdown
+    assert "Still missing: (b, d2)." in markdown
+    assert "Greedy selection over d1 (the datasets with a result of every candidate): a (1.0), then c (1.0)" in markdown
+    assert "Greedy selection: none yet" in markdown
+
+
+def test_report_rebuilds_from_the_records_without_running(tmp_path, monkeypatch):
+    benchmark = _portfolio_benchmark()
+    monkeypatch.setattr(benchmark, "CANDIDATES", FAKE_CANDIDATES)
+    monkeypatch.setattr(benchmark, "run_missing", lambda *a, **k: pytest.fail("--report ran something"))
+    suite_dir, out = tmp_path / "suite", tmp_path / "out"
+    suite_dir.mkdir()
+    (suite_dir / "suite.json").write_text(json.dumps({"datasets": FAKE_SUITE}))
+    code = benchmark.code_revision()
+    for candidate, accuracy in (("a", 0.9), ("b", 0.5), ("c", 0.8)):
+        benchmark.append_record(out / benchmark.RUNS_FILE, _record(benchmark, candidate, "d1", accuracy, revision=code))
+    benchmark.append_record(out / benchmark.RUNS_FILE, _record(benchmark, "p", "t1", 0.7, revision="0ld"))
+    assert benchmark.main([str(suite_dir), "--report", "--out", str(out), "--modalities", "text", "image"]) == 0
+    document = json.loads((out / "portfolio.json").read_text())
+    assert list(document["modalities"]) == ["text", "image"]
+    assert document["modalities"]["image"]["scores"]["d1"] == {"a": 0.9, "b": 0.5, "c": 0.8}
+    assert document["modalities"]["text"]["scores"] == {"t1": {}}
+    assert "Greedy selection over d1" in (out / "portfolio.md").read_text()
+
+
+def test_the_revision_is_a_digest_of_the_python_code_only(tmp_path):
+    benchmark = _portfolio_benchmark()
+    for relative in ("autotl/search/a.py", "plugins/b.py", "autotl/notes.md"):
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relative).write_text("x = 1\n")
+    first = benchmark.code_revision(tmp_path)
+    assert len(first) == 12 and int(first, 16) >= 0
+    (tmp_path / "autotl/notes.md").write_text("changed\n")
+    assert benchmark.code_revision(tmp_path) == first
+    (tmp_path / "plugins/b.py").write_text("x = 2\n")
+    assert benchmark.code_revision(tmp_path) != first
+    assert len(benchmark.code_revision()) == 12  # the repository's own
+
+
+def test_a_record_cut_short_by_a_stop_is_left_out_and_the_next_one_lands_whole(tmp_path):
+    benchmark = _portfolio_benchmark()
+    log = tmp_path / benchmark.RUNS_FILE
+    log.write_text('{"candidate": "a"}\n{"candidate": "b", "da')
+    benchmark.append_record(log, {"candidate": "c"})
+    assert benchmark.read_records(log) == [{"candidate": "a"}, {"candidate": "c"}]
