@@ -366,7 +366,7 @@ def _training_plan(config: SearchConfig, backbone, search_name: str, deadline: D
                         cache_storage=config.cache_dtype,
                         cache_memory_mb=_cache_memory_mb(config.cache_memory_mb), tensorboard_dir=tensorboard_dir,
                         deadline=deadline.at if deadline is not None else None,
-                        kept_checkpoints=config.ensemble_size)
+                        kept_checkpoints=config.ensemble_size, checkpoint_soup=config.checkpoint_soup)
 
 
 def _configure_trial_process(process: TrialProcess, store: Store, row: Search, prepared: Prepared,

@@ -82,6 +82,9 @@ def main() -> None:
 @click.option("--ensemble-size", type=click.IntRange(min=1), default=1,
               help="Keep the N best trials and export the weighted average of some of them when it beats the best "
                    "trial on validation (greedy ensemble selection, README: Ensembles); 1: no ensemble.")
+@click.option("--checkpoint-soup/--no-checkpoint-soup", default=False,
+              help="Average the weights of a fine-tune's 3 best epochs greedily, each kept only when validation "
+                   "does not drop (README: Checkpoint soups); off until measured to help.")
 @click.option("--max-trials", type=click.IntRange(min=1), default=None,
               help="Trials to run (a cap when --time-limit is given)  [default: 5; none with --time-limit]")
 @click.option("--time-limit", type=DURATION, metavar="DURATION",

@@ -52,6 +52,7 @@ class SearchConfig:
     portfolio: bool = True  # the first trials are autotl.search.portfolio's (random and bayesian tuners)
     refit: bool = False  # train the best configuration again on training + validation data (autotl.search.refit)
     ensemble_size: int = 1  # > 1: average up to this many of the best trials when it helps (autotl.search.ensemble)
+    checkpoint_soup: bool = False  # average a fine-tune's best epochs greedily (autotl.search.soup)
     max_trials: int | None = None  # None: DEFAULT_MAX_TRIALS, or no cap when time_limit is set
     time_limit: float | None = None  # seconds for this run of the search (autotl.search.budget)
     epochs: int = 10

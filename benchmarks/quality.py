@@ -2,6 +2,7 @@
 
     python benchmarks/quality.py                                  # images + text, seeds 0 1 2
     python benchmarks/quality.py --suite /tmp/suite --workloads   # the tuning suite only (one seed)
+    python benchmarks/quality.py --suite /tmp/suite --workloads --datasets lfw-faces   # one of its datasets
     python benchmarks/quality.py --workloads images --seeds 0 --only-autotl --kind no-portfolio \\
         --autotl-arg=--no-portfolio                               # an ablation, at 2x the recorded recipe time
     python benchmarks/quality.py --report                         # rebuild results/quality.md, run nothing
@@ -318,7 +319,7 @@ class Benchmark:
                           sizes[workload])
 
     def suite(self) -> None:
-        for entry in suite_entries(self.args.suite):
+        for entry in suite_entries(self.args.suite, self.args.datasets):
             paths = {split: Path(self.args.suite) / entry["paths"][split] for split in ("train", "val", "test")}
             label = {"group": "suite", "workload": f"suite:{entry['name']}", "dataset": entry["name"],
                      "dataset_kind": entry.get("kind"), "classes": entry.get("classes")}
@@ -351,8 +352,13 @@ def fmt(value: Any) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
-def suite_entries(suite: str | None) -> list[dict[str, Any]]:
-    return json.loads((Path(suite) / "suite.json").read_text())["datasets"] if suite else []
+def suite_entries(suite: str | None, names: list[str] | None = None) -> list[dict[str, Any]]:
+    """The suite's datasets (those of `names` only, in that order, where given)."""
+    entries = json.loads((Path(suite) / "suite.json").read_text())["datasets"] if suite else []
+    if not names:
+        return entries
+    by_name = {entry["name"]: entry for entry in entries}
+    return [by_name[name] for name in names if name in by_name]
 
 
 def suite_names(suite: str | None) -> list[str]:
@@ -381,6 +387,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workloads", nargs="*", choices=sorted(WORKLOADS), default=["images", "text"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--suite", metavar="DIR", help="a tuning suite written by benchmarks/tuning_suite.py")
+    parser.add_argument("--datasets", nargs="+", metavar="NAME", help="only these datasets of the suite, in order")
     parser.add_argument("--only-autotl", action="store_true",
                         help="skip the recipe: autotl gets 2x its recorded seconds, or --time-limit-s")
     parser.add_argument("--time-limit-s", type=int, help="autotl's --time-limit in seconds instead of 2x the recipe's")
@@ -395,6 +402,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.autotl_arg and args.kind == records.AUTOTL:
         parser.error("--autotl-arg changes the search: name the ablation with --kind NAME")
+    if args.datasets and not args.suite:
+        parser.error("--datasets names datasets of a suite: give --suite DIR")
+    if args.datasets and args.suite:
+        unknown = sorted(set(args.datasets) - set(suite_names(args.suite)))
+        if unknown:
+            parser.error(f"not in {args.suite}/suite.json: {', '.join(unknown)}")
     if args.kind == records.RECIPE:
         parser.error("--kind recipe is the recipe's own; choose another name")
     if not args.workloads and not args.suite and not args.report:

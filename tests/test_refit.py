@@ -68,8 +68,12 @@ def test_the_refit_trains_the_best_trials_epochs_on_every_labelled_example(refit
     _, store, result, config, messages = refit_search
     search = store.get_search("refit")
     best = result.best
-    head = [(m.epoch, m.value) for m in store.epoch_metrics(best.id) if m.phase == "head" and m.name == "val_accuracy"]
-    best_head_epoch = max(head, key=lambda item: (item[1], -item[0]))[0]  # the first of the best
+    head: dict[int, dict[str, float]] = {}
+    for metric in store.epoch_metrics(best.id):
+        if metric.phase == "head":
+            head.setdefault(metric.epoch, {})[metric.name] = metric.value
+    # The best accuracy; of equal ones, the lower validation loss; then the earlier epoch.
+    best_head_epoch = min(head, key=lambda epoch: (-head[epoch]["val_accuracy"], head[epoch]["val_loss"], epoch))
     expected = {"trial": best.number, "examples": search.config["train_examples"] + search.config["val_examples"],
                 "head_epochs": best.best_epoch if best.best_phase == "head" else best_head_epoch,
                 "finetune_epochs": best.best_epoch if best.best_phase == "finetune" else 0}

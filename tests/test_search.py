@@ -293,3 +293,19 @@ def test_a_worker_is_replaced_once_its_memory_grew_past_the_limit():
     finally:
         worker._process.kill()
         worker._process.wait()
+
+
+def test_the_best_epoch_of_a_tie_is_the_one_with_the_lower_validation_loss():
+    """Within a trial as between trials (tests/test_store.py): equal accuracy, lower loss wins."""
+    from autotl.search.records import Objective
+    from autotl.search.runner import BestEpoch
+
+    weight = keras.Variable(0.0)
+    tracker = BestEpoch(Objective("val_accuracy", "max"))
+    callback = tracker.callback("head", [weight])
+    for epoch, (accuracy, loss) in enumerate([(0.9, 0.5), (1.0, 0.4), (1.0, 0.2), (1.0, 0.3), (0.95, 0.1)]):
+        weight.assign(float(epoch))
+        callback.on_epoch_end(epoch, {"val_accuracy": accuracy, "val_loss": loss})
+    assert tracker.best == ("head", 3) and tracker.best_logs["val_loss"] == 0.2
+    tracker.restore()
+    assert float(keras.ops.convert_to_numpy(weight)) == 2.0

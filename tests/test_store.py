@@ -238,6 +238,29 @@ def test_best_trial_min_direction_and_nan(store):
     assert (best.id, best.number, best.value) == (tie_first, 2, 0.2)
 
 
+def finished(store: Store, search_id: int, value: float, **metrics) -> int:
+    trial = store.start_trial(search_id, "t", {"head_lr": 0.001})
+    store.finish_trial(trial.id, COMPLETED, value=value, metrics=metrics)
+    return trial.id
+
+
+@pytest.mark.parametrize("direction", ["max", "min"])
+def test_on_a_tie_the_lower_validation_loss_then_the_shallower_fine_tune_wins(store, direction):
+    """Small validation sets tie (every trial at accuracy 1.0): the earliest trial is no reason to win."""
+    search = store.create_search(**search_fields(direction=direction))
+    worse = 0.5 if direction == "max" else 1.5
+    finished(store, search.id, 1.0, val_loss=0.30, unfreeze_depth_applied=18)  # 1
+    finished(store, search.id, worse, val_loss=0.01, unfreeze_depth_applied=0)  # 2: lowest loss, worse value
+    lower_loss = finished(store, search.id, 1.0, val_loss=0.10, unfreeze_depth_applied=9)  # 3
+    shallower = finished(store, search.id, 1.0, val_loss=0.10, unfreeze_depth_applied=4)  # 4: same loss, fewer blocks
+    finished(store, search.id, 1.0)  # 5: no loss recorded: after those with one
+    row = store.get_search(search.id)
+    assert [t.id for t in store.best_trials(row, 2)] == [shallower, lower_loss]
+    assert store.best_trial(row).id == shallower
+    listed = store.select_trials(row, sort="value")
+    assert [t.number for t in listed] == [4, 3, 1, 5, 2]  # `autotl trials --sort value` agrees
+
+
 def test_best_trial_is_none_without_a_completed_trial(store):
     search = store.create_search(**search_fields())
     add_trial(store, search.id, FAILED, 0.9)

@@ -40,6 +40,7 @@ class TrainingPlan:
     tensorboard_dir: str | None = None  # the search's TensorBoard folder (DIR/NAME, autotl.insight.board); None: no logs
     deadline: float | None = None  # time.time() by which training stops (--time-limit, autotl.search.budget)
     kept_checkpoints: int = 1  # the best trials whose checkpoints are kept: 1, or the ensemble's pool (--ensemble-size)
+    checkpoint_soup: bool = False  # a fine-tune keeps its best epochs' weights and averages them greedily
 
 
 @dataclass
@@ -47,9 +48,13 @@ class Objective:
     name: str
     direction: str  # "max" | "min"
 
-    def better(self, value: float, reference: float | None) -> bool:
+    def better(self, value: float, reference: float | None, loss: float | None = None,
+               reference_loss: float | None = None) -> bool:
+        """Whether `value` beats `reference`; on a tie, whether its validation `loss` is the lower (where given)."""
         if reference is None:
             return True
+        if value == reference and loss is not None and reference_loss is not None:
+            return loss < reference_loss
         return value > reference if self.direction == "max" else value < reference
 
 

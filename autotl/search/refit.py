@@ -27,6 +27,7 @@ import numpy as np
 from autotl.search.budget import Deadline, format_duration
 from autotl.search.records import FINETUNE, HEAD, Objective, TrialData
 from autotl.store import Search, Store, Trial
+from autotl.store.queries import TIE_BREAK_METRIC
 
 REFIT_KIND = "refit"  # the artifact kind of a refit model
 RESULT_KEY = "refit_result"  # in the search's stored config: what the refit did
@@ -43,11 +44,16 @@ def plan_for(store: Store, best: Trial, objective: Objective) -> RefitPlan:
     """The epochs of each phase the refit trains: those that led to the best trial's best epoch."""
     if best.best_phase != FINETUNE:
         return RefitPlan(best, int(best.best_epoch), 0)
-    head = [(m.epoch, m.value) for m in store.epoch_metrics(best.id) if m.phase == HEAD and m.name == objective.name]
+    head: dict[int, dict[str, float]] = {}
+    for metric in store.epoch_metrics(best.id):
+        if metric.phase == HEAD:
+            head.setdefault(metric.epoch, {})[metric.name] = metric.value
     best_head = None
-    for epoch, value in head:  # the fine-tuning phase started from the best head epoch
-        if best_head is None or objective.better(value, best_head[1]):
-            best_head = (epoch, value)
+    for epoch, logs in head.items():  # the fine-tuning phase started from the best head epoch, chosen as the runner's
+        value = logs.get(objective.name)
+        if value is not None and (best_head is None or objective.better(
+                value, best_head[1].get(objective.name), logs.get(TIE_BREAK_METRIC), best_head[1].get(TIE_BREAK_METRIC))):
+            best_head = (epoch, logs)
     return RefitPlan(best, best_head[0] if best_head else 1, int(best.best_epoch))
 
 

@@ -34,9 +34,11 @@ from autotl.cache.entries import ActivationCache
 from autotl.cache.batches import batches, predict_in_order, sequence_lengths, variable_length_inputs
 from autotl.cache.source import ActivationSource, Phase
 from autotl.search.hypermodel import BACKBONE_LAYER, ReusableBackbone, TransferHyperModel, set_unfreeze_depth
+from autotl.search.soup import SOUP_METRIC, TopEpochs, greedy_soup
 from autotl.search.records import (FINETUNE, HEAD, VAL_PROBS_NAME, Objective, TrainingPlan, TrialData, TrialFailed,
                                    TrialOutcome)
 from autotl.store import Store
+from autotl.store.queries import TIE_BREAK_METRIC, rank_key, trial_rank
 
 CHECKPOINT_NAME = "model.keras"
 
@@ -102,11 +104,15 @@ class TrialRunner:
         epochs, finetune_epochs = self._epoch_budget(values)
         deadline = Deadline(self.plan.deadline) if self.plan.deadline is not None else None
         recipe = Recipe.from_values(values)
+        top_epochs: list[TopEpochs] = []  # the fine-tuning phase's best epochs, with --checkpoint-soup
 
         def fit(learning_rate: float, phase: str, phase_epochs: int, depth: int) -> None:
             phase_data = feed.phase(depth)
             logger = _EpochLogger(self.store, trial_id, trial_number, phase, phase_epochs, on_epoch)
             callbacks = [FailOnNonFiniteLoss(phase), tracker.callback(phase, phase_data.model.weights), logger]
+            if phase == FINETUNE and self.plan.checkpoint_soup:
+                top_epochs.append(TopEpochs(self.objective, phase_data.model.weights))
+                callbacks.append(top_epochs[-1])
             if board is not None:
                 callbacks.append(_BoardLogger(board, phase))
             if deadline is not None:
@@ -127,6 +133,8 @@ class TrialRunner:
             raise TrialFailed(f"no finite {self.objective.name} in any epoch")
         outcome = TrialOutcome(tracker.best_value, tracker.best[0], tracker.best[1],
                                {**tracker.best_logs, "unfreeze_depth_applied": depth}, feed.report())
+        if top_epochs and outcome.phase == FINETUNE and len(top_epochs[0].best) > 1:
+            outcome = self._soup(outcome, top_epochs[0], feed.phase(depth), data)
         # A best epoch of the head phase left the blocks as they were: the head on the cached
         # backbone output computes what the model does. After it, the fine-tuned blocks do too.
         best_depth = depth if outcome.phase == FINETUNE else 0
@@ -204,6 +212,21 @@ class TrialRunner:
         phase.model.fit(train.x, train.y, validation_data=val.as_validation(), epochs=epochs,
                         batch_size=train.batch_size, shuffle=train.shuffle, callbacks=callbacks, verbose=0)
 
+    def _soup(self, outcome: TrialOutcome, top: TopEpochs, phase: Phase, data: TrialData) -> TrialOutcome:
+        """The trial's result once its best fine-tuning epochs are mixed (`autotl.search.soup`); the model
+        holds the soup, which is never worse on validation than the best epoch alone."""
+        epochs, logs = greedy_soup(top.best, top.variables, lambda: self._validate(phase, data), self.objective)
+        return TrialOutcome(logs[self.objective.name], outcome.phase, outcome.epoch,
+                            {**outcome.metrics, **logs, SOUP_METRIC: float(len(epochs))}, outcome.data_path)
+
+    def _validate(self, phase: Phase, data: TrialData) -> dict[str, float]:
+        """The compiled model's loss and metrics on the validation split, named as `fit` logs them."""
+        val = batches(phase.x_val, data.y_val, self.plan.batch_size, lengths=sequence_lengths(data.x_val),
+                      croppable=variable_length_inputs(phase.model, phase.x_val))
+        sized = {"batch_size": val.batch_size} if val.y is not None else {}
+        results = phase.model.evaluate(val.x, val.y, verbose=0, return_dict=True, **sized)
+        return {f"val_{name}": float(value) for name, value in results.items()}
+
     def _checkpoint_if_kept(self, model: keras.Model, phase: Phase, data: TrialData, trial_id: int, trial_number: int,
                             outcome: TrialOutcome) -> None:
         """Keep the model of a trial among the best `plan.kept_checkpoints` completed so far (the
@@ -213,7 +236,9 @@ class TrialRunner:
         recorded as completed (`TransferTuner`), so a kill never leaves a search without one.
         """
         kept = self.store.best_trials(self.store.get_search(self.search_id), self.plan.kept_checkpoints)
-        if len(kept) >= self.plan.kept_checkpoints and not self.objective.better(outcome.value, kept[-1].value):
+        direction = self.objective.direction
+        if (len(kept) >= self.plan.kept_checkpoints
+                and rank_key(outcome.value, outcome.metrics, trial_number, direction) > trial_rank(kept[-1], direction)):
             return
         trial_dir = self.workdir / f"trial_{trial_number:03d}"
         trial_dir.mkdir(parents=True, exist_ok=True)
@@ -262,7 +287,8 @@ class BestEpoch:
                 value = (logs or {}).get(tracker.objective.name)
                 if value is None or not math.isfinite(value):
                     return
-                if tracker.objective.better(value, tracker.best_value):
+                if tracker.objective.better(value, tracker.best_value, logs.get(TIE_BREAK_METRIC),
+                                            tracker.best_logs.get(TIE_BREAK_METRIC)):
                     tracker.best, tracker.best_value = (phase, epoch + 1), float(value)
                     tracker.best_logs = {k: float(v) for k, v in logs.items()}
                     tracker._values = [keras.ops.convert_to_numpy(v) for v in tracker._variables]

@@ -88,11 +88,31 @@ def filter_trials(trials: list[Trial], statuses: Collection[str] = (), where: di
                     for name, value in where.items())]
 
 
+# Small validation sets tie: with 30 examples, every trial may reach accuracy 1.0. On equal objective values
+# the lower validation loss wins (the more confident model on the same examples), then the trial that
+# fine-tuned fewer blocks (the cheaper, less-fitted model), then the earlier one.
+TIE_BREAK_METRIC = "val_loss"
+DEPTH_METRIC = "unfreeze_depth_applied"
+
+
+def rank_key(value: float | None, metrics: dict[str, Any] | None, number: int, direction: str) -> tuple:
+    """The sort key of a result, best first: no value last, then the objective, the loss, the depth, the number."""
+    metrics = metrics or {}
+    loss = metrics.get(TIE_BREAK_METRIC)
+    loss = loss if isinstance(loss, (int, float)) and math.isfinite(loss) else math.inf
+    sign = -1 if direction == "max" else 1
+    missing = value is None or not math.isfinite(value)  # PostgreSQL keeps a NaN that SQLite stores as NULL
+    return (missing, 0.0 if missing else sign * value, loss, metrics.get(DEPTH_METRIC) or 0, number)
+
+
+def trial_rank(trial: Trial, direction: str) -> tuple:
+    return rank_key(trial.value, trial.metrics, trial.number, direction)
+
+
 def sort_trials(trials: list[Trial], sort_by: str, direction: str) -> list[Trial]:
-    """By number; by objective value, best first by `direction`; or by duration, longest first."""
-    if sort_by == "value":  # best first; trials without a value last
-        sign = -1 if direction == "max" else 1
-        return sorted(trials, key=lambda t: (t.value is None, sign * (t.value or 0.0), t.number))
+    """By number; by objective value, best first by `direction` (ties as `rank_key`); or by duration, longest first."""
+    if sort_by == "value":
+        return sorted(trials, key=lambda t: trial_rank(t, direction))
     if sort_by == "duration":  # longest first; trials still running (no duration) last
         return sorted(trials, key=lambda t: (t.duration_s is None, -(t.duration_s or 0.0), t.number))
     return sorted(trials, key=lambda t: t.number)

@@ -25,7 +25,7 @@ from autotl.store.migrations import SCHEMA_VERSION, upgrade
 from autotl.store.models import (COMPLETED, INTERRUPTED, RUNNING, Artifact, Base, EpochMetric, Meta, Search, Trial,
                                  utc_now)
 from autotl.store.queries import (SearchSummary, check_where_names, filter_trials, search_summary_query, sort_trials,
-                                  summarize)
+                                  summarize, trial_rank)
 
 DEFAULT_STORE = "sqlite:///autotl.db"
 SQLITE_BUSY_TIMEOUT_S = 60
@@ -284,20 +284,18 @@ class Store:
         return sort_trials(filter_trials(listed, statuses, where), sort, search.direction)[:limit]
 
     def best_trial(self, search: Search) -> Trial | None:
-        """The completed trial with the best objective value (ties: the earliest)."""
+        """The completed trial with the best objective value (ties: `queries.rank_key`)."""
         best = self.best_trials(search, 1)
         return best[0] if best else None
 
     def best_trials(self, search: Search, count: int) -> list[Trial]:
-        """The `count` completed trials with the best objective values, best first (ties: the earliest)."""
-        order = Trial.value.desc() if search.direction == "max" else Trial.value.asc()
+        """The `count` completed trials with the best objective values, best first (ties: `queries.rank_key`).
+
+        Sorted in Python: the tie-break reads the metrics' JSON, and a search has a few hundred trials at most."""
         with self.session() as session:
-            return list(session.scalars(
-                sa.select(Trial)
-                .where(Trial.search_id == search.id, Trial.status == COMPLETED, Trial.value.is_not(None))
-                .order_by(order, Trial.number)
-                .limit(count)
-            ))
+            completed = session.scalars(sa.select(Trial).where(
+                Trial.search_id == search.id, Trial.status == COMPLETED, Trial.value.is_not(None)))
+            return sorted(completed, key=lambda trial: trial_rank(trial, search.direction))[:count]
 
     def completed_trial(self, search_id: int, tuner_trial_id: str) -> Trial | None:
         """The completed row of KerasTuner's trial `tuner_trial_id`, if the store holds one."""
