@@ -62,6 +62,7 @@ RUNS_FILE = "portfolio-runs.jsonl"
 BACKBONE = {"image": "efficientnet_lite0", "text": "bert"}
 SIZE_OPTION = {"image": ["--image-size", "96"], "text": ["--sequence-length", "64"]}  # as benchmarks/quality.py
 HEAD = {"head_layers": 0, "dropout": 0.2, "head_lr": 1e-3}
+FINETUNE_EPOCHS = "finetune_epochs"  # not a hyperparameter: passed as `autotl search --finetune-epochs`
 CANDIDATES: dict[str, dict[str, dict[str, Any]]] = {
     "image": {
         "probe": {DEPTH_FRACTION: 0.0, "pooling": "avg", "head_layers": 1, "head_units": 256, "dropout": 0.3,
@@ -79,7 +80,13 @@ CANDIDATES: dict[str, dict[str, dict[str, Any]]] = {
         "all-3e-5": {DEPTH_FRACTION: 1.0, "finetune_lr": 3e-5, "pooling": "mean", **HEAD, "dropout": 0.1},
         "all-5e-5": {DEPTH_FRACTION: 1.0, "finetune_lr": 5e-5, "pooling": "mean", **HEAD, "dropout": 0.1},
         "all-1e-4": {DEPTH_FRACTION: 1.0, "finetune_lr": 1e-4, "pooling": "mean", **HEAD, "dropout": 0.1},
+        "all-2e-4": {DEPTH_FRACTION: 1.0, "finetune_lr": 2e-4, "pooling": "mean", **HEAD, "dropout": 0.1},
         "all-5e-5-cls": {DEPTH_FRACTION: 1.0, "finetune_lr": 5e-5, "pooling": "cls", **HEAD, "dropout": 0.1},
+        # bert's fine-tuning epochs (its default_finetune_epochs, 4 above) chosen the same way: 2 and 8.
+        "all-1e-4-2ep": {DEPTH_FRACTION: 1.0, "finetune_lr": 1e-4, "pooling": "mean", **HEAD, "dropout": 0.1,
+                         FINETUNE_EPOCHS: 2},
+        "all-1e-4-8ep": {DEPTH_FRACTION: 1.0, "finetune_lr": 1e-4, "pooling": "mean", **HEAD, "dropout": 0.1,
+                         FINETUNE_EPOCHS: 8},
     },
 }
 
@@ -137,6 +144,8 @@ def run_candidate(name: str, values: dict[str, Any], dataset: dict, suite_dir: P
                "--backbone", BACKBONE[dataset["modality"]], *SIZE_OPTION[dataset["modality"]],
                "--space", str(folder / "space.yaml"), "--max-trials", "1", "--no-portfolio", "--name", "run",
                "--store", store, "--workdir", str(folder / "work"), "--cache-dir", str(work / "cache")]
+    epochs = CANDIDATES[dataset["modality"]].get(name, {}).get(FINETUNE_EPOCHS)
+    command += ["--finetune-epochs", str(epochs)] if epochs is not None else []
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
     seconds = round(time.perf_counter() - started, 1)

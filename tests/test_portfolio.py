@@ -144,10 +144,13 @@ def test_the_portfolio_procedure_adds_what_covers_the_datasets_best_then_the_fas
     assert [s["add"] for s in steps] == ["c", "b"]  # after c, a and b both reach 0.875 on average: b is faster
     assert [s["mean_best_scaled"] for s in steps] == [0.75, 0.875]
     assert [s["add"] for s in benchmark.greedy_portfolio(scores, {"a": 1.0, "b": 5.0}, size=3)] == ["c", "a", "b"]
-    # Every candidate in the script fits its modality's default space.
+    # Every candidate in the script fits its modality's default space, and differs from the others there
+    # (or in its fine-tuning epochs, which the search takes as an option).
     for modality, candidates in benchmark.CANDIDATES.items():
         space = build_space(modality, None, None, blocks=7)
-        assert len(first_trials(space, list(candidates.values()))) == len(candidates)
+        distinct = {(json.dumps(fitted(space, entry), sort_keys=True, default=str), entry.get(benchmark.FINETUNE_EPOCHS))
+                    for entry in candidates.values()}
+        assert len(distinct) == len(candidates)
 
 
 # --------------------------------------------------------------------------- benchmarks/portfolio.py in pieces
@@ -304,3 +307,24 @@ def test_a_record_cut_short_by_a_stop_is_left_out_and_the_next_one_lands_whole(t
     log.write_text('{"candidate": "a"}\n{"candidate": "b", "da')
     benchmark.append_record(log, {"candidate": "c"})
     assert benchmark.read_records(log) == [{"candidate": "a"}, {"candidate": "c"}]
+
+
+# The modalities whose shipped entries are not yet the procedure's output, and why. A modality leaves this
+# set once results/portfolio.json holds its complete run; the test below then requires its entries to match.
+NOT_YET_CHOSEN_ON_THE_SUITE = {"image": "its 18 suite trials are still running (results/portfolio.md lists them)",
+                               "text": "its 27 suite trials are still running (results/portfolio.md lists them)"}
+
+
+def test_the_shipped_portfolio_is_the_procedures_output_on_the_tuning_suite():
+    from pathlib import Path
+
+    benchmark = _portfolio_benchmark()
+    document = json.loads((Path(__file__).resolve().parents[1] / "results" / "portfolio.json").read_text())
+    for modality in PORTFOLIOS:
+        part = document["modalities"].get(modality, {})
+        if modality in NOT_YET_CHOSEN_ON_THE_SUITE:
+            assert part.get("missing") or not part, f"{modality}: complete now, ship its selection"
+            continue
+        assert part and not part["missing"] and not part["failed"], f"{modality}: the procedure's run is incomplete"
+        chosen = [benchmark.CANDIDATES[modality][step["add"]] for step in part["steps"]]
+        assert PORTFOLIOS[modality] == chosen
