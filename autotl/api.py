@@ -48,8 +48,10 @@ class SearchResult:
     search: Search
     best: Trial | None
     trials: list[Trial]
-    resumed: bool = False  # an unfinished search of that name was continued
+    resumed: bool = False  # a search of that name was continued (an unfinished one, or a finished one extended)
     already_finished: bool = False  # it had completed before: nothing was run
+    extended: bool = False  # a finished search given more trials or time
+    reran: int = 0  # trials this run found interrupted and ran again
 
 
 def objective_direction(objective: str) -> str:
@@ -83,9 +85,10 @@ def search(config: SearchConfig, store: Store | str = DEFAULT_STORE, reporter: R
         if existing is not None:
             check_resumable(existing, config, prepared)
         row = existing or _create_search_row(store, config, prepared)
+        extended, reran = existing is not None and extends(existing, config), 0
         with SearchLock(row.workdir, row.name):
             if existing is not None:
-                row = _reopen(store, row, config, reporter)
+                row, reran = _reopen(store, row, config, reporter)
             if deadline is not None:  # where workers that join read it
                 row = store.update_search_config(row.id, {DEADLINE_KEY: deadline.at})
             _run_search(config, store, row, prepared, reporter, process, resume=existing is not None,
@@ -100,14 +103,20 @@ def search(config: SearchConfig, store: Store | str = DEFAULT_STORE, reporter: R
         store.finish_search(row.id, FAILED, "no trial completed")
         raise AutotlError(f"search {row.name!r}: no trial completed (see `autotl trials {row.name}`)")
     store.finish_search(row.id, COMPLETED)
-    return _result(store, store.get_search(row.id), resumed=existing is not None)
+    return _result(store, store.get_search(row.id), resumed=existing is not None, extended=extended, reran=reran)
 
 
 def resume(search_ref: str | int, store: Store | str = DEFAULT_STORE, reporter: Reporter | None = None,
-           registry: Registry | None = None, started_at: float | None = None) -> SearchResult:
-    """Continue a search (by name or id) with the configuration it was started with."""
+           registry: Registry | None = None, started_at: float | None = None, *, max_trials: int | None = None,
+           time_limit: float | None = None) -> SearchResult:
+    """Continue a search (by name or id) with the configuration it was started with; `max_trials` or
+    `time_limit`, where given, replace the stored ones, and extend a finished search that they ask more of.
+    A time limit without `max_trials` lifts the trial cap, as ``autotl search --time-limit`` has none."""
     store = store if isinstance(store, Store) else Store(store)
-    return search(config_from_record(store.get_search(search_ref)), store, reporter, registry, started_at)
+    config = config_from_record(store.get_search(search_ref), max_trials=max_trials, time_limit=time_limit)
+    if time_limit is not None and max_trials is None:
+        config.max_trials = None
+    return search(config, store, reporter, registry, started_at)
 
 
 def join(search_ref: str | int, chief: str, store: Store | str = DEFAULT_STORE, *, data: str | None = None,
@@ -161,24 +170,24 @@ def _find_search(store: Store, name: str | None) -> Search | None:
         return None
 
 
-def _result(store: Store, row: Search, **flags: bool) -> SearchResult:
+def _result(store: Store, row: Search, **flags: bool | int) -> SearchResult:
     return SearchResult(store, row, store.best_trial(row), store.list_trials(row.id), **flags)
 
 
-def _reopen(store: Store, row: Search, config: SearchConfig, reporter: Reporter) -> Search:
-    """Take an unfinished search up again (the trials it was running when it stopped are interrupted),
-    or a finished one to more trials."""
+def _reopen(store: Store, row: Search, config: SearchConfig, reporter: Reporter) -> tuple[Search, int]:
+    """Take an unfinished search up again (the trials it was running when it stopped are interrupted, and run
+    again), or a finished one to more trials; returns the search and how many trials it found interrupted."""
     interrupted = store.interrupt_running_trials(row.id, "interrupted: the search stopped during this trial")
     completed = store.count_trials(row.id, COMPLETED)
     if extends(row, config):
         before = describe_budget(row.config.get("max_trials"), row.config.get("time_limit"))
         reporter.message(f"extending search {row.name!r} from {before} to "
                          f"{describe_budget(config.max_trials, config.time_limit)}: {completed} trials completed")
-        return store.reopen_search(row.id, {"max_trials": config.max_trials, "time_limit": config.time_limit})
+        return store.reopen_search(row.id, {"max_trials": config.max_trials, "time_limit": config.time_limit}), interrupted
     again = f"; {interrupted} interrupted trial(s) will run again" if interrupted else ""
     of_cap = f" of {config.max_trials}" if config.max_trials is not None else ""
     reporter.message(f"resuming search {row.name!r}: {completed}{of_cap} trials completed{again}")
-    return store.reopen_search(row.id)
+    return store.reopen_search(row.id), interrupted
 
 
 def _run_search(config: SearchConfig, store: Store, row: Search, prepared: "Prepared", reporter: Reporter,
@@ -186,7 +195,9 @@ def _run_search(config: SearchConfig, store: Store, row: Search, prepared: "Prep
     """Run the tuner and record how the search ended; errors leave as one-line AutotlErrors."""
     from autotl.search.tuner import TooManyFailures
 
-    reporter.search_started(row.name, store.display_url, config.max_trials, deadline)
+    best = store.best_trial(row)  # a resumed or extended search's best so far counts its earlier trials
+    reporter.search_started(row.name, store.display_url, config.max_trials, deadline,
+                            best=best.value if best is not None else None)
     reporter.examples_skipped(data_module.skipped_of(prepared.train, prepared.val))
     try:
         _run_tuner(config, store, row, prepared, reporter, process, resume=resume,
@@ -338,8 +349,9 @@ def _trial_data(prepared: Prepared) -> TrialData:
 def _say_if_stopped_by_deadline(oracle, config: SearchConfig, store: Store, row: Search, reporter: Reporter) -> None:
     if oracle.stopped_by_deadline:
         another = "another trial and the refit" if config.refit else "another"
+        completed = store.count_trials(row.id, COMPLETED)
         reporter.message(f"--time-limit {format_duration(config.time_limit)} reached: "
-                         f"{store.count_trials(row.id, COMPLETED)} trials completed, and {another} would not have "
+                         f"{completed} trial{'' if completed == 1 else 's'} completed, and {another} would not have "
                          f"finished in the {format_duration(max(0.0, oracle.deadline.left()))} left")
 
 

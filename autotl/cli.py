@@ -157,12 +157,18 @@ def search(data: str, **options: Any) -> None:
 @main.command()
 @click.argument("search_ref", metavar="SEARCH")
 @STORE_OPTION
+@click.option("--max-trials", type=click.IntRange(min=1), default=None,
+              help="Go on to this many trials: more than it had extends a finished search  [default: as stored]")
+@click.option("--time-limit", type=DURATION, metavar="DURATION", default=None,
+              help="Time for this run, e.g. 10m; without --max-trials it lifts the trial cap, so a finished "
+                   "search runs more trials for that long  [default: as stored]")
 @handle_errors
-def resume(search_ref: str, store: str) -> None:
-    """Continue SEARCH (a name or id) after it was killed or interrupted, as it was started.
+def resume(search_ref: str, store: str, max_trials: int | None, time_limit: float | None) -> None:
+    """Continue SEARCH (a name or id) after it was killed or interrupted, as it was started,
+    or extend a finished one with --max-trials or --time-limit.
 
     Completed trials are kept; the trials that were running are marked interrupted
-    and run again. A search that has finished says so and exits 0.
+    and run again. A search that has finished, and is not extended, says so and exits 0.
     """
     from autotl import api
     from autotl.insight.progress import ConsoleReporter
@@ -170,7 +176,8 @@ def resume(search_ref: str, store: str) -> None:
 
     opened = Store(store)
     reporter = ConsoleReporter(opened.get_search(search_ref).objective)
-    _print_result(api.resume(search_ref, opened, reporter=reporter, started_at=STARTED_AT))
+    _print_result(api.resume(search_ref, opened, reporter=reporter, started_at=STARTED_AT, max_trials=max_trials,
+                             time_limit=time_limit))
 
 
 @main.command()

@@ -64,8 +64,8 @@ def test_a_time_limit_stops_a_long_trial_at_its_deadline_and_the_search_exports(
                      "--name", "timed", "--workdir", tmp_path / "runs", "--time-limit", "8s",
                      "--epochs", "5000", "--patience", "5000", "--trials-per-worker", "0")
     assert result.returncode == 0, result.stderr
-    assert "--time-limit 8s reached: 1 trials completed" in result.stderr
-    assert "search 'timed': 1 trials completed" in result.stdout
+    assert "--time-limit 8s reached: 1 trial completed" in result.stderr
+    assert "search 'timed': 1 trial completed" in result.stdout
     (created,) = _rows(db, "select created_at from searches")[0]
     trials = _rows(db, "select status, finished_at, best_epoch from trials")
     assert [t[0] for t in trials] == ["completed"]

@@ -124,12 +124,25 @@ def test_a_finished_search_says_so_and_exits_0_and_a_changed_one_is_refused(tmp_
     extended = run_cli(*args, cwd=tmp_path)
     assert extended.returncode == 0, extended.stderr
     assert "extending search 'done' from 2 trials to 3 trials: 2 trials completed" in extended.stderr
-    assert "search 'done': 3/3 trials completed (resumed)" in extended.stdout
+    assert "search 'done': 3/3 trials completed (extended)" in extended.stdout
     after = completed_rows(store, "done")
     assert len(after) == 3 and after.items() >= rows_before.items(), "the first two trials are kept as they were"
     assert store.get_search("done").config["max_trials"] == 3
     again = run_cli("resume", "done", "--store", tmp_path / "autotl.db", cwd=tmp_path)
     assert again.returncode == 0 and "already finished" in again.stdout
+    # `resume` extends it with no other option given (issue 29, 2), and "best so far" counts every trial (29, 1).
+    more = run_cli("resume", "done", "--max-trials", "4", "--store", tmp_path / "autotl.db", cwd=tmp_path)
+    assert more.returncode == 0, more.stderr
+    assert "search 'done': 4/4 trials completed (extended)" in more.stdout
+    values = [value for _, value, _ in completed_rows(store, "done").values()]
+    (ended,) = [line for line in more.stderr.splitlines() if line.startswith("trial 4 completed")]
+    assert ended.endswith(f"best so far {max(values):.4g}"), (ended, values)
+    timed = run_cli("resume", "done", "--time-limit", "15s", "--store", tmp_path / "autotl.db", cwd=tmp_path)
+    assert timed.returncode == 0, timed.stderr
+    assert "trials completed (extended)" in timed.stdout  # how many more fit in 15 s depends on the machine
+    assert "extending search 'done' from 4 trials to 15s" in timed.stderr
+    assert store.get_search("done").config["time_limit"] == 15
+    assert store.get_search("done").config["max_trials"] is None  # a time limit alone lifts the cap
     args[args.index("--max-trials") + 1] = "1"
     fewer = run_cli(*args, cwd=tmp_path)
     assert fewer.returncode == 2 and "different max_trials" in fewer.stderr
@@ -214,3 +227,17 @@ def test_progress_lines_count_a_rerun_against_the_maximum():
     assert lines[1].startswith("  trial 3/5 head     epoch 1/2")
     assert lines[2] == "trial 7 (re-run of trial 3; 4/5 completed): head_units=32"
     assert lines[3].startswith("  trial 7 head     epoch 1/2")
+
+
+def test_best_so_far_starts_from_the_trials_completed_before():
+    """The figures of issue 29: a resumed search printed `best so far 0.5333` beside an earlier 0.6833."""
+    import io
+    from types import SimpleNamespace
+
+    from autotl.insight.progress import ConsoleReporter
+
+    stream = io.StringIO()
+    reporter = ConsoleReporter("val_accuracy", stream=stream)
+    reporter.search_started("s", "sqlite:///x.db", 5, best=0.6833)
+    reporter.trial_ended(SimpleNamespace(number=4, status="completed", value=0.5333, best_phase="head", best_epoch=2))
+    assert stream.getvalue().splitlines()[-1].endswith("best so far 0.6833")

@@ -17,8 +17,10 @@ from autotl.search.budget import format_duration
 class Reporter:
     """Receives progress events; the base class ignores them all."""
 
-    def search_started(self, name: str, store_url: str, max_trials: int | None, deadline: Any = None) -> None:
-        """`max_trials` None: no cap (a time-limited search); `deadline`: its `autotl.search.budget.Deadline`."""
+    def search_started(self, name: str, store_url: str, max_trials: int | None, deadline: Any = None, *,
+                       best: float | None = None) -> None:
+        """`max_trials` None: no cap (a time-limited search); `deadline`: its `autotl.search.budget.Deadline`;
+        `best`: the best value of the trials it completed before (a resumed or extended search)."""
 
     def examples_skipped(self, skipped: list[tuple[str, str]]) -> None:
         """The image files or text rows the data loading skipped, as ``(source, reason)``."""
@@ -48,8 +50,9 @@ class ConsoleReporter(Reporter):
         self._labels: dict[int, str] = {}  # trial number -> how its epoch lines name it
         self.deadline = None
 
-    def search_started(self, name, store_url, max_trials, deadline=None):
+    def search_started(self, name, store_url, max_trials, deadline=None, *, best=None):
         self.deadline = deadline
+        self._update_best(best)
         budget = [f"up to {max_trials} trials"] if max_trials is not None else []
         if deadline is not None:
             budget.append(f"for {format_duration(deadline.left())}")

@@ -6,16 +6,23 @@ from __future__ import annotations
 from typing import Any
 
 
+def how_continued(result) -> str:
+    """`` (extended)``, `` (resumed; 2 interrupted trial(s) ran again)``, or nothing for a new search."""
+    if result.extended:
+        return " (extended)"
+    if not result.resumed:
+        return ""
+    return f" (resumed; {result.reran} interrupted trial(s) ran again)" if result.reran else " (resumed)"
+
+
 def search_result_lines(result) -> list[str]:
     """How the search ended: trials completed, its best trial, the store, the next command."""
     best, search = result.best, result.search
     completed = sum(t.status == "completed" for t in result.trials)
-    interrupted = sum(t.status == "interrupted" for t in result.trials)
     lines = [f"search {search.name!r} had already finished; nothing to run"] if result.already_finished else []
-    again = f"; {interrupted} interrupted trial(s) ran again" if interrupted else ""
     cap = search.config.get("max_trials", len(result.trials))
     lines += [f"search {search.name!r}: {completed}{f'/{cap}' if cap is not None else ''} "
-              "trials completed" + (f" (resumed{again})" if result.resumed else ""),
+              f"{'trial' if completed == 1 and cap is None else 'trials'} completed{how_continued(result)}",
               f"best trial: {best.number}  {search.objective} {best.value:.4f}  "
               f"({best.best_phase} epoch {best.best_epoch})",
               f"hyperparameters: {best.hyperparameters_line()}",
