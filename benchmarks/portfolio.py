@@ -363,6 +363,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"folder of {RUNS_FILE}, portfolio.json and portfolio.md (default results/)")
     parser.add_argument("--report", action="store_true",
                         help=f"only rebuild portfolio.json and portfolio.md from {RUNS_FILE}; run nothing")
+    parser.add_argument("--revision", metavar="DIGEST",
+                        help="record and count runs under this code digest instead of the checkout's: to finish a "
+                             "run begun at DIGEST after commits that left a trial's training as it was (say which "
+                             "in the results); the command, with this option, is in every record")
     return parser
 
 
@@ -382,7 +386,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     suite = json.loads((args.suite_dir / "suite.json").read_text())["datasets"]
-    code = code_revision()
+    code = args.revision or code_revision()
     log = args.out / RUNS_FILE
     command = shlex.join(["python", "benchmarks/portfolio.py", *(sys.argv[1:] if argv is None else argv)])
 

@@ -267,6 +267,7 @@ class Benchmark:
             log(f"{tag}: recorded at {found['revision']}, skipped")
             return found
         log(f"{tag} ...")
+        busy = other_benchmarks()  # they slow both the recipe and autotl: the record says so
         started = time.perf_counter()
         try:
             figures = action()
@@ -274,8 +275,8 @@ class Benchmark:
             traceback.print_exc()
             figures = {"error": f"{type(error).__name__}: {' '.join(str(error).split())[:500]}",
                        "seconds": round(time.perf_counter() - started, 1)}
-        record = self.log.append({**self.stamp, **base, **figures,
-                                  "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        record = self.log.append({**self.stamp, **base, **figures, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                  "beside": sorted(set(busy) | set(other_benchmarks()))})
         self.ran += 1
         self.failed += "error" in record
         log(f"{tag}: {summary(record)}")
@@ -331,6 +332,20 @@ class Benchmark:
                                        suite_names(self.args.suite), self.args.seeds[0],
                                        "python benchmarks/quality.py --report", quick=self.args.quick))
         return path
+
+
+def other_benchmarks() -> list[str]:
+    """The other benchmark scripts running on this machine now (their script names), from /proc."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            parts = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        scripts = [p.decode(errors="replace") for p in parts if p.startswith(b"benchmarks/") and p.endswith(b".py")]
+        if scripts and int(cmdline.parent.name) != os.getpid():
+            found.append(Path(scripts[0]).name)
+    return found
 
 
 def recipe_figures(modality: str, paths: dict[str, Path], seed: int, quick: bool) -> dict[str, Any]:

@@ -258,6 +258,12 @@ def render(records: list[dict[str, Any]], code: str, recipe: str, expected: list
               f"{len(over)} ended more than 5 % over their `--time-limit`"
               + (": " + ", ".join(f"{r['workload']} seed {r['seed']} {r['kind']} ({r['over_limit_pct']:+.1f} %)"
                                   for r in over) if over else "") + ".", ""]
+    busy = [r for r in selection.runs if r.get("beside")]
+    if busy:
+        lines += ["Runs made beside another benchmark on the same machine: "
+                  + ", ".join(f"{r['workload']} seed {r['seed']} {r['kind']} ({', '.join(r['beside'])})" for r in busy)
+                  + ". Their seconds, and what fitted in a time limit, are not comparable with an idle machine's.",
+                  ""]
     missing = missing_runs(selection, expected)
     lines += ["## Still to run", "", ("- " + "\n- ".join(missing)) if missing else "Nothing: every expected run is "
               "recorded.", ""]

@@ -98,9 +98,10 @@ def test_the_report_sets_each_ablation_against_the_default_run_of_the_same_seed(
 
 
 def test_the_report_names_runs_over_their_time_limit_and_failed_ones():
-    runs = [record(over_limit_pct=7.5), record(seed=1, over_limit_pct=4.0),
+    runs = [record(over_limit_pct=7.5), record(seed=1, over_limit_pct=4.0, beside=["portfolio.py"]),
             record(seed=2, error="RuntimeError: boom")]
     markdown = report(runs)
+    assert "beside another benchmark on the same machine: images seed 1 autotl (portfolio.py)" in markdown
     assert "2 autotl runs; 1 ended more than 5 % over their `--time-limit`: images seed 0 autotl (+7.5 %)" in markdown
     assert "- images seed 2 autotl: RuntimeError: boom" in markdown
 
