@@ -275,12 +275,34 @@ def modality_part(records: list[dict], suite: list[dict], modality: str, code: s
               for d in datasets}
     complete = [d for d in datasets if len(scores[d]) == len(candidates)]
     seconds = {c: round(sum(chosen[c, d]["seconds"] for d in complete), 1) for c in candidates}
+    # An entry is a point of the search space; fine-tuning epochs are the backbone's, chosen apart (`epoch_choice`).
+    entries = [c for c in candidates if FINETUNE_EPOCHS not in CANDIDATES[modality][c]]
     return {"candidates": candidates, "datasets": datasets, "scores": scores, "seconds_on_complete": seconds,
             "runs": list(chosen.values()),
             "missing": [[c, d] for c in candidates for d in datasets if d not in scores or c not in scores[d]],
             "failed": [[c, d] for (c, d), r in chosen.items() if "val_accuracy" not in r],
             "complete_datasets": complete,
-            "steps": greedy_portfolio({d: scores[d] for d in complete}, seconds, size) if complete else []}
+            "steps": greedy_portfolio({d: {c: scores[d][c] for c in entries} for d in complete}, seconds, size)
+            if complete else [],
+            "epochs": epoch_choice(modality, {d: scores[d] for d in complete})}
+
+
+def epoch_choice(modality: str, scores: dict[str, dict[str, float]]) -> list[dict]:
+    """Each candidate that differs from another only in its fine-tuning epochs, with that other (the
+    backbone's own epochs): mean validation accuracy and mean scaled accuracy over `scores`' datasets."""
+    family = CANDIDATES[modality]
+    rows = []
+    for name, entry in family.items():
+        if FINETUNE_EPOCHS not in entry:
+            continue
+        base = next(b for b, e in family.items() if e == {k: v for k, v in entry.items() if k != FINETUNE_EPOCHS})
+        for candidate, epochs in ((base, None), (name, entry[FINETUNE_EPOCHS])):
+            if scores and candidate not in (row["candidate"] for row in rows):
+                table = scaled(scores)
+                rows.append({"candidate": candidate, "finetune_epochs": epochs or "the backbone's",
+                             "mean_val_accuracy": round(sum(s[candidate] for s in scores.values()) / len(scores), 4),
+                             "mean_scaled": round(sum(t[candidate] for t in table.values()) / len(table), 4)})
+    return rows
 
 
 def machines(records: list[dict]) -> list[dict]:
@@ -320,7 +342,12 @@ def render_part(modality: str, part: dict) -> list[str]:
         return lines
     steps = ", then ".join(f"{s['add']} ({s['mean_best_scaled']})" for s in part["steps"])
     lines += [f"Greedy selection over {', '.join(part['complete_datasets'])} (the datasets with a result of "
-              f"every candidate): {steps}", ""]
+              f"every candidate; the entries, not their fine-tuning epochs): {steps}", ""]
+    if part.get("epochs"):
+        lines += ["Fine-tuning epochs (the same entry, the backbone's epochs or as given; over the same datasets):",
+                  "", "| candidate | fine-tuning epochs | mean validation accuracy | mean scaled |", "|---|---|---|---|"]
+        lines += [f"| {r['candidate']} | {r['finetune_epochs']} | {r['mean_val_accuracy']:.4f} | {r['mean_scaled']:.4f} |"
+                  for r in part["epochs"]] + [""]
     return lines
 
 

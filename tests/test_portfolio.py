@@ -328,3 +328,23 @@ def test_the_shipped_portfolio_is_the_procedures_output_on_the_tuning_suite():
         assert part and not part["missing"] and not part["failed"], f"{modality}: the procedure's run is incomplete"
         chosen = [benchmark.CANDIDATES[modality][step["add"]] for step in part["steps"]]
         assert PORTFOLIOS[modality] == chosen
+
+
+def test_fine_tuning_epochs_are_compared_apart_and_never_a_portfolio_entry(monkeypatch):
+    benchmark = _portfolio_benchmark()
+    text = benchmark.CANDIDATES["text"]
+    scores = {d: {c: 0.5 for c in text} for d in ("a", "b")}
+    scores["a"].update({"all-1e-4": 0.80, "all-1e-4-2ep": 0.70, "all-1e-4-8ep": 0.90})
+    scores["b"].update({"all-1e-4": 0.60, "all-1e-4-2ep": 0.70, "all-1e-4-8ep": 0.95})
+    rows = {row["candidate"]: row for row in benchmark.epoch_choice("text", scores)}
+    assert set(rows) == {"all-1e-4", "all-1e-4-2ep", "all-1e-4-8ep"}
+    assert rows["all-1e-4-8ep"]["finetune_epochs"] == 8 and rows["all-1e-4"]["finetune_epochs"] == "the backbone's"
+    assert rows["all-1e-4"]["mean_val_accuracy"] == 0.7 and rows["all-1e-4-8ep"]["mean_scaled"] == 1.0
+    # An 8-epoch run best everywhere is still not a portfolio entry: the selection picks among the space's.
+    candidates = {"a": {"x": 1}, "a-8ep": {"x": 1, benchmark.FINETUNE_EPOCHS: 8}, "b": {"x": 2}}
+    monkeypatch.setattr(benchmark, "CANDIDATES", {"image": candidates, "text": {}})
+    records = [_record(benchmark, c, d, v, entry=candidates[c]) for d in ("d1", "d2")
+               for c, v in (("a", 0.7), ("a-8ep", 0.9), ("b", 0.8))]
+    part = benchmark.modality_part(records, FAKE_SUITE, "image", "rev1", 2)
+    assert [step["add"] for step in part["steps"]] == ["b", "a"]
+    assert [(row["candidate"], row["mean_val_accuracy"]) for row in part["epochs"]] == [("a", 0.7), ("a-8ep", 0.9)]
