@@ -265,7 +265,8 @@ def test_the_report_counts_only_the_current_revision_and_selects_over_complete_d
     markdown = benchmark.render(document)
     assert "| b | 0.5000 | error | 5 |" in markdown
     assert "Still missing: (b, d2)." in markdown
-    assert "Greedy selection over d1 (the datasets with a result of every candidate): a (1.0), then c (1.0)" in markdown
+    assert ("Greedy selection over d1 (the datasets with a result of every candidate; the entries, not their "
+            "fine-tuning epochs): a (1.0), then c (1.0)") in markdown
     assert "Greedy selection: none yet" in markdown
 
 
