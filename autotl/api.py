@@ -183,7 +183,8 @@ def _reopen(store: Store, row: Search, config: SearchConfig, reporter: Reporter)
         before = describe_budget(row.config.get("max_trials"), row.config.get("time_limit"))
         reporter.message(f"extending search {row.name!r} from {before} to "
                          f"{describe_budget(config.max_trials, config.time_limit)}: {completed} trials completed")
-        return store.reopen_search(row.id, {"max_trials": config.max_trials, "time_limit": config.time_limit}), interrupted
+        budget = {"max_trials": config.max_trials, "time_limit": config.time_limit}
+        return store.reopen_search(row.id, budget), interrupted
     again = f"; {interrupted} interrupted trial(s) will run again" if interrupted else ""
     of_cap = f" of {config.max_trials}" if config.max_trials is not None else ""
     reporter.message(f"resuming search {row.name!r}: {completed}{of_cap} trials completed{again}")

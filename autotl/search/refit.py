@@ -49,10 +49,12 @@ def plan_for(store: Store, best: Trial, objective: Objective) -> RefitPlan:
         if metric.phase == HEAD:
             head.setdefault(metric.epoch, {})[metric.name] = metric.value
     best_head = None
-    for epoch, logs in head.items():  # the fine-tuning phase started from the best head epoch, chosen as the runner's
+    for epoch, logs in head.items():  # fine-tuning started from the best head epoch, chosen as the runner chose it
         value = logs.get(objective.name)
-        if value is not None and (best_head is None or objective.better(
-                value, best_head[1].get(objective.name), logs.get(TIE_BREAK_METRIC), best_head[1].get(TIE_BREAK_METRIC))):
+        if value is None:
+            continue
+        if best_head is None or objective.better(value, best_head[1][objective.name], logs.get(TIE_BREAK_METRIC),
+                                                 best_head[1].get(TIE_BREAK_METRIC)):
             best_head = (epoch, logs)
     return RefitPlan(best, best_head[0] if best_head else 1, int(best.best_epoch))
 

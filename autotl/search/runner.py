@@ -237,8 +237,8 @@ class TrialRunner:
         """
         kept = self.store.best_trials(self.store.get_search(self.search_id), self.plan.kept_checkpoints)
         direction = self.objective.direction
-        if (len(kept) >= self.plan.kept_checkpoints
-                and rank_key(outcome.value, outcome.metrics, trial_number, direction) > trial_rank(kept[-1], direction)):
+        rank = rank_key(outcome.value, outcome.metrics, trial_number, direction)
+        if len(kept) >= self.plan.kept_checkpoints and rank > trial_rank(kept[-1], direction):
             return
         trial_dir = self.workdir / f"trial_{trial_number:03d}"
         trial_dir.mkdir(parents=True, exist_ok=True)
