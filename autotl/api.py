@@ -198,7 +198,7 @@ def _run_search(config: SearchConfig, store: Store, row: Search, prepared: "Prep
 
     best = store.best_trial(row)  # a resumed or extended search's best so far counts its earlier trials
     reporter.search_started(row.name, store.display_url, config.max_trials, deadline,
-                            best=best.value if best is not None else None)
+                            best=best.value if best is not None else None, time_limit=config.time_limit)
     reporter.examples_skipped(data_module.skipped_of(prepared.train, prepared.val))
     try:
         _run_tuner(config, store, row, prepared, reporter, process, resume=resume,

@@ -241,3 +241,17 @@ def test_best_so_far_starts_from_the_trials_completed_before():
     reporter.search_started("s", "sqlite:///x.db", 5, best=0.6833)
     reporter.trial_ended(SimpleNamespace(number=4, status="completed", value=0.5333, best_phase="head", best_epoch=2))
     assert stream.getvalue().splitlines()[-1].endswith("best so far 0.6833")
+
+
+def test_a_time_limited_search_says_the_limit_given_and_the_time_left():
+    """Issue 29, 6: `--time-limit 40s` printed `for 30s`, the time left after start-up, as if it were the limit."""
+    import io
+
+    from autotl.insight.progress import ConsoleReporter
+    from autotl.search.budget import Deadline
+
+    stream = io.StringIO()
+    ConsoleReporter("val_accuracy", stream=stream).search_started("s", "sqlite:///x.db", None, Deadline.after(30),
+                                                                 time_limit=40)
+    assert stream.getvalue().startswith("search 's': for --time-limit 40s, 3")  # 30s or 29s left
+    assert stream.getvalue().split(", logging")[0].endswith("s left")

@@ -18,9 +18,10 @@ class Reporter:
     """Receives progress events; the base class ignores them all."""
 
     def search_started(self, name: str, store_url: str, max_trials: int | None, deadline: Any = None, *,
-                       best: float | None = None) -> None:
-        """`max_trials` None: no cap (a time-limited search); `deadline`: its `autotl.search.budget.Deadline`;
-        `best`: the best value of the trials it completed before (a resumed or extended search)."""
+                       best: float | None = None, time_limit: float | None = None) -> None:
+        """`max_trials` None: no cap (a time-limited search); `deadline`: its `autotl.search.budget.Deadline`,
+        set by `time_limit` seconds; `best`: the best value of the trials it completed before (a resumed or
+        extended search)."""
 
     def examples_skipped(self, skipped: list[tuple[str, str]]) -> None:
         """The image files or text rows the data loading skipped, as ``(source, reason)``."""
@@ -50,12 +51,13 @@ class ConsoleReporter(Reporter):
         self._labels: dict[int, str] = {}  # trial number -> how its epoch lines name it
         self.deadline = None
 
-    def search_started(self, name, store_url, max_trials, deadline=None, *, best=None):
+    def search_started(self, name, store_url, max_trials, deadline=None, *, best=None, time_limit=None):
         self.deadline = deadline
         self._update_best(best)
         budget = [f"up to {max_trials} trials"] if max_trials is not None else []
-        if deadline is not None:
-            budget.append(f"for {format_duration(deadline.left())}")
+        if deadline is not None:  # the limit as given, and what start-up (imports, data, the backbone) left of it
+            given = f"--time-limit {format_duration(time_limit)}, " if time_limit is not None else ""
+            budget.append(f"for {given}{format_duration(deadline.left())} left")
         self._print(f"search {name!r}: {' or '.join(budget)}, logging to {store_url}")
 
     def examples_skipped(self, skipped):
