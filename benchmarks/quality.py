@@ -329,8 +329,8 @@ class Benchmark:
     def write_report(self) -> Path:
         path = self.out / ("quality-quick.md" if self.args.quick else "quality.md")
         path.write_text(records.render(self.log.records(), self.code, self.recipe, expected_runs(self.args),
-                                       suite_names(self.args.suite), self.args.seeds[0],
-                                       "python benchmarks/quality.py --report", quick=self.args.quick))
+                                       suite_names(self.args.suite), self.args.seeds[0], command_line(),
+                                       quick=self.args.quick))
         return path
 
 

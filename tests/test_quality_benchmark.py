@@ -108,7 +108,7 @@ def test_autotl_gets_twice_the_recipes_time(quick_run, workload):
 def test_report_has_the_tables_and_the_machine(quick_run):
     records, markdown, stderr, _ = quick_run
     assert "Quick smoke run" in markdown
-    assert "python benchmarks/quality.py --report" in markdown
+    assert "Rebuilt by `python benchmarks/quality.py --quick" in markdown
     assert records[0]["machine"]["cpu"] in markdown
     for workload in WORKLOADS:
         assert f"### {workload}" in markdown
