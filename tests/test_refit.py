@@ -159,7 +159,7 @@ def test_without_time_for_it_the_search_skips_the_refit_and_says_so(tmp_path, mn
                      "--no-portfolio", "--store", store_url, "--workdir", tmp_path / "runs")
     assert result.returncode == 0, result.stderr
     assert "no refit: it would take about" in result.stdout + result.stderr
-    assert "trials completed, and another trial and the refit would not have finished" in result.stderr
+    assert "completed, and another trial and the refit would not have finished" in result.stderr
     store = Store(store_url)
     search = store.get_search("tight")
     assert RESULT_KEY not in search.config and not store.artifacts(search.id, kind=REFIT_KIND)

@@ -188,7 +188,10 @@ def test_predict_accepts_wrapped_base64_and_data_urls(server, digits):
                                                              {"image_b64": "data:image/png;base64," + b64(digits[0])}]})
     assert status == 200
     first, second = body["predictions"]
-    assert first == second
+    # The same image decoded from both encodings. Two rows of one batch may differ in float32's last bits
+    # (the kernels' vector lanes): the same label, the same probabilities to 1e-6.
+    assert first["label"] == second["label"]
+    assert first["probabilities"] == pytest.approx(second["probabilities"], abs=1e-6)
 
 
 def test_a_chunked_body_is_read(server, digits):
