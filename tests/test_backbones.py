@@ -62,17 +62,24 @@ class Case:
     # test_cache; the matrix adds the keras.applications ones, whose one-element list input every
     # trial failed on.
     on_torch: bool = False
+    # Which of the two searches ("cached", "uncached") only the whole suite runs (pytest -m slow), to keep CI short.
+    slow: tuple = ()
 
 
 BACKBONES = {
-    "resnet50": Case("image", "none", every_format=True, in_worker=True, on_torch=True),
-    "efficientnet_lite0": Case("image", "imagenet"),
+    "resnet50": Case("image", "none", every_format=True, in_worker=True, on_torch=True,
+                     slow=("cached", "uncached")),
+    "efficientnet_lite0": Case("image", "imagenet", slow=("uncached",)),
     "bert": Case("text", "all-minilm-l6-v2", options=("--sequence-length", "16"), cached=False),
-    "mobilenet_v2": Case("image", "none", on_torch=True),  # the README's plugin example
+    "mobilenet_v2": Case("image", "none", on_torch=True, slow=("uncached",)),  # the README's plugin example
 }
 
 
 CASES = [name for name, case in BACKBONES.items() if ON_TENSORFLOW or case.on_torch]
+
+
+def cases(search: str, names: list[str]) -> list:
+    return [pytest.param(name, marks=pytest.mark.slow) if search in BACKBONES[name].slow else name for name in names]
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +135,7 @@ def _predict(export_dir: Path, inputs: list[str], plugin, text: bool) -> np.ndar
     return np.array([[row["probabilities"][label] for label in labels] for row in rows])
 
 
-@pytest.mark.parametrize("backbone", [name for name in CASES if BACKBONES[name].cached])
+@pytest.mark.parametrize("backbone", cases("cached", [name for name in CASES if BACKBONES[name].cached]))
 def test_a_cached_search_runs_both_depths_and_every_export_predicts_like_the_checkpoint(
         backbone, tmp_path, mnist_dir, reviews_csv, readme_plugin_file):
     case = BACKBONES[backbone]
@@ -172,7 +179,7 @@ def assert_close(got: np.ndarray, expected: np.ndarray, what: str, tolerance: fl
     assert difference <= tolerance, what
 
 
-@pytest.mark.parametrize("backbone", CASES)
+@pytest.mark.parametrize("backbone", cases("uncached", CASES))
 def test_a_search_without_the_cache_runs_both_depths_end_to_end(backbone, tmp_path, mnist_dir, reviews_csv,
                                                                  readme_plugin_file):
     data = reviews_csv if BACKBONES[backbone].modality == "text" else mnist_dir

@@ -10,10 +10,14 @@ import socket
 import subprocess
 import time
 
+import pytest
+
 from autotl.search.space import default_space
 from autotl.store import COMPLETED, RUNNING, Store
 
 from conftest import TINY_PLUGIN, autotl_command
+
+pytestmark = pytest.mark.slow  # minutes of real searches: the whole suite only (README: Tests)
 
 MAX_TRIALS = 4
 

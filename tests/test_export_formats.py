@@ -318,6 +318,7 @@ def mixed_exported(request, tmp_path_factory, mnist_dir):
             "reference": reference}
 
 
+@pytest.mark.slow
 def test_a_mixed_precision_search_exports_every_format(mixed_exported):
     result = mixed_exported["export"]
     assert result.returncode == 0, result.stderr
@@ -325,6 +326,7 @@ def test_a_mixed_precision_search_exports_every_format(mixed_exported):
     assert {"model.keras", "model.onnx", "model.tflite", "saved_model"} <= {p.name for p in mixed_exported["out"].iterdir()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ALL_FORMATS)
 def test_a_mixed_precision_export_predicts_like_the_float32_model_without_autotl(mixed_exported, fmt, mnist_dir,
                                                                                  tmp_path):
@@ -354,6 +356,7 @@ def test_a_mixed_precision_export_predicts_like_the_float32_model_without_autotl
         assert np.array_equal(results[name].argmax(axis=1), expected.argmax(axis=1))
 
 
+@pytest.mark.slow
 def test_a_format_that_fails_leaves_nothing_and_names_it_and_the_others_export_without_it(tmp_path, mnist_dir):
     """One failing format does not leave the others half exported: nothing is written, the one line says
     which failed and how to export the rest, and that command works (issue 17, 2). The tiny backbone with

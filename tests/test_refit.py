@@ -152,6 +152,7 @@ def test_a_time_limited_search_keeps_room_for_the_refit():
     assert not room_for_a_trial(deadline, [30.0, 40.0], reserve=70.0)
 
 
+@pytest.mark.slow
 def test_without_time_for_it_the_search_skips_the_refit_and_says_so(tmp_path, mnist_dir):
     store_url = f"sqlite:///{tmp_path / 'autotl.db'}"
     result = run_cli("search", mnist_dir, "--backbone", "tiny_cnn", "--plugin", TINY_PLUGIN, "--image-size", "16",

@@ -52,6 +52,7 @@ def orphan_trial_workers(parent_pid: int) -> list[int]:
     return found
 
 
+@pytest.mark.slow
 def test_a_search_killed_three_times_at_random_moments_resumes_to_exactly_max_trials(tmp_path, mnist_dir):
     store = Store(tmp_path / "autotl.db")
     rng = random.Random(20261127)
@@ -100,6 +101,7 @@ def test_a_search_killed_three_times_at_random_moments_resumes_to_exactly_max_tr
     assert [a.trial_id for a in checkpoints] == [store.best_trial(search).id]
 
 
+@pytest.mark.slow
 def test_a_finished_search_says_so_and_exits_0_and_a_changed_one_is_refused(tmp_path, mnist_dir):
     args = search_args(mnist_dir, tmp_path, "done")
     args[args.index("--max-trials") + 1] = "2"
@@ -148,6 +150,7 @@ def test_a_finished_search_says_so_and_exits_0_and_a_changed_one_is_refused(tmp_
     assert fewer.returncode == 2 and "different max_trials" in fewer.stderr
 
 
+@pytest.mark.slow
 def test_a_trial_the_store_holds_as_completed_is_not_run_again(tmp_path, mnist_dir):
     """The kill that falls after the store recorded a trial and before KerasTuner did."""
     args = search_args(mnist_dir, tmp_path, "dedup")
@@ -175,6 +178,7 @@ NAN_SPACE = ("head_lr: {values: [1.0e+12]}\nhead_layers: {values: [2]}\npooling:
              "dropout: {values: [0.0]}\nunfreeze_depth: {values: [0]}\n")
 
 
+@pytest.mark.slow
 def test_nan_losses_fail_a_trial_at_once_and_max_failures_stops_the_search_cleanly(tmp_path, mnist_dir):
     (tmp_path / "nan.yaml").write_text(NAN_SPACE)
     result = run_cli(*search_args(mnist_dir, tmp_path, "diverges", "--space", tmp_path / "nan.yaml",

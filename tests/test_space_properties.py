@@ -26,6 +26,8 @@ from autotl.search.space import build_space, check_depth_within, declare
 
 from conftest import TINY_PLUGIN
 
+pytestmark = pytest.mark.slow  # minutes of real searches: the whole suite only (README: Tests)
+
 BLOCKS = 3  # the tiny backbone's
 NAMES = ["pooling", "head_layers", "head_units", "dropout", "unfreeze_depth", "head_lr", "finetune_lr", "augment",
          "optimizer", "weight_decay", "lr_schedule", "warmup", "label_smoothing"]

@@ -74,6 +74,7 @@ def val_snippets(text_search):
     return texts, str(root / "tokens.npz"), expected
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_format", ALL_FORMATS)
 def test_text_export_predicts_the_search_probabilities_in_a_fresh_process(text_export, val_snippets, model_format):
     manifest = json.loads((text_export / "autotl.json").read_text())
@@ -85,6 +86,7 @@ def test_text_export_predicts_the_search_probabilities_in_a_fresh_process(text_e
     np.testing.assert_allclose(probs, expected[:12], atol=1e-5 if model_format in ("keras", "savedmodel") else 1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ALL_FORMATS)
 def test_each_text_format_predicts_like_the_keras_model_without_autotl(text_export, val_snippets, fmt, tmp_path):
     """Real MiniLM, 20 real snippets: the SavedModel tokenizes raw strings itself (tensorflow-text ops);
@@ -102,6 +104,7 @@ def test_each_text_format_predicts_like_the_keras_model_without_autotl(text_expo
     assert difference <= TOLERANCE[fmt]
 
 
+@pytest.mark.slow
 def test_text_manifest_says_what_each_format_takes(text_export):
     inputs = json.loads((text_export / "autotl.json").read_text())["inputs"]
     tokens = {name: {"shape": [None, None], "dtype": "int32"} for name in ("token_ids", "segment_ids", "padding_mask")}
