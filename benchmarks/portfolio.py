@@ -181,29 +181,6 @@ def run_key(record: dict) -> tuple:
             record["revision"], record["dataset_digest"])
 
 
-def read_records(path: Path) -> list[dict]:
-    """Every record of the runs file in order; a line cut short by a stopped run is left out."""
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records
-
-
-def append_record(path: Path, record: dict) -> None:
-    """Append one JSON line at once (after a newline if a stopped run left the last line unfinished)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    cut_short = path.exists() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(("\n" if cut_short else "") + json.dumps(record, default=str) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
 # --------------------------------------------------------------------------- running
 
 
@@ -231,7 +208,8 @@ def run_missing(suite_dir: Path, suite: list[dict], modalities: list[str], names
                 after_each: Callable[[], None] = lambda: None) -> int:
     """Run every planned run that `log` has no successful record of, appending each as it ends and
     calling `after_each` then; returns how many ran. `runner` and `values_of` are replaceable for tests."""
-    done = {run_key(r) for r in read_records(log) if "val_accuracy" in r}
+    runs = quality_records.RunLog(log)
+    done = {run_key(r) for r in runs.records() if "val_accuracy" in r}
     ran = 0
     with tempfile.TemporaryDirectory(prefix="autotl-portfolio-") as tmp:
         for record, dataset in planned_runs(suite, modalities, names, code, values_of):
@@ -239,7 +217,7 @@ def run_missing(suite_dir: Path, suite: list[dict], modalities: list[str], names
                 continue
             record.update(runner(record["candidate"], record["values"], dataset, suite_dir, Path(tmp)))
             record.update(extra or {})
-            append_record(log, record)
+            runs.append(record)
             print(json.dumps({k: v for k, v in record.items() if k not in ("values", "entry", "machine")}), flush=True)
             ran += 1
             after_each()
@@ -415,11 +393,11 @@ def main(argv: list[str] | None = None) -> int:
     suite = json.loads((args.suite_dir / "suite.json").read_text())["datasets"]
     code = args.revision or code_revision()
     log = args.out / RUNS_FILE
+    runs = quality_records.RunLog(log)
     command = shlex.join(["python", "benchmarks/portfolio.py", *(sys.argv[1:] if argv is None else argv)])
 
     def rebuild() -> None:
-        write_report(args.out, build_document(read_records(log), suite, args.modalities, code, args.size,
-                                              command, log))
+        write_report(args.out, build_document(runs.records(), suite, args.modalities, code, args.size, command, log))
 
     if not args.report:
         sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 from pathlib import Path
 from typing import Any, Iterable
@@ -119,6 +120,7 @@ class RunLog:
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(("\n" if cut_short else "") + json.dumps(record, default=str, sort_keys=True) + "\n")
             handle.flush()
+            os.fsync(handle.fileno())  # on disk before the next run starts: a stop loses no finished run
         return record
 
 

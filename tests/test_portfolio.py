@@ -137,6 +137,11 @@ def _portfolio_benchmark():
     return module
 
 
+def _runs_file(path):
+    """The benchmark's runs file (benchmarks/quality_records.RunLog, which the portfolio benchmark imports)."""
+    return _portfolio_benchmark().quality_records.RunLog(path)
+
+
 def test_the_portfolio_procedure_adds_what_covers_the_datasets_best_then_the_faster():
     benchmark = _portfolio_benchmark()
     # An all-rounder first, then a specialist: on d1 "a" is best, on d2 "b"; "c" is good on both.
@@ -174,7 +179,7 @@ def _runs(tmp_path, benchmark, runner, modalities=("image", "text"), names=None,
     return benchmark.run_missing(tmp_path / "suite", FAKE_SUITE, list(modalities), names, log, "rev1",
                                  extra={"machine": {"cpu": "test"}}, runner=runner, values_of=values_of,
                                  after_each=lambda: benchmark.write_report(tmp_path / "out", benchmark.build_document(
-                                     benchmark.read_records(log), FAKE_SUITE, list(modalities), "rev1", 2, "test",
+                                     _runs_file(log).records(), FAKE_SUITE, list(modalities), "rev1", 2, "test",
                                      log)))
 
 
@@ -183,7 +188,7 @@ def test_a_stopped_portfolio_run_restarts_where_it_stopped_and_retries_failures(
     monkeypatch.setattr(benchmark, "CANDIDATES", FAKE_CANDIDATES)
     log = tmp_path / "out" / benchmark.RUNS_FILE
     # A success of c on d1, but from other code: it must run again.
-    benchmark.append_record(log, {"candidate": "c", "dataset": "d1", "values": _fake_values({"x": 3}, "image"),
+    _runs_file(log).append({"candidate": "c", "dataset": "d1", "values": _fake_values({"x": 3}, "image"),
                                   "revision": "rev0", "dataset_digest": benchmark.dataset_digest(FAKE_SUITE[0]),
                                   "val_accuracy": 0.9, "seconds": 1.0})
     calls = []
@@ -200,7 +205,7 @@ def test_a_stopped_portfolio_run_restarts_where_it_stopped_and_retries_failures(
     with pytest.raises(_Stopped):
         _runs(tmp_path, benchmark, runner)
     assert calls == [("a", "d1"), ("a", "d2"), ("b", "d1")]
-    assert len(benchmark.read_records(log)) == 4  # each finished run landed at once
+    assert len(_runs_file(log).records()) == 4  # each finished run landed at once
     partial = (tmp_path / "out" / "portfolio.md").read_text()
     assert "Still missing: (a, d2), (b, d2), (c, d1), (c, d2)." in partial and "| a | 0.5100 | error | 0 |" in partial
 
@@ -208,7 +213,7 @@ def test_a_stopped_portfolio_run_restarts_where_it_stopped_and_retries_failures(
     stop_after = None
     assert _runs(tmp_path, benchmark, runner) == 5
     assert calls == [("a", "d2"), ("b", "d2"), ("c", "d1"), ("c", "d2"), ("p", "t1")]
-    record = benchmark.read_records(log)[-1]
+    record = _runs_file(log).records()[-1]
     assert record["revision"] == "rev1" and record["machine"] == {"cpu": "test"} and record["command"] == "fake"
     assert record["values"] == {"unfreeze_depth": 2, "modality": "text"}
     assert "Every run is there." in (tmp_path / "out" / "portfolio.md").read_text()
@@ -279,8 +284,8 @@ def test_report_rebuilds_from_the_records_without_running(tmp_path, monkeypatch)
     (suite_dir / "suite.json").write_text(json.dumps({"datasets": FAKE_SUITE}))
     code = benchmark.code_revision()
     for candidate, accuracy in (("a", 0.9), ("b", 0.5), ("c", 0.8)):
-        benchmark.append_record(out / benchmark.RUNS_FILE, _record(benchmark, candidate, "d1", accuracy, revision=code))
-    benchmark.append_record(out / benchmark.RUNS_FILE, _record(benchmark, "p", "t1", 0.7, revision="0ld"))
+        _runs_file(out / benchmark.RUNS_FILE).append(_record(benchmark, candidate, "d1", accuracy, revision=code))
+    _runs_file(out / benchmark.RUNS_FILE).append(_record(benchmark, "p", "t1", 0.7, revision="0ld"))
     assert benchmark.main([str(suite_dir), "--report", "--out", str(out), "--modalities", "text", "image"]) == 0
     document = json.loads((out / "portfolio.json").read_text())
     assert list(document["modalities"]) == ["text", "image"]
@@ -307,8 +312,8 @@ def test_a_record_cut_short_by_a_stop_is_left_out_and_the_next_one_lands_whole(t
     benchmark = _portfolio_benchmark()
     log = tmp_path / benchmark.RUNS_FILE
     log.write_text('{"candidate": "a"}\n{"candidate": "b", "da')
-    benchmark.append_record(log, {"candidate": "c"})
-    assert benchmark.read_records(log) == [{"candidate": "a"}, {"candidate": "c"}]
+    _runs_file(log).append({"candidate": "c"})
+    assert _runs_file(log).records() == [{"candidate": "a"}, {"candidate": "c"}]
 
 
 # The modalities whose shipped entries are not yet the procedure's output, and why. A modality leaves this
