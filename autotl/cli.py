@@ -136,7 +136,7 @@ def main() -> None:
               help="Log each trial for TensorBoard to DIR/NAME/trial_NNN: per-epoch scalars of each phase, "
                    "its hyperparameters and objective (HParams); view with `tensorboard --logdir DIR/NAME`.")
 @PLUGIN_OPTION
-@handle_errors
+@handle_errors(needs_keras=False)  # imported once the inputs pass the checks that need no Keras
 def search(data: str, **options: Any) -> None:
     """Search for the best fine-tuned model on DATA.
 
@@ -149,8 +149,11 @@ def search(data: str, **options: Any) -> None:
     from autotl.store import Store
 
     options["plugin_files"] = list(options["plugin_files"])
-    store = Store(options.pop("store"))
+    store_url = options.pop("store")
     config = api.SearchConfig(data=data, **options)
+    config.check_inputs()
+    import_keras_quietly()
+    store = Store(store_url)
     _print_result(api.search(config, store, reporter=ConsoleReporter(config.objective), started_at=STARTED_AT))
 
 
@@ -316,7 +319,7 @@ def best(search_ref: str, store: str, as_json: bool) -> None:
                    "trial alone.")
 @STORE_OPTION
 @PLUGIN_OPTION
-@handle_errors
+@handle_errors(needs_keras=False)  # imported once the search and --out pass the checks that need no Keras
 def export(search_ref: str, out_dir: str, formats: tuple[str, ...], store: str, plugin_files: tuple[str, ...],
            refit: bool, ensemble: bool) -> None:
     """Export the best model of SEARCH, with its manifest autotl.json."""
@@ -326,7 +329,8 @@ def export(search_ref: str, out_dir: str, formats: tuple[str, ...], store: str, 
     from autotl.store import Store
 
     opened = Store(store)
-    search = opened.get_search(search_ref)
+    search, _, _ = exporter.check_exportable(opened, search_ref, formats, Path(out_dir).expanduser())
+    import_keras_quietly()
     plugin_files = list(plugin_files) or search.config.get("plugin_files", [])
     result = exporter.export(opened, search_ref, out_dir, formats, load_registry(plugin_files), plugin_files,
                              refit=refit, ensemble=ensemble)

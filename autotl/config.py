@@ -129,6 +129,24 @@ class SearchConfig:
 
             require_tensorboard()
 
+    def check_inputs(self) -> None:
+        """Refuse, in one line and before Keras' seconds-long import, what can be refused without it:
+        the options, data and validation paths that do not exist, plugin and space files, an uninstalled backbone."""
+        from autotl.backbones.registry import check_installed
+        from autotl.search.space import load_space_file
+
+        self.validate()
+        for role, path in (("dataset", self.data), ("validation data", self.val_data)):
+            if path is not None and not Path(path).expanduser().exists():
+                raise UsageError(f"{role} path {path} does not exist")
+        for path in self.plugin_files:
+            if not Path(path).is_file():
+                raise UsageError(f"plugin file not found: {path}")
+        if self.space_file:
+            load_space_file(self.space_file)
+        if not self.plugin_files:  # a plugin file's backbones are known once it is imported
+            check_installed(self.backbone)
+
 
 @dataclass
 class Prepared:

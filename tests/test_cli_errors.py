@@ -38,6 +38,12 @@ UNUSABLE = {"5/corrupt.jpg": "not an image format PIL can decode", "6/empty.png"
 CONVERTED = ("1/cmyk.jpg", "2/palette.gif", "3/deep16.png", "4/gray_alpha.png")
 
 
+# `python -c NOTING_IMPORTS ARGS` is `autotl ARGS` that, on its way out, writes which heavy modules it imported.
+NOTING_IMPORTS = ("import atexit, sys; atexit.register(lambda: open('imported', 'w').write(' '.join("
+                  "m for m in ('keras', 'tensorflow', 'torch') if m in sys.modules))); "
+                  "from autotl.cli import main; main()")
+
+
 def run(args, cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     for name in ("AUTOTL_DEBUG", "AUTOTL_STORE"):
@@ -77,7 +83,7 @@ def cases(w: dict) -> dict[str, tuple[list, int, list[str]]]:
 
     return {
         # --- the data folder
-        "missing_data": (search(root / "absent"), 1, ["absent", "does not exist"]),
+        "missing_data": (search(root / "absent"), 2, ["absent", "does not exist"]),
         "data_is_a_file_for_an_image_backbone": (search(bad / "some_empty.csv"), 1,
                                                  ["some_empty.csv", "is a file", "one sub-folder per class"]),
         "empty_data_folder": (search(w["empty"]), 1, ["no class folders"]),
@@ -105,12 +111,12 @@ def cases(w: dict) -> dict[str, tuple[list, int, list[str]]]:
         "jsonl_list_as_label": (text_search("list_label.jsonl"), 1,
                                 ["list_label.jsonl:4", "'label'", "JSON list", "one label"]),
         # --- validation data
-        "val_data_missing": (search(w["data"], "--val-data", root / "absent_val"), 1,
+        "val_data_missing": (search(w["data"], "--val-data", root / "absent_val"), 2,
                              ["validation data", "absent_val", "does not exist"]),
         # --- backbones and plugin files
-        "unknown_backbone": (["search", w["data"], "--backbone", "nope", "--store", STORE], 1,
+        "unknown_backbone": (["search", w["data"], "--backbone", "nope", "--store", STORE], 2,
                              ["'nope'", "resnet50", "autotl plugins"]),
-        "unknown_backbone_family": (["search", w["data"], "--backbone", "nope:Net", "--store", STORE], 1,
+        "unknown_backbone_family": (["search", w["data"], "--backbone", "nope:Net", "--store", STORE], 2,
                                     ["'nope'", "keras:NAME", "autotl plugins"]),
         "unknown_keras_network": (["search", w["data"], "--backbone", "keras:ResNet49", "--store", STORE], 1,
                                   ["'ResNet49'", "keras.applications", "ConvNeXtTiny"]),
@@ -167,8 +173,10 @@ def cases(w: dict) -> dict[str, tuple[list, int, list[str]]]:
         "export_without_completed_trial": (["export", PENDING_NAME, "--out", root / "exported_pending",
                                             "--store", STORE], 1,
                                            [f"'{PENDING_NAME}'", "no completed trial", "1 failed", "autotl trials"]),
-        "export_out_under_a_file": (["export", SEARCH_NAME, "--out", w["a_file"] / "sub", "--store", STORE], 1,
+        "export_out_under_a_file": (["export", SEARCH_NAME, "--out", w["a_file"] / "sub", "--store", STORE], 2,
                                     ["cannot create output folder", "a_file.txt is a file", "--out"]),
+        "export_out_not_empty": (["export", SEARCH_NAME, "--out", w["root"] / "stores", "--store", STORE], 2,
+                                 ["stores", "not empty", "holds no autotl export", "--out"]),
         "duplicate_name_other_options": (search(w["data"], "--name", SEARCH_NAME, "--epochs", "2"), 2,
                                          ["already exists", f"'{SEARCH_NAME}'", "epochs"]),
     }
@@ -395,6 +403,36 @@ def test_a_keras_backend_that_is_not_installed_is_one_line(tmp_path):
     assert result.stderr.strip().splitlines() == [
         "Error: KERAS_BACKEND=torch needs the torch package, which is not installed: install it, or unset "
         "KERAS_BACKEND to use TensorFlow"]
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["{absent}", "-b", "resnet50"], "dataset path"),
+    (["{here}", "-b", "resnet50", "--val-data", "{absent}"], "validation data path"),
+    (["{here}", "-b", "nope"], "unknown backbone 'nope'"),
+    (["{here}", "-b", "nope:Net"], "unknown backbone family 'nope'"),
+    (["{here}", "-b", "tiny_cnn", "--plugin", "{absent}"], "plugin file not found"),
+    (["{here}", "-b", "resnet50", "--space", "{absent}"], "cannot read search-space file"),
+])
+def test_search_refuses_what_needs_no_keras_before_importing_it(tmp_path, args, fragment):
+    """Issue 29, 5: these errors came after TensorFlow's import (7-8 s), with exit 1."""
+    paths = {"{absent}": str(tmp_path / "absent"), "{here}": str(tmp_path)}
+    env = {key: value for key, value in os.environ.items() if key != "AUTOTL_DEBUG"}
+    result = subprocess.run([sys.executable, "-c", NOTING_IMPORTS, "search", *(paths.get(arg, arg) for arg in args)],
+                            capture_output=True, text=True, cwd=tmp_path, env=env, timeout=180)
+    assert result.returncode == 2, result.stderr
+    assert (tmp_path / "imported").read_text() == ""
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("Error: ") and fragment in result.stderr
+    assert not (tmp_path / "autotl.db").exists()
+
+
+@pytest.mark.parametrize("out", ["stores", "a_file.txt/sub"])
+def test_export_refuses_a_bad_out_before_importing_keras(world, out):
+    """Issue 29, 5: a non-empty --out was refused after 14 s of export work."""
+    result = subprocess.run([sys.executable, "-c", NOTING_IMPORTS, "export", SEARCH_NAME, "--out", world["root"] / out,
+                             "--store", world["url"]], capture_output=True, text=True, cwd=world["root"], timeout=180)
+    assert result.returncode == 2, result.stderr
+    assert (world["root"] / "imported").read_text() == ""
+    assert result.stderr.count("\n") == 1 and "choose another --out" in result.stderr
 
 
 def test_help_of_search_shows_store_and_space_options(tmp_path):

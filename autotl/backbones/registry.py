@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Iterable
 
 from autotl.backbones.protocol import MODALITIES, Backbone, BackboneFamily
-from autotl.errors import AutotlError, typed_first_line
+from autotl.errors import AutotlError, UsageError, typed_first_line
 
 ENTRY_POINT_GROUP = "autotl.backbones"
 
@@ -61,7 +61,7 @@ class Registry:
             return self._from_family(prefix, variant)
         self._raise_failed(name)
         known = ", ".join([*sorted(self.backbones), *(f"{p}:NAME" for p in sorted(self.families))]) or "none"
-        raise AutotlError(f"unknown backbone {name!r} (available: {known}; one from a plugin file needs "
+        raise UsageError(f"unknown backbone {name!r} (available: {known}; one from a plugin file needs "
                           "--plugin FILE; see `autotl plugins`)")
 
     def _from_family(self, prefix: str, variant: str) -> Backbone:
@@ -69,7 +69,7 @@ class Registry:
         if family is None:
             self._raise_failed(prefix)
             known = ", ".join(f"{p}:NAME" for p in sorted(self.families)) or "none"
-            raise AutotlError(f"unknown backbone family {prefix!r} (families: {known}; see `autotl plugins`)")
+            raise UsageError(f"unknown backbone family {prefix!r} (families: {known}; see `autotl plugins`)")
         try:
             backbone = family.backbone(variant)
         except AutotlError:
@@ -110,6 +110,19 @@ class Registry:
         # A plugin file given explicitly wins over an installed plugin of the same name.
         self.backbones[backbone.name] = backbone
         self.sources[backbone.name] = source
+
+
+def check_installed(name: str) -> None:
+    """Refuse a backbone that no installed plugin can provide, from the entry points' names alone (no import)."""
+    installed = sorted({entry_point.name for entry_point in entry_points(group=ENTRY_POINT_GROUP)})
+    prefix, colon, _ = name.partition(":")
+    if (prefix if colon else name) in installed:
+        return
+    family = " family" if colon else ""
+    example = "; a family's backbones are PREFIX:NAME, such as keras:NAME" if "keras" in installed else ""
+    raise UsageError(f"unknown backbone{family} {(prefix if colon else name)!r} (installed plugins: "
+                     f"{', '.join(installed) or 'none'}{example}; one from a plugin file needs --plugin FILE; "
+                     "see `autotl plugins`)")
 
 
 def load_registry(plugin_files: Iterable[str | Path] = ()) -> Registry:

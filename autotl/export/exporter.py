@@ -56,14 +56,13 @@ def export(store: Store, search_ref: str, out_dir: str | Path, formats: Sequence
     """Write the best model of `search_ref` to `out_dir` in each of `formats`: the search's ensemble when it
     chose one (`autotl.search.ensemble`) and `ensemble`; else the best trial's refit on all labelled examples
     when the search made one (`autotl.search.refit`) and `refit`; else the best trial's own model."""
+    out = Path(out_dir).expanduser()
+    search, best, checkpoint = check_exportable(store, search_ref, formats, out)
     import keras
 
     from autotl.backbones.registry import load_registry
     from autotl.export.keras_model import float32_model
 
-    _check_formats(formats)
-    search = store.get_search(search_ref)
-    best, checkpoint = _best_checkpoint(store, search)
     chosen = used_ensemble(search) if ensemble else None
     refit_path = refit_model(store, search, best) if refit and chosen is None else None
     checkpoint = refit_path or checkpoint
@@ -71,7 +70,6 @@ def export(store: Store, search_ref: str, out_dir: str | Path, formats: Sequence
     registry = registry or load_registry(plugin_files)
     backbone = registry.get(search.backbone)
 
-    out = Path(out_dir).expanduser()
     with tempfile.TemporaryDirectory() as scratch:
         if chosen is not None:
             model = _ensemble(store, search, chosen, backbone)
@@ -119,6 +117,16 @@ def _ensemble(store: Store, search, chosen: dict[str, Any], backbone):
         weights.append(float(member["weight"]))
         depths.append(int(trial.metrics.get("unfreeze_depth_applied", 0)) if trial.best_phase == FINETUNE else 0)
     return ensemble_model(members, weights, depths, backbone)
+
+
+def check_exportable(store: Store, search_ref: str, formats: Sequence[str], out: Path):
+    """The search, its best trial and that trial's checkpoint, once the formats, the search and the output
+    folder are known to be fine: the refusals that need no Keras, before its seconds-long import."""
+    _check_formats(formats)
+    search = store.get_search(search_ref)
+    best, checkpoint = _best_checkpoint(store, search)
+    _check_out_dir(out)
+    return search, best, checkpoint
 
 
 def _check_formats(formats: Sequence[str]) -> None:
@@ -179,13 +187,21 @@ def _trial_summary(store: Store, search) -> str:
     return "its trials: " + ", ".join(f"{count} {status}" for status, count in sorted(statuses.items()))
 
 
+def _check_out_dir(out: Path) -> None:
+    """Refuse an `out` that is a file, or a folder with files that are not an earlier autotl export."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"output folder {out} is a file; choose another --out")
+    if out.exists() and any(out.iterdir()) and not (out / MANIFEST).is_file():
+        raise UsageError(f"output folder {out} is not empty and holds no autotl export; choose another --out")
+    blocking = next((parent for parent in out.parents if parent.is_file()), None)
+    if blocking is not None:
+        raise UsageError(f"cannot create output folder {out}: {blocking} is a file; choose another --out")
+
+
 def _replace_out_dir(out: Path) -> None:
     """Make `out` an empty folder: new, empty, or an earlier autotl export (removed); nothing else is replaced."""
-    if out.exists() and not out.is_dir():
-        raise AutotlError(f"output folder {out} is a file; choose another --out")
+    _check_out_dir(out)
     if out.exists() and any(out.iterdir()):
-        if not (out / MANIFEST).is_file():
-            raise AutotlError(f"output folder {out} is not empty and holds no autotl export; choose another --out")
         shutil.rmtree(out)  # replacing an earlier autotl export of the same folder
     try:
         out.mkdir(parents=True, exist_ok=True)
