@@ -93,7 +93,7 @@ def main() -> None:
 @click.option("--epochs", type=click.IntRange(min=1), default=10, help="Epochs of the head phase (at most).")
 @click.option("--finetune-epochs", type=click.IntRange(min=0),
               help="Epochs of the fine-tuning phase (at most)  [default: the backbone's own, at most --epochs "
-                   "(bert: 4); else --epochs]")
+                   "(bert: 8); else --epochs]")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32)
 @click.option("--patience", type=click.IntRange(min=1), default=3, help="Early-stopping patience, in epochs.")
 @click.option("--seed", type=click.IntRange(min=0), default=0,

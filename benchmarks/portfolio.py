@@ -283,6 +283,12 @@ def epoch_choice(modality: str, scores: dict[str, dict[str, float]]) -> list[dic
     return rows
 
 
+def chosen_epochs(rows: list[dict]) -> dict | None:
+    """The row whose fine-tuning epochs become the backbone's: the best mean scaled validation accuracy, as
+    the selection scores its entries (ties: the row listed first, the backbone's own epochs)."""
+    return max(rows, key=lambda row: row["mean_scaled"]) if rows else None
+
+
 def machines(records: list[dict]) -> list[dict]:
     """The distinct machines the counted runs ran on (their date left out)."""
     seen = {json.dumps({k: v for k, v in r["machine"].items() if k != "date"}, sort_keys=True)
@@ -326,6 +332,9 @@ def render_part(modality: str, part: dict) -> list[str]:
                   "", "| candidate | fine-tuning epochs | mean validation accuracy | mean scaled |", "|---|---|---|---|"]
         lines += [f"| {r['candidate']} | {r['finetune_epochs']} | {r['mean_val_accuracy']:.4f} | {r['mean_scaled']:.4f} |"
                   for r in part["epochs"]] + [""]
+        best = chosen_epochs(part["epochs"])
+        lines += [f"Chosen fine-tuning epochs: {best['finetune_epochs']} ({best['candidate']}: the best mean scaled "
+                  "validation accuracy; ties: the backbone's own).", ""]
     return lines
 
 

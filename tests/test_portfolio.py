@@ -318,7 +318,7 @@ def test_a_record_cut_short_by_a_stop_is_left_out_and_the_next_one_lands_whole(t
 
 # The modalities whose shipped entries are not yet the procedure's output, and why. A modality leaves this
 # set once results/portfolio.json holds its complete run; the test below then requires its entries to match.
-NOT_YET_CHOSEN_ON_THE_SUITE = {"text": "its 27 suite trials are still running (results/portfolio.md lists them)"}
+NOT_YET_CHOSEN_ON_THE_SUITE: dict[str, str] = {}
 
 
 def test_the_shipped_portfolio_is_the_procedures_output_on_the_tuning_suite():
@@ -334,6 +334,19 @@ def test_the_shipped_portfolio_is_the_procedures_output_on_the_tuning_suite():
         assert part and not part["missing"] and not part["failed"], f"{modality}: the procedure's run is incomplete"
         chosen = [benchmark.CANDIDATES[modality][step["add"]] for step in part["steps"]]
         assert PORTFOLIOS[modality] == chosen
+
+
+def test_berts_fine_tuning_epochs_are_the_procedures_choice_on_the_tuning_suite():
+    from pathlib import Path
+
+    from autotl_plugins.bert import Bert
+
+    benchmark = _portfolio_benchmark()
+    document = json.loads((Path(__file__).resolve().parents[1] / "results" / "portfolio.json").read_text())
+    best = benchmark.chosen_epochs(document["modalities"]["text"]["epochs"])
+    assert best is not None and isinstance(best["finetune_epochs"], int), \
+        "the backbone's own epochs won: the default stands, say so here"
+    assert Bert.default_finetune_epochs == best["finetune_epochs"]
 
 
 def test_fine_tuning_epochs_are_compared_apart_and_never_a_portfolio_entry(monkeypatch):
