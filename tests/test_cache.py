@@ -200,6 +200,7 @@ def test_a_changed_image_is_a_new_cache_entry(mnist_dir, tmp_path):
     assert before < after  # new entries for the changed split; the old ones are never read again
 
 
+@pytest.mark.slow
 def test_trials_that_augment_or_run_without_the_cache_train_end_to_end_and_say_why(mnist_dir, tmp_path):
     (tmp_path / "space.yaml").write_text("augment: true\n")
     store = Store(tmp_path / "autotl.db")
@@ -270,7 +271,7 @@ def test_cache_ls_and_clear_from_the_command_line(mnist_dir, tmp_path):
     assert ActivationCache(cache_dir).entries() == []
 
 
-@pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
+@pytest.mark.parametrize("precision", [pytest.param("mixed_bfloat16", marks=pytest.mark.slow), "mixed_float16"])
 def test_mixed_precision_searches_run_and_cache_under_their_own_key(mnist_dir, tmp_path, precision):
     store = Store(tmp_path / "autotl.db")
     result = api.search(tiny_config(mnist_dir, tmp_path, precision, max_trials=2, precision=precision), store)

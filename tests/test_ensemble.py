@@ -119,7 +119,11 @@ def test_the_ensemble_model_computes_the_frozen_part_once(ensemble_search):
     assert whole.count_params() == sum(m.count_params() for m in models)
 
 
-@pytest.mark.parametrize("fmt", ALL_FORMATS)
+# Every format but model.keras is a slow check here (-m slow): test_export_formats covers each in CI.
+FORMATS_IN_CI = [fmt if fmt == "keras" else pytest.param(fmt, marks=pytest.mark.slow) for fmt in ALL_FORMATS]
+
+
+@pytest.mark.parametrize("fmt", FORMATS_IN_CI)
 def test_the_ensemble_exports_and_reloads_without_autotl_in_every_format(ensemble_search, fmt, tmp_path):
     root, store, _, config, _ = ensemble_search
     search = store.get_search("ens")

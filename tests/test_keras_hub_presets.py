@@ -83,6 +83,7 @@ def test_minilm_folder_searches_as_a_bert_text_encoder(text_search, minilm_folde
     assert result.search.config["preprocessing"]["tokenizer"] == "bert"
 
 
+@pytest.mark.slow
 def test_exported_text_model_predicts_labels_in_a_fresh_process(text_search, minilm_folder):
     root, store, _ = text_search
     out = root / "export"

@@ -110,7 +110,11 @@ def test_the_refit_model_learned_the_validation_examples(refit_search):
     assert refit_accuracy > trial_accuracy
 
 
-@pytest.mark.parametrize("fmt", ALL_FORMATS)
+# Every format but model.keras is a slow check here (-m slow): test_export_formats covers each in CI.
+FORMATS_IN_CI = [fmt if fmt == "keras" else pytest.param(fmt, marks=pytest.mark.slow) for fmt in ALL_FORMATS]
+
+
+@pytest.mark.parametrize("fmt", FORMATS_IN_CI)
 def test_the_refit_exports_and_reloads_without_autotl_in_every_format(refit_search, fmt, tmp_path):
     root, store, result, config, _ = refit_search
     out = root / f"export_{fmt}"

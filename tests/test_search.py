@@ -84,7 +84,8 @@ def test_only_the_best_trial_keeps_a_checkpoint_at_its_best_epoch(finished_searc
     np.testing.assert_allclose(saved, probs, atol=1e-6)
 
 
-@pytest.mark.parametrize("model_format", ["keras", "savedmodel", "onnx", "tflite"])
+@pytest.mark.parametrize("model_format", ["keras", "savedmodel", *(pytest.param(fmt, marks=pytest.mark.slow)
+                                                                for fmt in ("onnx", "tflite"))])
 def test_export_then_predict_in_a_fresh_process_reproduces_the_search_probabilities(finished_search, model_format):
     root, store, result, config = finished_search
     out = root / f"export_{model_format}"
