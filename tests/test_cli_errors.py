@@ -285,6 +285,19 @@ def add_search_without_completed_trial(url: str, data: Path, workdir: Path) -> N
         store.close()
 
 
+# Cases that only the slow checks run (-m slow): each costs a Keras import, and CI keeps a case of each kind.
+SLOW_CASES = {"one_example_per_class", "class_without_images", "zero_byte_image_strict", "unsupported_pixels_strict",
+              "csv_without_label_column", "csv_empty_text_strict", "csv_class_with_only_empty_texts",
+              "jsonl_list_as_label", "keras_network_without_named_blocks", "keras_network_images_too_small",
+              "plugin_import_error", "plugin_without_backbone", "plugin_model_takes_two_inputs", "space_dropout_range",
+              "space_dropout_fixed", "space_head_units_zero", "space_step_zero", "space_sampling_cubic"}
+
+
+def case_params() -> list:
+    return [pytest.param(name, marks=pytest.mark.slow) if name in SLOW_CASES else name
+            for name in cases(defaultdict(Path))]
+
+
 def copy_store(db: Path, copy: Path) -> str:
     source, target = sqlite3.connect(db), sqlite3.connect(copy)
     try:
@@ -296,8 +309,11 @@ def copy_store(db: Path, copy: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory) -> dict:
-    """A store holding one real completed search, bad inputs, and every error command's result."""
+def world(tmp_path_factory, request) -> dict:
+    """A store holding one real completed search, bad inputs, and every error command's result (without
+    SLOW_CASES' when no slow test of this module runs)."""
+    with_slow = any(item.get_closest_marker("slow") for item in request.session.items
+                    if getattr(item, "module", None) is request.module)
     root = tmp_path_factory.mktemp("cli")
     data = make_dataset("mnist5k", root / "digits", "--per-class", "5")
     w = {"root": root, "data": data, "db": root / "autotl.db", "url": f"sqlite:///{root / 'autotl.db'}",
@@ -353,6 +369,8 @@ def world(tmp_path_factory) -> dict:
     (root / "stores").mkdir()
     w["stores"], commands = {}, {}
     for name, (args, _, _) in cases(w).items():
+        if name in SLOW_CASES and not with_slow:
+            continue
         w["stores"][name] = root / "stores" / f"{name}.db"
         url = copy_store(w["db"], w["stores"][name])
         commands[name] = [url if arg == STORE else arg for arg in args]
@@ -491,7 +509,7 @@ def test_unusable_images_are_skipped_with_a_count_and_converted_ones_kept(world)
 # themselves are unit-tested in test_space.py / test_data.py.)
 
 
-@pytest.mark.parametrize("name", list(cases(defaultdict(Path))))
+@pytest.mark.parametrize("name", case_params())
 def test_user_error_is_one_line(world, name):
     _, code, fragments = cases(world)[name]
     result = world["results"][name]
@@ -506,7 +524,7 @@ def test_user_error_is_one_line(world, name):
     assert not result.stdout.strip(), result.stdout
 
 
-@pytest.mark.parametrize("name", list(cases(defaultdict(Path))))
+@pytest.mark.parametrize("name", case_params())
 def test_user_error_leaves_the_store_unchanged(world, name):
     """Each case ran against its own copy of the store: every row of every table is as it was."""
     after = snapshot(world["stores"][name])

@@ -18,6 +18,8 @@ from autotl.search.runner import VAL_PROBS_NAME
 
 from conftest import TINY_PLUGIN, run_cli
 
+# A worker process dying and Ctrl-C do not depend on the backend: on torch (CI's second run) they are slow checks.
+SLOW_ON_TORCH = pytest.mark.slow if keras.backend.backend() == "torch" else (lambda test: test)
 SPACE = "unfreeze_depth: {values: [1, 2]}\nhead_lr: {min: 0.001, max: 0.01, sampling: log}\n"
 
 
@@ -84,8 +86,8 @@ def test_only_the_best_trial_keeps_a_checkpoint_at_its_best_epoch(finished_searc
     np.testing.assert_allclose(saved, probs, atol=1e-6)
 
 
-@pytest.mark.parametrize("model_format", ["keras", "savedmodel", *(pytest.param(fmt, marks=pytest.mark.slow)
-                                                                for fmt in ("onnx", "tflite"))])
+@pytest.mark.parametrize("model_format", ["keras", *(pytest.param(fmt, marks=pytest.mark.slow)
+                                                      for fmt in ("savedmodel", "onnx", "tflite"))])
 def test_export_then_predict_in_a_fresh_process_reproduces_the_search_probabilities(finished_search, model_format):
     root, store, result, config = finished_search
     out = root / f"export_{model_format}"
@@ -195,6 +197,7 @@ class Crashing(Backbone):
 '''
 
 
+@SLOW_ON_TORCH
 def test_a_trial_whose_worker_process_dies_is_stored_as_failed(tmp_path, mnist_dir):
     plugin = tmp_path / "crashing.py"
     plugin.write_text(CRASHING_PLUGIN)
@@ -222,6 +225,7 @@ def test_trials_can_run_in_the_search_process(tmp_path, mnist_dir):
     assert not (tmp_path / "runs" / "in-process" / "data").exists()
 
 
+@SLOW_ON_TORCH
 def test_ctrl_c_marks_the_search_and_its_running_trial_interrupted(tmp_path, mnist_dir):
     import os
     import signal

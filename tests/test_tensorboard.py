@@ -129,6 +129,7 @@ def blocked(tmp_path: Path, *modules: str) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": path, "KERAS_BACKEND": "torch", "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
+@pytest.mark.slow
 def test_torch_backend_logs_without_tensorflow(tmp_path, mnist_dir):
     pytest.importorskip("torch")
     store_url = f"sqlite:///{tmp_path / 'autotl.db'}"
