@@ -269,7 +269,7 @@ class Benchmark:
             log(f"{tag}: recorded at {found['revision']}, skipped")
             return found
         log(f"{tag} ...")
-        busy = other_benchmarks()  # they slow both the recipe and autotl: the record says so
+        busy = other_work()  # it slows both the recipe and autotl: the record says so
         started = time.perf_counter()
         try:
             figures = action()
@@ -278,7 +278,7 @@ class Benchmark:
             figures = {"error": f"{type(error).__name__}: {' '.join(str(error).split())[:500]}",
                        "seconds": round(time.perf_counter() - started, 1)}
         record = self.log.append({**self.stamp, **base, **figures, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                  "beside": sorted(set(busy) | set(other_benchmarks()))})
+                                  "beside": sorted(set(busy) | set(other_work()))})
         self.ran += 1
         self.failed += "error" in record
         log(f"{tag}: {summary(record)}")
@@ -293,6 +293,8 @@ class Benchmark:
             recipe_run = self.log.find({**self.stamp, **recipe_base})
         else:
             recipe_run = self.once(recipe_base, lambda: recipe_figures(modality, paths, seed, self.args.quick))
+        if self.args.only_recipe:
+            return
         if self.args.time_limit_s:
             limit = self.args.time_limit_s
         elif recipe_run:
@@ -336,18 +338,31 @@ class Benchmark:
         return path
 
 
-def other_benchmarks() -> list[str]:
-    """The other benchmark scripts running on this machine now (their script names), from /proc."""
+def other_work() -> list[str]:
+    """What else runs on this machine now and would slow a run (`work_name`), from /proc."""
     found = []
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
             parts = cmdline.read_bytes().split(b"\0")
         except OSError:
             continue
-        scripts = [p.decode(errors="replace") for p in parts if p.startswith(b"benchmarks/") and p.endswith(b".py")]
-        if scripts and int(cmdline.parent.name) != os.getpid():
-            found.append(Path(scripts[0]).name)
+        name = work_name(parts)
+        if name and int(cmdline.parent.name) != os.getpid():
+            found.append(name)
     return found
+
+
+def work_name(command: list[bytes]) -> str | None:
+    """A benchmark script's name, "pytest" for a test run, or None for a process that does not count.
+
+    Test runs count: a niced one beside the text recipe once doubled its seconds, unnoticed."""
+    words = [part.decode(errors="replace") for part in command]
+    scripts = [word for word in words if word.startswith("benchmarks/") and word.endswith(".py")]
+    if scripts:
+        return Path(scripts[0]).name
+    if any(Path(word).name in ("pytest", "py.test") for word in words[:3]):  # pytest ... or python -m pytest ...
+        return "pytest"
+    return None
 
 
 def recipe_figures(modality: str, paths: dict[str, Path], seed: int, quick: bool) -> dict[str, Any]:
@@ -407,6 +422,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--datasets", nargs="+", metavar="NAME", help="only these datasets of the suite, in order")
     parser.add_argument("--only-autotl", action="store_true",
                         help="skip the recipe: autotl gets 2x its recorded seconds, or --time-limit-s")
+    parser.add_argument("--only-recipe", action="store_true",
+                        help="run the recipe only: its records stay valid while benchmarks/recipe.py is unchanged, "
+                             "whatever autotl's code becomes")
     parser.add_argument("--time-limit-s", type=int, help="autotl's --time-limit in seconds instead of 2x the recipe's")
     parser.add_argument("--autotl-arg", action="append", default=[], metavar="ARG",
                         help="appended to `autotl search` (repeatable), e.g. --autotl-arg=--space=FILE")
@@ -425,6 +443,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         unknown = sorted(set(args.datasets) - set(suite_names(args.suite)))
         if unknown:
             parser.error(f"not in {args.suite}/suite.json: {', '.join(unknown)}")
+    if args.only_recipe and args.only_autotl:
+        parser.error("--only-recipe and --only-autotl exclude each other")
     if args.kind == records.RECIPE:
         parser.error("--kind recipe is the recipe's own; choose another name")
     if not args.workloads and not args.suite and not args.report:

@@ -85,6 +85,15 @@ def digest_of(record: dict[str, Any]) -> str:
     return record["recipe_digest"] if record["kind"] == RECIPE else record["code_digest"]
 
 
+def counts(record: dict[str, Any]) -> bool:
+    """Whether a record is a measurement: not a failed run (``error``), nor one voided by hand.
+
+    A record found unfit after the fact (it ran beside other work, say) is not deleted: a person adds
+    ``"void": "<why>"`` to its line. It then runs again on a restart, and the report lists it with its reason.
+    """
+    return "error" not in record and "void" not in record
+
+
 def run_key(record: dict[str, Any]) -> tuple:
     return (record["workload"], record["seed"], record["kind"], digest_of(record),
             json.dumps(record.get("settings", {}), sort_keys=True))
@@ -109,9 +118,9 @@ class RunLog:
         return records
 
     def find(self, key_fields: dict[str, Any]) -> dict[str, Any] | None:
-        """The latest record with this run's key, failed runs excluded (they run again)."""
+        """The latest record with this run's key, failed and voided runs excluded (they run again)."""
         wanted = run_key(key_fields)
-        matches = [r for r in self.records() if "error" not in r and run_key(r) == wanted]
+        matches = [r for r in self.records() if counts(r) and run_key(r) == wanted]
         return matches[-1] if matches else None
 
     def append(self, record: dict[str, Any]) -> dict[str, Any]:
@@ -145,9 +154,10 @@ class Selection:
 
     def __init__(self, records: list[dict[str, Any]], code: str, recipe: str):
         self.code, self.recipe = code, recipe
-        valid = [r for r in records if "error" not in r]
+        valid = [r for r in records if counts(r)]
         self.runs = [r for r in valid if digest_of(r) == (recipe if r["kind"] == RECIPE else code)]
         self.failed = [r for r in records if "error" in r and digest_of(r) == (recipe if r["kind"] == RECIPE else code)]
+        self.voided = [r for r in records if "void" in r and digest_of(r) == (recipe if r["kind"] == RECIPE else code)]
         self.other_code = sorted({r["code_digest"] for r in valid if r["kind"] != RECIPE and r["code_digest"] != code})
 
     def pick(self, workload: str, seed: int, kind: str) -> dict[str, Any]:
@@ -262,7 +272,7 @@ def render(records: list[dict[str, Any]], code: str, recipe: str, expected: list
                                   for r in over) if over else "") + ".", ""]
     busy = [r for r in selection.runs if r.get("beside")]
     if busy:
-        lines += ["Runs made beside another benchmark on the same machine: "
+        lines += ["Runs made beside another benchmark or a test run on the same machine: "
                   + ", ".join(f"{r['workload']} seed {r['seed']} {r['kind']} ({', '.join(r['beside'])})" for r in busy)
                   + ". Their seconds, and what fitted in a time limit, are not comparable with an idle machine's.",
                   ""]
@@ -272,6 +282,10 @@ def render(records: list[dict[str, Any]], code: str, recipe: str, expected: list
     if selection.failed:
         lines += ["## Failed runs (they run again on a restart)", ""]
         lines += [f"- {r['workload']} seed {r['seed']} {r['kind']}: {r['error']}" for r in selection.failed] + [""]
+    if selection.voided:
+        lines += ["## Voided runs (not shown above; they run again on a restart)", ""]
+        lines += [f"- {r['workload']} seed {r['seed']} {r['kind']} ({fmt(r.get('test_accuracy'))} in {r['seconds']} s): "
+                  f"{r['void']}" for r in selection.voided] + [""]
     if selection.other_code:
         lines += [f"Not shown: autotl runs of other code digests ({', '.join(selection.other_code)}).", ""]
     return "\n".join(lines)

@@ -56,6 +56,28 @@ def test_a_failed_run_or_a_line_cut_short_is_not_a_record_to_skip(tmp_path):
     assert log.find(record())["test_accuracy"] == 0.7
 
 
+def test_a_voided_run_runs_again_and_the_report_says_why_it_was_voided(tmp_path):
+    log = records.RunLog(tmp_path / "runs.jsonl")
+    log.append(record(kind="recipe", test=0.79, void="ran beside a test run"))
+    assert log.find(record(kind="recipe")) is None
+    log.append(record(kind="recipe", test=0.81))
+    assert log.find(record(kind="recipe"))["test_accuracy"] == 0.81
+    markdown = report(log.records())
+    assert "| 0 | 0.8100 |" in markdown and "0.7900 |" not in markdown
+    assert "## Voided runs" in markdown and "- images seed 0 recipe (0.7900 in 100.0 s): ran beside a test run" in markdown
+
+
+def test_a_test_run_beside_a_benchmark_is_noticed():
+    """The record's `beside` names a pytest run as it names another benchmark script."""
+    import quality
+
+    assert quality.work_name([b"python", b"-m", b"pytest", b"-q", b"tests"]) == "pytest"
+    assert quality.work_name([b"/usr/bin/python3", b"/usr/local/bin/pytest", b"tests"]) == "pytest"
+    assert quality.work_name([b"python", b"benchmarks/portfolio.py", b"--suite", b"s"]) == "portfolio.py"
+    assert quality.work_name([b"python", b"-m", b"autotl", b"search", b"data"]) is None
+    assert quality.work_name([b"less", b"tests/pytest.ini"]) is None
+
+
 def test_the_code_digest_follows_autotl_and_plugins_only(tmp_path):
     for folder in ("autotl", "plugins", "benchmarks"):
         (tmp_path / folder).mkdir()
@@ -101,7 +123,7 @@ def test_the_report_names_runs_over_their_time_limit_and_failed_ones():
     runs = [record(over_limit_pct=7.5), record(seed=1, over_limit_pct=4.0, beside=["portfolio.py"]),
             record(seed=2, error="RuntimeError: boom")]
     markdown = report(runs)
-    assert "beside another benchmark on the same machine: images seed 1 autotl (portfolio.py)" in markdown
+    assert "beside another benchmark or a test run on the same machine: images seed 1 autotl (portfolio.py)" in markdown
     assert "2 autotl runs; 1 ended more than 5 % over their `--time-limit`: images seed 0 autotl (+7.5 %)" in markdown
     assert "- images seed 2 autotl: RuntimeError: boom" in markdown
 
