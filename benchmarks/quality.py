@@ -242,7 +242,7 @@ class Benchmark:
         self.out = Path(args.out)
         self.log = records.RunLog(self.out / records.runs_file_name(args.quick))
         self.logs = self.out / ("quality-quick-logs" if args.quick else "quality-logs")
-        self.code, self.recipe = records.code_digest(), records.recipe_digest()
+        self.code, self.recipe = args.code_digest or records.code_digest(), records.recipe_digest()
         self.stamp = {"revision": records.git_revision(), "code_digest": self.code, "recipe_digest": self.recipe,
                       "quick": args.quick, "benchmark_command": command_line()}
         if not args.report:  # the machine (TensorFlow's import, seconds) matters to runs, not to rebuilding the page
@@ -431,6 +431,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--kind", default=records.AUTOTL,
                         help="the name autotl's runs are recorded under: an ablation's name with --autotl-arg")
     parser.add_argument("--report", action="store_true", help="rebuild OUT/quality.md from the records; run nothing")
+    parser.add_argument("--code-digest", metavar="DIGEST",
+                        help="with --report: the autotl runs of this code digest (default: the checkout's own)")
     parser.add_argument("--out", default=str(REPO / "results"), help="folder for the results (default: results/)")
     parser.add_argument("--workdir", help="where the temporary data and searches go (default: the system's)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes and epochs: a smoke test, not a measurement")
@@ -443,6 +445,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         unknown = sorted(set(args.datasets) - set(suite_names(args.suite)))
         if unknown:
             parser.error(f"not in {args.suite}/suite.json: {', '.join(unknown)}")
+    if args.code_digest and not args.report:
+        parser.error("--code-digest chooses the runs a --report shows; runs are always of the checkout's code")
     if args.only_recipe and args.only_autotl:
         parser.error("--only-recipe and --only-autotl exclude each other")
     if args.kind == records.RECIPE:

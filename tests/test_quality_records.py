@@ -139,6 +139,18 @@ def test_report_rebuilds_the_page_without_running_anything(tmp_path):
     assert "0.8125" in markdown and "- text seed 0 recipe" in markdown
 
 
+def test_report_shows_the_runs_of_another_code_digest_when_asked(tmp_path):
+    """Runs measured at an earlier code digest stay readable after the code moves on (`--code-digest`)."""
+    (tmp_path / "quality-runs.jsonl").write_text(
+        json.dumps(record(code=OTHER_CODE, recipe=records.recipe_digest(), test=0.8125)) + "\n")
+    command = [sys.executable, str(REPO / "benchmarks" / "quality.py"), "--report", "--out", str(tmp_path)]
+    assert subprocess.run(command, capture_output=True, timeout=120).returncode == 0
+    assert "0.8125" not in (tmp_path / "quality.md").read_text()
+    assert subprocess.run([*command, "--code-digest", OTHER_CODE], capture_output=True, timeout=120).returncode == 0
+    markdown = (tmp_path / "quality.md").read_text()
+    assert "0.8125" in markdown and f"code digest `{OTHER_CODE}`" in markdown
+
+
 @pytest.mark.skipif(shutil.which("git") is None, reason="git not installed")
 def test_the_revision_is_a_commit():
     revision = records.git_revision()
