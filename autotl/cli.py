@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import textwrap
 import time
 from pathlib import Path
@@ -16,44 +17,16 @@ from typing import Any
 
 import click
 
-from autotl.config import CACHE_DTYPES, OBJECTIVES, PRECISIONS, TUNERS
+from autotl.config import CACHE_DTYPES, DEFAULT_CACHE_MAX_GB, OBJECTIVES, PRECISIONS, TUNERS
 from autotl.cli_errors import handle_errors
 from autotl.errors import AutotlError, UsageError
 from autotl.export.manifest import DEFAULT_FORMATS, FORMATS
+from autotl.cli_cache import cache
+from autotl.cli_options import CACHE_DIR_OPTION, DURATION, JSON_OPTION, PLUGIN_OPTION, STORE_OPTION
 from autotl.insight.table import clip, print_table
 from autotl.quiet import import_keras_quietly
-from autotl.search.budget import parse_duration
 
 STARTED_AT = time.time()  # what --time-limit counts from: before Keras' imports, which take seconds
-
-
-STORE_OPTION = click.option(
-    "--store", default="sqlite:///autotl.db", show_default=True, envvar="AUTOTL_STORE", show_envvar=True,
-    help="SQLAlchemy URL of the trial store, or a SQLite file path.")
-PLUGIN_OPTION = click.option(
-    "--plugin", "plugin_files", multiple=True, type=click.Path(dir_okay=False),
-    help="A Python file defining Backbone plugins (repeatable).")
-JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-CACHE_DIR_OPTION = click.option(
-    "--cache-dir", type=click.Path(file_okay=False), envvar="AUTOTL_CACHE_DIR", show_envvar=True,
-    help="Where cached activations live  [default: ~/.cache/autotl]")
-
-
-class Duration(click.ParamType):
-    """A duration such as ``90s``, ``10m``, ``2h`` or ``1h30m``, in seconds (`autotl.search.budget.parse_duration`)."""
-
-    name = "duration"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, (int, float)):
-            return float(value)
-        try:
-            return parse_duration(value)
-        except UsageError as exc:
-            self.fail(str(exc), param, ctx)
-
-
-DURATION = Duration()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -124,6 +97,9 @@ def main() -> None:
 @click.option("--cache-memory", "cache_memory_mb", type=click.IntRange(min=0),
               help="MB of cached activations a trial loads into memory; beyond it, it reads them from disk  "
                    "[default: a quarter of this machine's memory]")
+@click.option("--cache-max-gb", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_CACHE_MAX_GB,
+              show_default=True, help="Bound of the activation cache: once a search has written its entries, the "
+                                      "least recently used others are removed until the cache fits.")
 @click.option("--max-failures", type=click.IntRange(min=1), default=5,
               help="Stop the search once this many trials have failed.")
 @click.option("--workers", type=click.IntRange(min=0), default=0,
@@ -235,7 +211,8 @@ def searches(store: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    print_table(rows, ["id", "name", "backbone", "status", "trials", "objective", "best_value", "created_at"])
+    print_table(rows, ["id", "name", "backbone", "status", "trials", "objective", "best_value", "created_at"],
+                paths=["backbone"])
 
 
 @main.command()
@@ -367,17 +344,16 @@ def report(search_ref: str, out_dir: str, store: str) -> None:
 @handle_errors
 def predict(model_dir: str, inputs: tuple[str, ...], model_format: str, as_text: bool,
             plugin_files: tuple[str, ...], as_json: bool) -> None:
-    """Predict INPUTS (image files, or texts) with an exported model in MODEL_DIR."""
+    """Predict INPUTS (image files or folders of them, or texts) with an exported model in MODEL_DIR."""
     from autotl.runtime.loaded import LoadedModel
     from autotl.backbones.registry import load_registry
+    from autotl.data.folders import image_files_of
 
     model = LoadedModel(model_dir, model_format, load_registry(plugin_files))
     if model.manifest["modality"] == "image":
         if as_text:
             raise UsageError(f"the model in {model_dir} takes images, not texts: give image files, without --text")
-        missing = [p for p in inputs if not Path(p).is_file()]
-        if missing:
-            raise AutotlError(f"image file not found: {missing[0]}")
+        inputs = tuple(image_files_of(inputs))
     elif not as_text:
         inputs = tuple(_read_text_input(x) for x in inputs)
     predictions = model.predict(list(inputs))
@@ -441,42 +417,30 @@ def plugins(plugin_files: tuple[str, ...], as_json: bool) -> None:
                    f"{failure['error']}", err=True)
 
 
-@main.group()
-def cache() -> None:
-    """Inspect or empty the activation cache (what the frozen backbones computed)."""
+main.add_command(cache)
 
 
-@cache.command("ls")
-@CACHE_DIR_OPTION
-@JSON_OPTION
+@main.command()
+@click.argument("search_ref", metavar="SEARCH")
+@STORE_OPTION
+@click.option("--yes", is_flag=True, help="Delete without asking first.")
 @handle_errors(needs_keras=False)
-def cache_ls(cache_dir: str | None, as_json: bool) -> None:
-    """List the cached activations: one entry per backbone cut and dataset split."""
-    from autotl.cache.entries import ActivationCache
+def delete(search_ref: str, store: str, yes: bool) -> None:
+    """Delete SEARCH (a name or id): its trials, epochs and artifacts in the store, and its work folder with
+    the checkpoints. Exports made with `autotl export` stay where they are."""
+    from autotl.search.lock import SearchLock
+    from autotl.store import Store
 
-    activations = ActivationCache(cache_dir)
-    rows = [entry.summary() for entry in activations.entries()]
-    total = sum(r["size_mb"] for r in rows)
-    if as_json:
-        click.echo(json.dumps({"directory": str(activations.directory), "entries": rows,
-                               "total_mb": round(total, 2)}, indent=2))
-        return
-    click.echo(f"cache: {activations.directory}  ({len(rows)} entries, {total:.1f} MB)")
-    if rows:
-        print_table(rows, ["key", "backbone", "tensor", "split", "examples", "shape", "dtype", "size_mb", "created_at"])
-
-
-@cache.command("clear")
-@click.argument("keys", nargs=-1)
-@CACHE_DIR_OPTION
-@handle_errors(needs_keras=False)
-def cache_clear(keys: tuple[str, ...], cache_dir: str | None) -> None:
-    """Remove the entries KEYS (see `autotl cache ls`), or every entry when none is given."""
-    from autotl.cache.entries import ActivationCache
-
-    activations = ActivationCache(cache_dir)
-    count, size = activations.clear(list(keys) or None)
-    click.echo(f"removed {count} entries ({size / 2**20:.1f} MB) from {activations.directory}")
+    opened = Store(store)
+    search = opened.get_search(search_ref)
+    workdir = Path(search.workdir)
+    what = f"search {search.name!r} ({len(opened.list_trials(search.id))} trials) and its folder {workdir}"
+    if not yes:
+        click.confirm(f"delete {what}?", abort=True)
+    with SearchLock(workdir, search.name):  # not while it runs
+        opened.delete_search(search.id)
+        shutil.rmtree(workdir, ignore_errors=True)
+    click.echo(f"deleted {what}")
 
 
 def _read_text_input(value: str) -> str:

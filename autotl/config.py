@@ -30,6 +30,7 @@ TUNERS = ("random", "bayesian", "hyperband")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 CACHE_DTYPES = ("auto", "float32", "float16")
 OBJECTIVES = ("val_accuracy", "val_loss")
+DEFAULT_CACHE_MAX_GB = 10.0  # the activation cache's bound unless a search says otherwise (autotl.cache.entries)
 DEFAULT_MAX_TRIALS = 5  # without a --time-limit; with one, --max-trials is an optional cap
 # What must match for `autotl search --name NAME` to resume an unfinished search of that name
 # (the data are compared by fingerprint); the rest (cache, precision, workers) may change.
@@ -76,6 +77,7 @@ class SearchConfig:
     cache_dir: str | None = None
     cache_dtype: str = "auto"
     cache_memory_mb: int | None = None  # None: a quarter of this machine's memory
+    cache_max_gb: float = DEFAULT_CACHE_MAX_GB  # the activation cache's bound (autotl.cache.entries)
     strict: bool = False
     max_failures: int = 5
     workers: int = 0  # > 0: a chief oracle here and this many tuner worker processes (KerasTuner's distributed mode)
@@ -100,6 +102,8 @@ class SearchConfig:
                               ("batch-size", self.batch_size)):
             if value is not None and value < 1:
                 raise UsageError(f"--{option} must be at least 1")
+        if not self.cache_max_gb > 0:
+            raise UsageError(f"--cache-max-gb must be more than 0, not {self.cache_max_gb}")
         if self.cache_memory_mb is not None and self.cache_memory_mb < 0:
             raise UsageError("--cache-memory cannot be negative")
         if self.ensemble_size < 1:
@@ -159,6 +163,7 @@ class Prepared:
     space: dict[str, Any]
     train: Dataset
     val: Dataset
+    notes: tuple[str, ...] = ()  # warnings about the input, for the search to show once
 
 
 def load_split(config: SearchConfig, modality: str, preprocessor):
@@ -245,10 +250,23 @@ def extends(existing: Search, config: SearchConfig) -> bool:
 def check_resumable(existing: Search, config: SearchConfig, prepared: Prepared) -> None:
     """The same search down to the loaded data, the resolved weights, the space and the preprocessing."""
     record = config_record(config, prepared)
-    changed = [name for name in RESUME_FIELDS if existing.config.get(name) != record.get(name)]
+    changed = [name for name in RESUME_FIELDS if not same_field(name, existing.config.get(name), record.get(name))]
     if existing.dataset_fingerprint != split_fingerprint(prepared.train, prepared.val):
         changed.insert(0, "data (their content changed)")
     _refuse_if_changed(existing, changed)
+
+
+def same_field(name: str, stored: Any, current: Any) -> bool:
+    """Whether a stored search's field holds what this run would record. A space stored before autotl added a
+    hyperparameter is the same space when the current one fixes that hyperparameter at the value the stored
+    search trained with (`autotl.search.space.TRAINED_AS_BEFORE`)."""
+    if name == "space" and isinstance(stored, dict) and isinstance(current, dict):
+        from autotl.search.space import TRAINED_AS_BEFORE
+
+        added = {key: spec for key, spec in current.items() if key not in stored}
+        return all(spec == {"values": [TRAINED_AS_BEFORE.get(key)]} for key, spec in added.items()) \
+            and stored == {key: spec for key, spec in current.items() if key not in added}
+    return stored == current
 
 
 def _refuse_if_changed(existing: Search, changed: list[str]) -> None:

@@ -79,6 +79,17 @@ def build_training_state(model, first_batch: Callable[[], tuple]) -> None:
 # --------------------------------------------------------------------------- exports
 
 
+def optimizer_variable_index(optimizer, variable) -> int:
+    """The position of `variable` among those `optimizer` was built for.
+
+    An optimizer's `update_step` receives the backend's variable (under TensorFlow the
+    `tf.Variable` inside the KerasVariable it was built with); Keras' own optimizers find a
+    variable's slots with the private `_get_variable_index`, and layer-wise learning-rate decay
+    (`autotl.search.recipe.LayerwiseRates`) finds its factor the same way.
+    """
+    return optimizer._get_variable_index(variable)
+
+
 def keras_input_signature(model) -> list:
     """The `tf.TensorSpec` structure a Keras model's inputs take, as `model.export` computes it
     (`keras.src.export.export_utils.get_input_signature`: Keras exports no public name for it)."""

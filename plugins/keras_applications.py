@@ -24,7 +24,9 @@ Inception, InceptionResNet and NASNet name most of their layers automatically
 
 from __future__ import annotations
 
+import contextlib
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,8 +120,10 @@ class KerasApplication(Backbone):
         normalized = self.family.normalization()(inputs) if self.family.normalization else inputs
         source = _weights_argument(self.name, weights)
         try:
-            return getattr(keras.applications, self.network)(include_top=False, weights=source,
-                                                              input_tensor=normalized)
+            # Keras prints "Downloading data from ..." on stdout, which is for results (--json): to stderr.
+            with contextlib.redirect_stdout(sys.stderr):
+                return getattr(keras.applications, self.network)(include_top=False, weights=source,
+                                                                  input_tensor=normalized)
         except Exception as exc:  # noqa: BLE001 - a download or file error, reported in one line
             hint = "; without internet use --weights none or a local file" if source == "imagenet" else ""
             raise AutotlError(f"{self.name}: cannot load weights {weights!r}: {first_line(exc)}{hint}") from None

@@ -116,3 +116,33 @@ def test_more_trials_or_more_time_extends_a_finished_search_and_the_same_budget_
     assert extends(_stored(max_trials=None, time_limit=300), given(time_limit=600))
     assert not extends(_stored(max_trials=None, time_limit=600), given(time_limit=600))
     assert not extends(_stored(max_trials=None, time_limit=600), given(time_limit=300))
+
+
+def test_a_phase_through_backbone_blocks_takes_one_batch_per_call_so_a_time_limit_can_stop_it_mid_epoch():
+    """The README's quick start with --time-limit 45s ended after 87 s: its whole-backbone fine-tune ran an epoch
+    (25 batches) in one call into the compiled step, 33 s that no callback could interrupt."""
+    import keras
+
+    from autotl.search.runner import steps_per_execution
+
+    assert steps_per_execution(True) == 1
+    assert steps_per_execution(False) == (1 if keras.backend.backend() == "torch" else 32)
+
+
+def test_the_deadline_stops_a_phase_when_the_next_step_as_long_would_end_past_it():
+    import time
+    from types import SimpleNamespace
+
+    from autotl.search.budget import Deadline
+    from autotl.search.runner import StopAtDeadline
+
+    stop = StopAtDeadline(Deadline.after(0.5))
+    stop.set_model(SimpleNamespace(stop_training=False))
+    stop.on_epoch_begin(0)
+    for _ in range(2):
+        stop.on_train_batch_begin(0)
+        time.sleep(0.2)
+        stop.on_train_batch_end(0)
+        if stop.model.stop_training:
+            break
+    assert stop.model.stop_training and not stop.deadline.passed()  # stopped before the deadline, not after

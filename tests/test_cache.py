@@ -271,6 +271,44 @@ def test_cache_ls_and_clear_from_the_command_line(mnist_dir, tmp_path):
     assert ActivationCache(cache_dir).entries() == []
 
 
+def _entry(cache: ActivationCache, key: str, megabytes: int, unused_days: float) -> None:
+    """An entry of `megabytes` that a search last read `unused_days` ago."""
+    import os
+    import time
+
+    writer = cache.writer(key, (megabytes, 2**18), "float32", {"backbone": "test"})
+    writer.write(np.zeros((megabytes, 2**18), "float32"))
+    entry = writer.commit()
+    then = time.time() - unused_days * 86400
+    os.utime(entry.path / "meta.json", (then, then))
+
+
+def test_cache_prune_removes_unused_entries_then_the_least_recently_used_beyond_a_bound(tmp_path):
+    """Issue 29, 3: the cache grew without bound; `cache clear` took keys or everything, nothing in between."""
+    cache = ActivationCache(tmp_path)
+    for key, days in (("a", 30), ("b", 10), ("c", 3), ("d", 1), ("e", 0)):
+        _entry(cache, key, 1, days)
+    cache.get("b").load(in_memory=False)  # a trial reads it now: the most recently used
+    pruned = run_cli("cache", "prune", "--older-than", "7d", "--cache-dir", tmp_path, check=True)
+    assert [e.key for e in cache.entries()] == ["b", "c", "d", "e"]  # a: 30 days unused
+    assert pruned.stdout.strip() == f"removed 1 entries (1.0 MB) from {cache.directory}; 4 left (4.0 MB)"
+    run_cli("cache", "prune", "--max-gb", str(2.5 / 1024), "--cache-dir", tmp_path, check=True)
+    assert sorted(e.key for e in cache.entries()) == ["b", "e"]  # c and d were used least recently
+    nothing = run_cli("cache", "prune", "--cache-dir", tmp_path)
+    assert nothing.returncode == 2 and "--older-than DURATION, --max-gb N, or both" in nothing.stderr
+
+
+def test_a_search_keeps_the_cache_within_its_bound_and_keeps_its_own_entries(mnist_dir, tmp_path):
+    cache = ActivationCache(tmp_path / "cache")
+    _entry(cache, "old", 3, 1)
+    api.search(tiny_config(mnist_dir, tmp_path, "bounded", max_trials=1, cache_max_gb=2 / 1024), Store(tmp_path / "a.db"))
+    kept = cache.entries()
+    assert "old" not in {e.key for e in kept} and len(kept) == 6  # the search's own six stay
+    _entry(cache, "old", 3, 1)
+    api.search(tiny_config(mnist_dir, tmp_path, "unbounded", max_trials=1, seed=4), Store(tmp_path / "b.db"))
+    assert "old" in {e.key for e in cache.entries()}  # 10 GB by default: nothing to remove here
+
+
 @pytest.mark.parametrize("precision", [pytest.param("mixed_bfloat16", marks=pytest.mark.slow), "mixed_float16"])
 def test_mixed_precision_searches_run_and_cache_under_their_own_key(mnist_dir, tmp_path, precision):
     store = Store(tmp_path / "autotl.db")

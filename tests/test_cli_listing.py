@@ -134,3 +134,15 @@ def test_every_listing_command_prints_json(store_url, tmp_path):
     assert cache["entries"] == [] and cache["total_mb"] == 0
     plugins = json.loads(run_cli("plugins", "--plugin", TINY_PLUGIN, "--json", check=True).stdout)
     assert "tiny_cnn" in [b["name"] for b in plugins["backbones"]]
+
+
+def test_a_long_backbone_path_is_shortened_in_the_table_and_whole_in_json(tmp_path):
+    """Issue 29, 9: a `kerashub:` folder made the searches table as wide as its path."""
+    url = f"sqlite:///{tmp_path / 'autotl.db'}"
+    backbone = "kerashub:/home/someone/work/keras_hub/presets/bert_tiny_en_uncased"
+    Store(url).create_search(name="hub", backbone=backbone, weights="preset", modality="text", dataset_path="/data",
+                             dataset_fingerprint="0" * 64, labels=["a", "b"], config={}, objective="val_accuracy",
+                             direction="max", workdir="/runs")
+    table = run_cli("searches", "--store", url, check=True).stdout.splitlines()
+    assert "kerashub:/…/presets/bert_tiny_en_uncased" in table[1] and backbone not in table[1]
+    assert json.loads(run_cli("searches", "--store", url, "--json", check=True).stdout)[0]["backbone"] == backbone

@@ -122,6 +122,29 @@ def test_each_format_predicts_like_the_keras_model_without_autotl(exported, digi
         assert np.array_equal(results[name].argmax(axis=1), expected.argmax(axis=1))
 
 
+def test_predict_with_tflite_keeps_the_runtimes_info_lines_off_stderr(exported, digits):
+    """Issue 29, 9: `autotl predict --format tflite` printed TFLite's "INFO: Created TensorFlow Lite XNNPACK
+    delegate for CPU." on stderr, a line that reads as a problem and is none."""
+    _, out, _ = exported
+    result = run_cli("predict", out, *digits["files"][:2], "--format", "tflite", "--plugin", TINY_PLUGIN, check=True)
+    assert len(result.stdout.strip().splitlines()) >= 2
+    assert result.stderr.strip() == ""
+
+
+def test_predict_takes_a_folder_of_images(exported, mnist_dir, tmp_path):
+    """Issue 29, 9: `autotl predict DIR` said `image file not found` for a folder."""
+    _, out, _ = exported
+    folder = sorted((mnist_dir / "3").glob("*.png"))
+    result = run_cli("predict", out, mnist_dir / "3", folder[0], "--json", "--plugin", TINY_PLUGIN, check=True)
+    sources = [p["source"] for p in json.loads(result.stdout)]
+    assert sources == [str(path) for path in folder] + [str(folder[0])]
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / ".hidden.png").write_bytes(b"")  # hidden files are not the user's images
+    empty = run_cli("predict", out, tmp_path / "empty", "--plugin", TINY_PLUGIN)
+    assert empty.returncode == 1 and empty.stderr.strip().splitlines() == [
+        f"Error: no image files in folder {tmp_path / 'empty'} (looked for .bmp .gif .jpeg .jpg .png .tif .tiff .webp)"]
+
+
 def test_saved_model_decodes_jpeg_gif_bmp_and_transparency_as_autotl_reads_them(exported, digits, tmp_path):
     """The serving_default signature reads the usual encodings of the same digits as autotl does."""
     _, out, _ = exported

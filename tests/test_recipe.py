@@ -1,4 +1,5 @@
-"""How a phase trains (`autotl.search.recipe`): AdamW without decay on biases, warm-up then cosine, smoothing."""
+"""How a phase trains (`autotl.search.recipe`): AdamW without decay on biases, warm-up then cosine, smoothing,
+layer-wise learning-rate decay."""
 
 from __future__ import annotations
 
@@ -10,12 +11,14 @@ from autotl.search.recipe import Recipe, steps_in
 from autotl.search.space import build_space
 
 DEFAULT = Recipe.from_values({name: spec["values"][0] for name, spec in build_space("image").items()
-                              if name in {"optimizer", "weight_decay", "lr_schedule", "warmup", "label_smoothing"}})
+                              if name in {"optimizer", "weight_decay", "lr_schedule", "warmup", "label_smoothing", "lr_decay"}})
 
 
 def test_the_default_space_trains_with_adamw_warmup_cosine_and_smoothing():
     assert DEFAULT == Recipe(optimizer="adamw", weight_decay=0.01, lr_schedule="cosine", warmup=0.1,
-                             label_smoothing=0.1)
+                             label_smoothing=0.1, lr_decay=1.0)  # layer-wise decay: off until measured
+    assert type(DEFAULT.optimizer_for(1e-3, 10, [[keras.Variable(1.0)], [keras.Variable(1.0)]])) \
+        is keras.optimizers.AdamW
 
 
 def test_trials_stored_before_the_recipe_existed_train_as_they_did():
@@ -73,8 +76,53 @@ def test_a_backbone_sets_its_fine_tuning_epochs_unless_the_user_does():
 
     tiny = load_registry([str(TINY_PLUGIN)]).get("tiny_cnn")
     few = type("FewEpochs", (type(tiny),), {"default_finetune_epochs": 3})()
-    plan = api._training_plan(SearchConfig(data="d", backbone="b", epochs=10), few, "s", None)
+    plan = api.training_plan(SearchConfig(data="d", backbone="b", epochs=10), few, "s", None)
     assert (plan.epochs, plan.finetune_epochs) == (10, 3)
     assert planned_finetune_epochs(SearchConfig(data="d", backbone="b", epochs=2), few) == 2  # --epochs caps it
     assert planned_finetune_epochs(SearchConfig(data="d", backbone="b", epochs=10, finetune_epochs=7), few) == 7
     assert planned_finetune_epochs(SearchConfig(data="d", backbone="b", epochs=10), tiny) == 10  # no own: --epochs
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+def test_layerwise_decay_trains_each_block_below_the_top_at_decay_times_the_rate_above(optimizer):
+    """Adam's first step moves every weight by the rate (its update is m / sqrt(v) = 1 for a constant gradient):
+    the head and the top block by 0.01, the block below by 0.5 x 0.01, the one below that by 0.25 x 0.01."""
+    lowest, lower, top, head = (keras.Variable(np.zeros(3, "float32")) for _ in range(4))
+    recipe = Recipe(optimizer=optimizer, weight_decay=0.0, lr_decay=0.5)
+    trained = recipe.optimizer_for(0.01, 10, [[top], [lower], [lowest]])
+    trained.apply([keras.ops.ones(3)] * 4, [lowest, lower, top, head])
+    moved = [float(np.abs(keras.ops.convert_to_numpy(v)).max()) for v in (head, top, lower, lowest)]
+    assert moved == pytest.approx([0.01, 0.01, 0.005, 0.0025], rel=1e-4)
+
+
+def test_a_fine_tune_with_layerwise_decay_leaves_the_lower_blocks_where_a_vanishing_factor_keeps_them(
+        tmp_path, mnist_dir):
+    """Through a real search on cached activations: the top of two unfrozen blocks trains; the block below,
+    at lr_decay ** 1 = 1e-9 times its rate, ends where the weights file had it."""
+    from autotl import api
+    from autotl.backbones.registry import load_registry
+    from autotl.store import Store
+
+    from conftest import TINY_PLUGIN
+
+    tiny = load_registry([str(TINY_PLUGIN)]).get("tiny_cnn")
+    start = tiny.build("none", tiny.preprocessor("none", {"image_size": (16, 16)}))
+    start.save_weights(tmp_path / "start.weights.h5")
+    before = {name: keras.ops.convert_to_numpy(start.get_layer(name).kernel) for name in ("block1_conv", "block2_conv")}
+    # A head that barely learns in its epoch, so that the fine-tune's epochs are the best; Adam, since AdamW's
+    # decoupled weight decay keeps the unscaled rate (LayerwiseRates' docstring).
+    (tmp_path / "space.yaml").write_text("unfreeze_depth: {values: [2]}\nhead_lr: {values: [1.0e-5]}\n"
+                                         "finetune_lr: {values: [0.01]}\nlr_decay: {values: [1.0e-9]}\n"
+                                         "optimizer: adam\n")
+    store = Store(f"sqlite:///{tmp_path / 'autotl.db'}")
+    config = api.SearchConfig(data=str(mnist_dir), backbone="tiny_cnn", plugin_files=[str(TINY_PLUGIN)],
+                              weights=str(tmp_path / "start.weights.h5"), image_size=16, max_trials=1, epochs=1,
+                              finetune_epochs=2, patience=5, batch_size=16, portfolio=False, name="decay",
+                              space_file=str(tmp_path / "space.yaml"), workdir=str(tmp_path / "runs"))
+    result = api.search(config, store)
+    assert result.best.best_phase == "finetune"
+    checkpoint = store.artifacts(result.search.id, kind="checkpoint")[0].path
+    backbone = keras.saving.load_model(checkpoint).get_layer("backbone")
+    after = {name: keras.ops.convert_to_numpy(backbone.get_layer(name).kernel) for name in before}
+    np.testing.assert_allclose(after["block1_conv"], before["block1_conv"], atol=1e-7)
+    assert np.abs(after["block2_conv"] - before["block2_conv"]).max() > 1e-3

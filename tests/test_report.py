@@ -109,8 +109,9 @@ def test_the_confusion_matrix_counts_the_best_trials_validation_predictions(sear
     assert len(probs) == val_count
     page = (out / "index.html").read_text()
     assert f"{right} of {val_count} validation examples right" in page
-    matrix, why_not = report._confusion(store, result.search, result.best)
+    matrix, why_not, model = report._confusion(store, result.search, result.best)
     assert why_not == "" and matrix.shape == (10, 10) and matrix.sum() == val_count
+    assert model == f"trial {result.best.number}" and f"{model}: {right} of {val_count}" in page
     assert np.trace(matrix) == right
     assert matrix.sum(axis=1).tolist() == [2] * 10  # 12 digits a class, 0.2 to validation
 

@@ -148,6 +148,18 @@ def test_a_finished_search_says_so_and_exits_0_and_a_changed_one_is_refused(tmp_
     args[args.index("--max-trials") + 1] = "1"
     fewer = run_cli(*args, cwd=tmp_path)
     assert fewer.returncode == 2 and "different max_trials" in fewer.stderr
+    # A search stored before autotl's space gained `lr_decay` (here: the stored space without it) continues,
+    # since today's space fixes it at 1.0, the value such searches trained with; another value is another space.
+    stored = store.get_search("done")
+    old_space = {key: spec for key, spec in stored.config["space"].items() if key != "lr_decay"}
+    store.update_search_config(stored.id, {"space": old_space})
+    older = run_cli("resume", "done", "--max-trials", "5", "--store", tmp_path / "autotl.db", cwd=tmp_path)
+    assert older.returncode == 0 and "(extended)" in older.stdout, older.stderr
+    from autotl.config import same_field
+
+    assert same_field("space", old_space, {**old_space, "lr_decay": {"values": [1.0]}})
+    assert not same_field("space", old_space, {**old_space, "lr_decay": {"values": [0.9]}})
+    assert not same_field("space", old_space, {**old_space, "lr_decay": {"values": [1.0]}, "dropout": {"values": [0.5]}})
 
 
 @pytest.mark.slow

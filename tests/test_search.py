@@ -4,19 +4,21 @@ store, best-epoch checkpoint, export and prediction in a fresh process."""
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
+import sqlalchemy as sa
 
 from autotl import api
 from autotl.backbones.registry import load_registry
 from autotl.insight.progress import Reporter
-from autotl.store import COMPLETED, Store
+from autotl.store import COMPLETED, Artifact, EpochMetric, Store, Trial
 from autotl.search.runner import VAL_PROBS_NAME
 
-from conftest import TINY_PLUGIN, run_cli
+from conftest import TINY_PLUGIN, autotl_command, run_cli
 
 # A worker process dying and Ctrl-C do not depend on the backend: on torch (CI's second run) they are slow checks.
 SLOW_ON_TORCH = pytest.mark.slow if keras.backend.backend() == "torch" else (lambda test: test)
@@ -44,7 +46,7 @@ def test_every_trial_is_stored_with_hyperparameters_and_epochs(finished_search):
     for trial in trials:
         assert set(trial.hyperparameters) == {"pooling", "head_layers", "head_units", "dropout",
                                               "unfreeze_depth", "head_lr", "finetune_lr", "augment", "optimizer",
-                                              "weight_decay", "lr_schedule", "warmup", "label_smoothing"}
+                                              "weight_decay", "lr_schedule", "warmup", "label_smoothing", "lr_decay"}
         assert trial.hyperparameters["unfreeze_depth"] in (1, 2)  # the space file was applied
         assert 0.001 <= trial.hyperparameters["head_lr"] <= 0.01
         epochs = store.epoch_metrics(trial.id)
@@ -314,3 +316,52 @@ def test_the_best_epoch_of_a_tie_is_the_one_with_the_lower_validation_loss():
     assert tracker.best == ("head", 3) and tracker.best_logs["val_loss"] == 0.2
     tracker.restore()
     assert float(keras.ops.convert_to_numpy(weight)) == 2.0
+
+
+def test_a_backbone_whose_frozen_features_hardly_vary_is_named_once_in_a_warning(tmp_path, mnist_dir):
+    """Issue 29, 8: `keras:MobileNetV3Small --weights none` gave features of about 1e-10, and every trial sat at
+    the loss of a uniform guess without a word. Here the tiny backbone's output is scaled by 1e-12."""
+    from autotl.search.preparation import feature_spread
+
+    flat = TINY_PLUGIN.read_text().replace('name = "tiny_cnn"', 'name = "flat_cnn"').replace(
+        '        model = keras.Model(inputs, x, name="tiny_cnn")',
+        '        x = keras.layers.Rescaling(1e-12, name="block2_scale")(x)\n'
+        '        model = keras.Model(inputs, x, name="tiny_cnn")')
+    plugin = tmp_path / "flat_cnn.py"
+    plugin.write_text(flat)
+    result = run_cli("search", mnist_dir, "--backbone", "flat_cnn", "--plugin", plugin, "--max-trials", "1",
+                     "--epochs", "1", "--image-size", "16", "--no-portfolio", "--name", "flat",
+                     "--store", f"sqlite:///{tmp_path / 'autotl.db'}", "--workdir", tmp_path / "runs", check=True)
+    warnings = [line for line in result.stderr.splitlines() if "frozen features hardly differ" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: ") and "check --weights" in warnings[0]
+    # The tiny backbone itself, random as it is, is far from the bound.
+    tiny = load_registry([str(TINY_PLUGIN)]).get("tiny_cnn")
+    preprocessor = tiny.preprocessor("none", {"image_size": (16, 16)})
+    images = np.random.default_rng(0).integers(0, 255, (16, 16, 16, 3), dtype=np.uint8)
+    assert feature_spread(tiny.build("none", preprocessor), preprocessor(images)) > 1e-3
+
+
+def test_delete_removes_a_search_its_rows_and_checkpoints_after_asking(tmp_path, mnist_dir):
+    """Issue 29, 3: `autotl delete SEARCH` (store rows and checkpoints), with a prompt and --yes."""
+    store = Store(f"sqlite:///{tmp_path / 'autotl.db'}")
+    for name in ("gone", "kept"):
+        api.search(api.SearchConfig(data=str(mnist_dir), backbone="tiny_cnn", plugin_files=[str(TINY_PLUGIN)],
+                                    image_size=16, max_trials=1, epochs=1, finetune_epochs=1, name=name,
+                                    workdir=str(tmp_path / "runs")), store)
+    gone = store.get_search("gone")
+    assert (tmp_path / "runs" / "gone").is_dir() and store.artifacts(gone.id)
+    refused = subprocess.run([*autotl_command(), "delete", "gone", "--store", store.url], input="n\n",
+                             capture_output=True, text=True)
+    assert refused.returncode == 1 and store.get_search("gone").id == gone.id
+    assert f"delete search 'gone' (1 trials) and its folder {tmp_path / 'runs' / 'gone'}?" in refused.stdout
+    deleted = run_cli("delete", "gone", "--store", store.url, "--yes", check=True)
+    assert deleted.stdout.strip() == f"deleted search 'gone' (1 trials) and its folder {tmp_path / 'runs' / 'gone'}"
+    assert [s.name for s in store.list_searches()] == ["kept"]
+    assert not (tmp_path / "runs" / "gone").exists() and (tmp_path / "runs" / "kept").is_dir()
+    with store.session() as session:  # its trials, epochs and artifacts went with it
+        assert session.scalar(sa.select(sa.func.count()).select_from(Trial).where(Trial.search_id == gone.id)) == 0
+        assert session.scalar(sa.select(sa.func.count()).select_from(Artifact)
+                              .where(Artifact.search_id == gone.id)) == 0
+        assert session.scalar(sa.select(sa.func.count()).select_from(EpochMetric)) > 0  # the kept search's
+    unknown = run_cli("delete", "gone", "--store", store.url, "--yes")
+    assert unknown.returncode == 1 and unknown.stderr.count("\n") == 1

@@ -15,7 +15,7 @@ from autotl.search.space import (DEFAULT_SPACE, build_space, check_depth_within,
                                  load_space_file)
 
 HP_NAMES = {"pooling", "head_layers", "head_units", "dropout", "unfreeze_depth", "head_lr", "finetune_lr",
-            "optimizer", "weight_decay", "lr_schedule", "warmup", "label_smoothing"}
+            "optimizer", "weight_decay", "lr_schedule", "warmup", "label_smoothing", "lr_decay"}
 IMAGE_HP_NAMES = HP_NAMES | {"augment"}
 
 

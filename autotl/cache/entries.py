@@ -9,6 +9,10 @@ all of these, so a change to any of them (new weights, a different image size,
 one image changed) is a different key and the stale entry is simply never read
 again; ``autotl cache clear`` removes entries.
 
+The cache is bounded: once a search has written its entries, the least recently used
+others are removed until the whole fits the bound (``--cache-max-gb``, 10 GB by default).
+``autotl cache prune`` removes entries unused for a while, or above a bound.
+
 Entries are written to a temporary folder and renamed into place, so a
 reader never sees half an entry and concurrent writers cannot corrupt one.
 They are read memory-mapped: the trial worker processes of a search, and
@@ -65,6 +69,14 @@ class Entry:
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.path.iterdir() if p.is_file())
 
+    @property
+    def last_used(self) -> float:
+        """When a trial last read the entry (or it was written): its metadata file's modification time."""
+        try:
+            return (self.path / META_FILE).stat().st_mtime
+        except OSError:
+            return 0.0
+
     def summary(self) -> dict[str, Any]:
         """What `autotl cache ls` lists of the entry."""
         meta = self.meta
@@ -74,6 +86,10 @@ class Entry:
                 "size_mb": round(self.size_bytes / 2**20, 2), "created_at": meta.get("created_at")}
 
     def load(self, in_memory: bool) -> np.ndarray:
+        try:
+            os.utime(self.path / META_FILE)  # used now: the last entry a bound evicts
+        except OSError:  # a read-only cache is still read
+            pass
         array = np.load(self.path / ARRAY_FILE, mmap_mode="r")
         return np.array(array) if in_memory else array
 
@@ -124,6 +140,28 @@ class ActivationCache:
             for leftover in self.directory.glob(".tmp-*"):
                 shutil.rmtree(leftover, ignore_errors=True)
         return len(chosen), removed
+
+    def prune(self, *, unused_for: float | None = None, max_bytes: int | None = None,
+              keep: Iterable[str] = (), spare_used_within: float = 0.0) -> tuple[int, int]:
+        """Remove the entries unused for more than `unused_for` seconds, then the least recently used until the
+        rest fits in `max_bytes`; never those of `keep` (what this search reads), nor those used in the last
+        `spare_used_within` seconds (what another search may be about to read). Returns (entries, bytes)
+        removed."""
+        kept = set(keep)
+        entries = sorted(self.entries(), key=lambda e: e.last_used)
+        sizes = {entry.key: entry.size_bytes for entry in entries}
+        total = sum(sizes.values())
+        now = dt.datetime.now().timestamp()
+        cutoff = None if unused_for is None else now - unused_for
+        removed = freed = 0
+        for entry in entries:
+            stale = cutoff is not None and entry.last_used < cutoff
+            over = max_bytes is not None and total > max_bytes
+            if entry.key in kept or entry.last_used > now - spare_used_within or not (stale or over):
+                continue
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed, freed, total = removed + 1, freed + sizes[entry.key], total - sizes[entry.key]
+        return removed, freed
 
 
 class EntryWriter:

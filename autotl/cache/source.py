@@ -43,6 +43,7 @@ class Phase:
     model: keras.Model
     x_train: Any
     x_val: Any
+    runs_backbone: bool = True  # False: a head on cached activations, whose steps are short
 
 
 @dataclass
@@ -75,7 +76,7 @@ class CachedFeed:
             item = self._through_stem(self.cuts[depth])
             self._phases[depth] = (item, graph_module.suffix_model(self.graph, item))
         item, model = self._phases[depth]
-        return Phase(model, self._inputs(item, "train"), self._inputs(item, "val"))
+        return Phase(model, self._inputs(item, "train"), self._inputs(item, "val"), runs_backbone=depth > 0)
 
     def _through_stem(self, item: graph_module.Cut) -> graph_module.Cut:
         """The cut above the frozen stem of `item` (pooling) when its outputs are smaller than
@@ -145,6 +146,11 @@ def _shrinks(stem: graph_module.Stem, activations: list) -> bool:
     return written < read
 
 
+# A search's bound spares the entries read this recently: another search running beside it may be about to
+# read them again (a new trial process loads its entries afresh).
+SPARE_RECENT_S = 3600.0
+
+
 class ActivationSource:
     """One per process: builds each trial's feed, computing cache entries when missing.
 
@@ -153,7 +159,7 @@ class ActivationSource:
 
     def __init__(self, cache: ActivationCache | None, backbone, preprocessing: Mapping[str, Any],
                  depths: list[int], *, storage: str = "auto", batch_size: int = 128,
-                 memory_budget_bytes: int = 4 * 2**30):
+                 memory_budget_bytes: int = 4 * 2**30, max_cache_bytes: int | None = None):
         self.cache = cache
         self.backbone = backbone
         self.preprocessing = dict(preprocessing)
@@ -161,6 +167,7 @@ class ActivationSource:
         self.storage = storage
         self.batch_size = batch_size
         self.memory_budget_bytes = memory_budget_bytes
+        self.max_cache_bytes = max_cache_bytes  # the cache's bound (autotl.cache.entries), None: unbounded
         self._fingerprints: dict[int, str] = {}
         self._split_fingerprints: dict[str, str] = {}
         self._loaded: dict[str, tuple[Any, int]] = {}  # cache key -> (activations, bytes on disk)
@@ -182,6 +189,9 @@ class ActivationSource:
         started = time.perf_counter()
         keys = self._keys(graph, model, cuts, data)
         computed = self._compute_missing(graph, data, keys)
+        if computed and self.max_cache_bytes is not None:  # the new entries stay; the least recently used others go
+            self.cache.prune(max_bytes=self.max_cache_bytes, keep=[key for key, _ in keys.values()],
+                             spare_used_within=SPARE_RECENT_S)
         arrays, size = self._load(keys)
         return CachedFeed(graph, cuts, data, arrays, COMPUTED if computed else HIT,
                           time.perf_counter() - started, size, self._stems)

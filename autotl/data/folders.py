@@ -64,6 +64,24 @@ def load_image_folder(
     )
 
 
+def image_files_of(paths: Sequence[str]) -> list[str]:
+    """The image files `paths` name, for prediction: a file as given, a folder's image files (in its
+    sub-folders too, sorted), in the order of `paths`."""
+    files: list[str] = []
+    for given in paths:
+        path = Path(given)
+        if path.is_dir():
+            found = _image_files(path)
+            if not found:
+                raise AutotlError(f"no image files in folder {given} (looked for {_suffix_list()})")
+            files += [str(p) for p in found]
+        elif path.is_file():
+            files.append(given)
+        else:
+            raise AutotlError(f"image file not found: {given}")
+    return files
+
+
 def _class_folders(root: Path) -> list[Path]:
     return sorted((p for p in root.iterdir() if p.is_dir() and not _hidden(p)), key=lambda p: p.name)
 

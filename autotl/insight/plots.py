@@ -242,8 +242,9 @@ def learning_curves_plot(search: Search, best: Trial, curves: dict[str, dict[str
     return Plot(file, f"Learning curves of the best trial ({best.number})", caption)
 
 
-def confusion_plot(search: Search, best: Trial, matrix: np.ndarray, plots_dir: Path) -> Plot:
-    """The confusion matrix as shares of each true class, with the counts in the cells of up to 25 classes."""
+def confusion_plot(search: Search, model: str, matrix: np.ndarray, plots_dir: Path) -> Plot:
+    """The confusion matrix of `model` (``trial 3``, or the ensemble's name) as shares of each true class, with
+    the counts in the cells of up to 25 classes."""
     labels = [str(label) for label in search.labels]
     classes = len(labels)
     side = min(max(4.5, 0.45 * classes + 2.5), 24)
@@ -265,12 +266,14 @@ def confusion_plot(search: Search, best: Trial, matrix: np.ndarray, plots_dir: P
                               color="white" if share[i, j] > 0.5 else "black")
     total = int(matrix.sum())
     accuracy = np.trace(matrix) / total if total else float("nan")
-    axes.set_title(f"trial {best.number} on the validation split: {np.trace(matrix)}/{total} right "
+    axes.set_title(f"{model} on the validation split: {np.trace(matrix)}/{total} right "
                    f"({accuracy:.1%})", fontsize=10)
     file = _save(figure, plots_dir, "confusion_matrix.png")
-    caption = (f"{int(np.trace(matrix))} of {total} validation examples right ({accuracy:.1%}). "
-               "Rows: true class; columns: predicted (the argmax of the probabilities the search saved for the "
-               "best trial's best epoch, which the export reproduces). Colour: share of the row.")
+    saved = ("its members' best epochs, averaged with the ensemble's weights" if model.startswith("the ensemble")
+             else "the best trial's best epoch")
+    caption = (f"{model}: {int(np.trace(matrix))} of {total} validation examples right ({accuracy:.1%}). "
+               f"Rows: true class; columns: predicted (the argmax of the probabilities the search saved for {saved}, "
+               "which the export reproduces). Colour: share of the row.")
     return Plot(file, "Confusion matrix of the best model (validation split)", caption)
 
 

@@ -62,9 +62,9 @@ def write_report(store: Store, search_ref: str | int, out_dir: str | Path) -> Re
             plots["curves"].append(learning_curves_plot(search, best, curves, plots_dir))
         else:
             notes["curves"] = f"learning curves left out: trial {best.number} logged no epoch metrics"
-        matrix, why_not = _confusion(store, search, best)
+        matrix, why_not, model = _confusion(store, search, best)
         if matrix is not None:
-            plots["confusion"].append(confusion_plot(search, best, matrix, plots_dir))
+            plots["confusion"].append(confusion_plot(search, model, matrix, plots_dir))
         else:
             notes["confusion"] = f"confusion matrix left out: {why_not}"
         page = _page(store, search, trials, best, plots, notes)
@@ -91,8 +91,34 @@ def _writable_out_dir(out: Path) -> Path:
     return out
 
 
-def _confusion(store: Store, search: Search, best: Trial) -> tuple[np.ndarray | None, str]:
-    """The best trial's confusion matrix on the validation split, or None and why not."""
+def _confusion(store: Store, search: Search, best: Trial) -> tuple[np.ndarray | None, str, str]:
+    """The confusion matrix on the validation split of the model the export uses (the ensemble, when the
+    search chose one, else the best trial), its name; or None and why not."""
+    from autotl.search.ensemble import name_of, used_ensemble, used_probabilities
+
+    ensemble = used_ensemble(search)
+    if ensemble is not None:
+        model = name_of(ensemble)
+        probs, why_not = used_probabilities(store, search)
+    else:
+        model = f"trial {best.number}"
+        probs, why_not = _trial_probabilities(store, search, best)
+    if probs is None:
+        return None, why_not, model
+    labels, why_not = _validation_labels(search)
+    if labels is None:
+        return None, why_not, model
+    if probs.ndim != 2 or len(probs) != len(labels) or probs.shape[1] != len(search.labels):
+        return None, (f"the saved probabilities of {model} are {probs.shape} for {len(labels)} validation examples "
+                      f"and {len(search.labels)} classes"), model
+    classes = len(search.labels)
+    matrix = np.zeros((classes, classes), dtype=np.int64)
+    np.add.at(matrix, (labels, probs.argmax(axis=1)), 1)
+    return matrix, "", model
+
+
+def _trial_probabilities(store: Store, search: Search, best: Trial) -> tuple[np.ndarray | None, str]:
+    """The validation probabilities saved beside the trial's checkpoint, or None and why not."""
     checkpoints = store.artifacts(search.id, kind="checkpoint", trial_id=best.id)
     if not checkpoints:
         return None, f"trial {best.number} has no checkpoint in the store"
@@ -100,19 +126,9 @@ def _confusion(store: Store, search: Search, best: Trial) -> tuple[np.ndarray | 
     if not probs_path.is_file():
         return None, f"the validation probabilities of trial {best.number} are gone ({probs_path} is missing)"
     try:
-        probs = np.load(probs_path)
+        return np.load(probs_path), ""
     except (OSError, ValueError) as exc:
         return None, f"cannot read {probs_path}: {first_line(exc)}"
-    labels, why_not = _validation_labels(search)
-    if labels is None:
-        return None, why_not
-    if probs.ndim != 2 or len(probs) != len(labels) or probs.shape[1] != len(search.labels):
-        return None, (f"{probs_path} holds {probs.shape} probabilities for {len(labels)} validation examples and "
-                      f"{len(search.labels)} classes")
-    classes = len(search.labels)
-    matrix = np.zeros((classes, classes), dtype=np.int64)
-    np.add.at(matrix, (labels, probs.argmax(axis=1)), 1)
-    return matrix, ""
 
 
 def _validation_labels(search: Search) -> tuple[np.ndarray | None, str]:

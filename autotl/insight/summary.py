@@ -26,8 +26,24 @@ def search_result_lines(result) -> list[str]:
               f"best trial: {best.number}  {search.objective} {best.value:.4f}  "
               f"({best.best_phase} epoch {best.best_epoch})",
               f"hyperparameters: {best.hyperparameters_line()}",
+              *chosen_model_lines(search),
               f"store: {result.store.display_url}",
               f"next: autotl export {search.name} --out exported/{search.name}"]
+    return lines
+
+
+def chosen_model_lines(search) -> list[str]:
+    """What the search chose beyond its best trial, as `autotl best` says it: its ensemble (used or not) and
+    its refit, when it made them."""
+    from autotl.search.ensemble import RESULT_KEY as ENSEMBLE_KEY, describe_record
+    from autotl.search.refit import RESULT_KEY as REFIT_KEY, describe_epochs
+
+    lines = []
+    if search.config.get(ENSEMBLE_KEY):
+        lines.append(describe_record(search.config[ENSEMBLE_KEY], search.objective))
+    refit = search.config.get(REFIT_KEY)
+    if refit:
+        lines.append(f"refit on all {refit['examples']} labelled examples ({describe_epochs(refit)}): exports use it")
     return lines
 
 

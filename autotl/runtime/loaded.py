@@ -121,6 +121,8 @@ class LoadedModel:
             import tensorflow as tf
 
             Interpreter = tf.lite.Interpreter
+        from autotl.quiet import native_stderr_held
+
         interpreter = Interpreter(model_path=str(path))
         runner = interpreter.get_signature_runner(RAW_SIGNATURE)
         details = runner.get_input_details()
@@ -128,7 +130,12 @@ class LoadedModel:
         if image and list(inputs) == [PIXELS_INPUT]:
             self._takes = "pixels"
         self._interpreter = interpreter
-        return lambda x: runner(**_feed(x, inputs))[OUTPUT]
+
+        def run(x):
+            with native_stderr_held():  # the runtime's "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+                return runner(**_feed(x, inputs))[OUTPUT]
+
+        return run
 
     def predict(self, inputs: Sequence[Any], batch_size: int = 32) -> list[Prediction]:
         probabilities = self.predict_proba(inputs, batch_size)

@@ -88,6 +88,7 @@ DOMAINS: dict[str, Domain] = {
     "lr_schedule": Domain(CHOICE, choices=("cosine", "constant")),
     "warmup": Domain(FLOAT, low=0, high=1, high_open=True),  # a fraction of the phase's steps
     "label_smoothing": Domain(FLOAT, low=0, high=1, high_open=True),
+    "lr_decay": Domain(FLOAT, low=0, high=1, low_open=True),  # 1: every trainable block at the same rate
 }
 POOLINGS = {IMAGE: ("avg", "flatten"), "text": ("mean", "cls")}
 

@@ -142,3 +142,20 @@ def used_ensemble(search: Search) -> dict | None:
     """The search's stored ensemble when exports should build it."""
     result = search.config.get(RESULT_KEY)
     return result if result and result.get("used") else None
+
+
+def used_probabilities(store: Store, search: Search) -> tuple[np.ndarray | None, str]:
+    """The validation probabilities of the ensemble the search's exports use (its members' saved
+    probabilities, weighted as chosen), or None and why not."""
+    used = used_ensemble(search)
+    candidates = candidates_of(store, search)
+    missing = [m["trial"] for m in used["members"] if m["trial"] not in candidates]
+    if missing:
+        return None, (f"the validation probabilities of the ensemble's trial(s) {', '.join(map(str, missing))} "
+                      "are gone")
+    return sum(m["weight"] * candidates[m["trial"]] for m in used["members"]), ""
+
+
+def name_of(record: Mapping) -> str:
+    """``the ensemble 0.67 x trial 1 + 0.33 x trial 3``, of a stored choice."""
+    return "the ensemble " + " + ".join(f"{m['weight']:.2f} x trial {m['trial']}" for m in record["members"])

@@ -192,5 +192,13 @@ def top_block_layers(blocks: list[list], depth: int) -> list:
     return [layer for block in blocks[len(blocks) - depth:] for layer in block]
 
 
+def trainable_blocks(blocks: list[list], depth: int) -> list[list]:
+    """The trainable variables of each of the top `depth` blocks, top block first: where layer-wise
+    learning-rate decay (`autotl.search.recipe`) applies its factors."""
+    depth = max(0, min(int(depth), len(blocks)))
+    return [[variable for layer in block for variable in layer.trainable_weights]
+            for block in reversed(blocks[len(blocks) - depth:])]
+
+
 def _contains_any(layer, ids: set[int]) -> bool:
     return any(id(sub) in ids for sub in self_and_sublayers(layer)[1:])

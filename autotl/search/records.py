@@ -36,6 +36,7 @@ class TrainingPlan:
     cache_dir: str | None = None  # None: $AUTOTL_CACHE_DIR or ~/.cache/autotl
     cache_storage: str = "auto"  # float activations kept as float32, float16, or auto (float16 beyond the budget)
     cache_memory_mb: int = 4096  # a trial's cached activations up to this size are loaded, larger read from disk
+    cache_max_gb: float | None = None  # the cache's bound: older entries are removed beyond it (None: no bound)
     inference_batch_size: int = 128  # batch of the one pass that fills the cache
     tensorboard_dir: str | None = None  # the search's TensorBoard folder (DIR/NAME, autotl.insight.board); None: no logs
     deadline: float | None = None  # time.time() by which training stops (--time-limit, autotl.search.budget)

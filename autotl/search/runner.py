@@ -33,7 +33,8 @@ from autotl.insight.board import TrialBoard
 from autotl.cache.entries import ActivationCache
 from autotl.cache.batches import batches, predict_in_order, sequence_lengths, variable_length_inputs
 from autotl.cache.source import ActivationSource, Phase
-from autotl.search.hypermodel import BACKBONE_LAYER, ReusableBackbone, TransferHyperModel, set_unfreeze_depth
+from autotl.search.hypermodel import (BACKBONE_LAYER, ReusableBackbone, TransferHyperModel, set_unfreeze_depth,
+                                      trainable_blocks)
 from autotl.search.soup import SOUP_METRIC, TopEpochs, greedy_soup
 from autotl.search.records import (FINETUNE, HEAD, VAL_PROBS_NAME, Objective, TrainingPlan, TrialData, TrialFailed,
                                    TrialOutcome)
@@ -59,7 +60,8 @@ class TrialRunner:
             ActivationCache(plan.cache_dir) if plan.cache else None, hypermodel.backbone,
             hypermodel.preprocessor.config(), space_module.depth_choices(hypermodel.space),
             storage=plan.cache_storage, batch_size=plan.inference_batch_size,
-            memory_budget_bytes=plan.cache_memory_mb * 2**20)
+            memory_budget_bytes=plan.cache_memory_mb * 2**20,
+            max_cache_bytes=None if plan.cache_max_gb is None else int(plan.cache_max_gb * 2**30))
         self.heap = TrialHeap()
 
     def release_past_trials(self) -> None:
@@ -108,6 +110,7 @@ class TrialRunner:
 
         def fit(learning_rate: float, phase: str, phase_epochs: int, depth: int) -> None:
             phase_data = feed.phase(depth)
+            blocks = trainable_blocks(self.hypermodel.backbone.blocks(feature_model), depth) if depth else []
             logger = _EpochLogger(self.store, trial_id, trial_number, phase, phase_epochs, on_epoch)
             callbacks = [FailOnNonFiniteLoss(phase), tracker.callback(phase, phase_data.model.weights), logger]
             if phase == FINETUNE and self.plan.checkpoint_soup:
@@ -117,7 +120,7 @@ class TrialRunner:
                 callbacks.append(_BoardLogger(board, phase))
             if deadline is not None:
                 callbacks.append(StopAtDeadline(deadline))
-            self._fit(phase_data, data, recipe, learning_rate, phase_epochs, callbacks)
+            self._fit(phase_data, data, recipe, learning_rate, phase_epochs, callbacks, blocks=blocks)
 
         fit(hp.get("head_lr"), HEAD, epochs, 0)
         depth = 0
@@ -170,7 +173,8 @@ class TrialRunner:
                                            hp.get("unfreeze_depth"))
                 self.backbone.mark_changed()
                 self._fit(feed.phase(depth), data, recipe, hp.get("finetune_lr"), planned_finetune,
-                          [FailOnNonFiniteLoss(FINETUNE)], stop_after=finetune_epochs)
+                          [FailOnNonFiniteLoss(FINETUNE)], stop_after=finetune_epochs,
+                          blocks=trainable_blocks(self.hypermodel.backbone.blocks(feature_model), depth))
             out_dir.mkdir(parents=True, exist_ok=True)
             path = out_dir / CHECKPOINT_NAME
             keras.Model(model.input, model.output, name=model.name).save(path)
@@ -186,13 +190,14 @@ class TrialRunner:
         return self.plan.epochs, self.plan.finetune_epochs
 
     def _fit(self, phase: Phase, data: TrialData, recipe: Recipe, learning_rate: float, epochs: int,
-             callbacks: list, stop_after: int | None = None) -> None:
+             callbacks: list, stop_after: int | None = None, blocks: list[list] = ()) -> None:
         """Fit `phase` for up to `epochs` with early stopping on the validation split; with
-        `stop_after` (a refit), for that many epochs of a schedule planned for `epochs`, unvalidated."""
+        `stop_after` (a refit), for that many epochs of a schedule planned for `epochs`, unvalidated.
+        `blocks`: the trainable blocks' variables, top first (the recipe's layer-wise decay)."""
         total_steps = steps_in(len(data.y_train), self.plan.batch_size, epochs)
-        phase.model.compile(optimizer=recipe.optimizer_for(learning_rate, total_steps),
+        phase.model.compile(optimizer=recipe.optimizer_for(learning_rate, total_steps, blocks),
                             loss=recipe.loss(self.hypermodel.num_classes), metrics=["accuracy"],
-                            steps_per_execution=steps_per_execution())
+                            steps_per_execution=steps_per_execution(phase.runs_backbone))
         croppable = variable_length_inputs(phase.model, phase.x_train)
         shuffle_seed = int(np.random.randint(2**31))  # numpy is seeded per trial
         train = batches(phase.x_train, data.y_train, self.plan.batch_size, shuffle=True, seed=shuffle_seed,
@@ -303,19 +308,23 @@ class BestEpoch:
 
 class StopAtDeadline(keras.callbacks.Callback):
     """Ends a phase at a time-limited search's deadline (`autotl.search.budget`, rule 3): after the
-    step that passes it, or after an epoch when the next one, as long, would end past it. Keras
-    still runs the validation pass of that epoch, so it counts like any other."""
+    step when the next, as long, would end past it, or after an epoch when the next one would. Keras
+    still runs the validation pass of that epoch, so it counts like any other. A step is one call into
+    the compiled function: a batch when fine-tuning (`steps_per_execution`)."""
 
     def __init__(self, deadline: Deadline):
         super().__init__()
         self.deadline = deadline
-        self._epoch_started = time.time()
+        self._epoch_started = self._step_started = time.time()
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_started = time.time()
 
+    def on_train_batch_begin(self, batch, logs=None):
+        self._step_started = time.time()
+
     def on_train_batch_end(self, batch, logs=None):
-        if self.deadline.passed():
+        if self.deadline.left() < time.time() - self._step_started:
             self.model.stop_training = True
 
     def on_epoch_end(self, epoch, logs=None):
@@ -369,11 +378,12 @@ class _BoardLogger(keras.callbacks.Callback):
         self.board.epoch(self.phase, epoch + 1, logs or {})
 
 
-def steps_per_execution() -> int:
-    """Batches per call into the compiled train step. On cached activations a step takes
-    about as long as Python's trip into it; batching calls removes most of that (the torch
-    backend only takes 1)."""
-    return 1 if keras.backend.backend() == "torch" else 32
+def steps_per_execution(through_backbone: bool) -> int:
+    """Batches per call into the compiled train step. A head on cached activations takes about as
+    long for a step as Python's trip into it; batching 32 calls removes most of that (the torch
+    backend only takes 1). A phase that runs backbone blocks takes one batch per call: its steps
+    are long, and a time limit can stop it only between calls (a whole epoch, in 32 batches)."""
+    return 1 if through_backbone or keras.backend.backend() == "torch" else 32
 
 
 @contextlib.contextmanager

@@ -43,7 +43,11 @@ DEFAULT_SPACE: dict[str, dict[str, Any]] = {
     "lr_schedule": {"values": ["cosine"]},
     "warmup": {"values": [0.1]},
     "label_smoothing": {"values": [0.1]},
+    "lr_decay": {"values": [1.0]},  # layer-wise learning-rate decay: off until measured on the tuning suite
 }
+# Hyperparameters added to the default space since searches were first stored, with the value that trains as
+# the searches stored before them did: such a search continues under today's space (`autotl.config`).
+TRAINED_AS_BEFORE: dict[str, Any] = {"lr_decay": 1.0}
 # Images only: random flips, shifts and zooms before the backbone. Off unless a space
 # file asks (``augment: {values: [false, true]}``): a trial that augments sees new
 # inputs every epoch, so it cannot train on cached activations (see `autotl.cache.entries`).

@@ -192,6 +192,12 @@ class Store:
         with self.session() as session:
             return [summarize(*row) for row in session.execute(search_summary_query())]
 
+    def delete_search(self, search_id: int) -> None:
+        """The search and everything recorded of it: the database removes its trials, their epochs and its
+        artifacts with it (their foreign keys cascade)."""
+        with self.session() as session:
+            session.execute(sa.delete(Search).where(Search.id == search_id))
+
     def finish_search(self, search_id: int, status: str, error: str | None = None) -> None:
         with self.session() as session:
             search = session.get(Search, search_id)
