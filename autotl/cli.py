@@ -366,6 +366,32 @@ def predict(model_dir: str, inputs: tuple[str, ...], model_format: str, as_text:
 
 
 @main.command()
+@click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("data", type=click.Path(exists=True))
+@click.option("--format", "model_format", type=click.Choice(FORMATS), default="keras",
+              help="Which exported format to score (as `autotl predict --format`).")
+@click.option("--text-col", default="text", help="Column (or JSON field) holding the text.")
+@click.option("--label-col", default="label", help="Column (or JSON field) holding the label.")
+@click.option("--strict", is_flag=True, help="Fail on an unreadable image or empty text instead of skipping it.")
+@PLUGIN_OPTION
+@JSON_OPTION
+@handle_errors
+def evaluate(model_dir: str, data: str, model_format: str, text_col: str, label_col: str, strict: bool,
+             plugin_files: tuple[str, ...], as_json: bool) -> None:
+    """Score the exported model in MODEL_DIR on the labelled DATA (an image folder of class folders, or a CSV or
+    JSONL of texts and labels, as `autotl search` reads them): accuracy, balanced accuracy, macro-F1 and
+    per-class precision, recall and F1, log-loss, calibration error and the confusion matrix."""
+    from autotl.backbones.registry import load_registry
+    from autotl.insight.summary import evaluation_lines
+    from autotl.runtime.evaluation import evaluate as score
+    from autotl.runtime.loaded import LoadedModel
+
+    model = LoadedModel(model_dir, model_format, load_registry(plugin_files))
+    result = score(model, model_dir, model_format, data, text_col=text_col, label_col=label_col, strict=strict)
+    click.echo(json.dumps(result.as_dict(), indent=2) if as_json else "\n".join(evaluation_lines(result)))
+
+
+@main.command()
 @click.argument("model_dir")
 @click.option("--host", default="127.0.0.1", help="Address to listen on (0.0.0.0: every interface).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, help="Port to listen on (0: a free one).")

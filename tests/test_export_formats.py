@@ -145,6 +145,92 @@ def test_predict_takes_a_folder_of_images(exported, mnist_dir, tmp_path):
         f"Error: no image files in folder {tmp_path / 'empty'} (looked for .bmp .gif .jpeg .jpg .png .tif .tiff .webp)"]
 
 
+def _expected_calibration_error(probabilities: np.ndarray, truth: np.ndarray, bins: int = 15) -> float:
+    """Guo et al.'s definition, written out once more: bins of the top probability, weighted |accuracy - confidence|."""
+    total = 0.0
+    for b in range(bins):
+        low, high = b / bins, (b + 1) / bins
+        rows = [i for i, p in enumerate(probabilities.max(axis=1)) if low < p <= high]
+        if rows:
+            accuracy = np.mean([probabilities[i].argmax() == truth[i] for i in rows])
+            total += len(rows) / len(truth) * abs(accuracy - np.mean([probabilities[i].max() for i in rows]))
+    return total
+
+
+def test_evaluate_scores_an_export_on_labelled_folders_as_scikit_learn_does(exported, mnist_dir, tmp_path):
+    """Issue 16, 1: `autotl evaluate MODEL_DIR DATA`; each figure against scikit-learn on the same probabilities."""
+    from sklearn import metrics as sk
+
+    from autotl.backbones.registry import load_registry
+    from autotl.data import load_dataset
+    from autotl.runtime.loaded import LoadedModel
+
+    _, out, _ = exported
+    shown = json.loads(run_cli("evaluate", out, mnist_dir, "--json", "--plugin", TINY_PLUGIN, check=True).stdout)
+    model = LoadedModel(out, "keras", load_registry([str(TINY_PLUGIN)]))
+    dataset = load_dataset(mnist_dir, "image", image_size=IMAGE_SIZE)
+    probabilities = model.predict_proba(list(dataset.examples))
+    truth = np.array([model.labels.index(dataset.class_names[i]) for i in dataset.labels])
+    predicted = probabilities.argmax(axis=1)
+    assert (shown["examples"], shown["skipped"], shown["labels"]) == (120, 0, model.labels)
+    assert shown["accuracy"] == pytest.approx(sk.accuracy_score(truth, predicted))
+    assert shown["balanced_accuracy"] == pytest.approx(sk.balanced_accuracy_score(truth, predicted))
+    assert shown["macro_f1"] == pytest.approx(sk.f1_score(truth, predicted, average="macro", zero_division=0))
+    assert shown["log_loss"] == pytest.approx(sk.log_loss(truth, probabilities, labels=range(10)), rel=1e-4)
+    assert shown["confusion_matrix"] == sk.confusion_matrix(truth, predicted, labels=range(10)).tolist()
+    seen = sorted(set(truth) | set(predicted))
+    precision, recall, f1, support = sk.precision_recall_fscore_support(truth, predicted, labels=seen, zero_division=0)
+    for index, c in enumerate(seen):
+        assert shown["per_class"][model.labels[c]] == pytest.approx(
+            {"precision": precision[index], "recall": recall[index], "f1": f1[index], "support": support[index]})
+    assert shown["expected_calibration_error"] == pytest.approx(_expected_calibration_error(probabilities, truth))
+    table = run_cli("evaluate", out, mnist_dir, "--plugin", TINY_PLUGIN, check=True).stdout
+    assert f"accuracy {shown['accuracy']:.4f}" in table and "confusion matrix (rows: true class" in table
+    (tmp_path / "odd" / "zebra").mkdir(parents=True)
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "odd" / "zebra" / "a.png")
+    (tmp_path / "odd" / "3").mkdir()
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "odd" / "3" / "b.png")
+    unknown = run_cli("evaluate", out, tmp_path / "odd", "--plugin", TINY_PLUGIN)
+    assert unknown.returncode == 1 and unknown.stderr.strip().splitlines() == [
+        f"Error: {tmp_path / 'odd'} has classes the model does not know: 'zebra' (the model's: "
+        + ", ".join(f"'{d}'" for d in range(10)) + ")"]
+
+
+def _on_a_terminal(args: list) -> str:
+    """What `autotl ARGS` writes to its stderr when that is a pseudo-terminal."""
+    import os
+    import pty
+
+    leader, follower = pty.openpty()
+    process = subprocess.Popen([sys.executable, "-m", "autotl", *map(str, args)], stdout=subprocess.DEVNULL,
+                               stderr=follower, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # the other end closed
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    assert process.wait(timeout=300) == 0
+    return b"".join(chunks).decode(errors="replace")
+
+
+def test_export_shows_each_format_on_a_terminal_and_nothing_when_piped(exported, tmp_path):
+    """Issue 29, 4: 55-67 s of silent export. On a terminal each format's line is drawn, then cleared."""
+    root, _, _ = exported
+    args = ["export", "formats", "--format", "keras", "--format", "savedmodel", "--store",
+            f"sqlite:///{root / 'autotl.db'}", "--plugin", TINY_PLUGIN]
+    shown = _on_a_terminal([*args, "--out", tmp_path / "tty"])
+    assert "\rexporting keras... 0s\x1b[K" in shown and "\rexporting savedmodel... 0s\x1b[K" in shown
+    assert shown.count("\r\x1b[K") == 2  # each cleared
+    piped = run_cli(*args, "--out", tmp_path / "piped", check=True)
+    assert "exporting" not in piped.stderr and "\r" not in piped.stderr
+
+
 def test_saved_model_decodes_jpeg_gif_bmp_and_transparency_as_autotl_reads_them(exported, digits, tmp_path):
     """The serving_default signature reads the usual encodings of the same digits as autotl does."""
     _, out, _ = exported

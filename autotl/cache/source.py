@@ -28,6 +28,7 @@ import numpy as np
 from autotl.cache import cut as graph_module
 from autotl.cache.batches import (PADDING_MASK, as_list, call_eagerly, cropped_length, model_input, pad_sequence,
                                   sequence_lengths, slices, take_rows, variable_length)
+from autotl.insight.bar import ProgressLine
 from autotl.cache.entries import ActivationCache, digest, storage_dtype
 from autotl.search.hypermodel import BACKBONE_LAYER, top_block_layers
 from autotl.search.records import TrialData
@@ -146,6 +147,7 @@ def _shrinks(stem: graph_module.Stem, activations: list) -> bool:
     return written < read
 
 
+PROGRESS_AFTER_S = 1.0  # a cache pass shows its progress on a terminal once it has lasted this long
 # A search's bound spares the entries read this recently: another search running beside it may be about to
 # read them again (a new trial process loads its entries afresh).
 SPARE_RECENT_S = 3600.0
@@ -260,6 +262,8 @@ class ActivationSource:
         croppable = [variable_length(t) for t in prefix.inputs]
         full_length = None if lengths is None else model_input(x, PADDING_MASK).shape[1]
         writers = {}
+        progress = ProgressLine(f"computing the frozen backbone's activations of the {split} split", total=count,
+                                after_s=PROGRESS_AFTER_S)
         try:
             for start in range(0, count, self.batch_size):
                 rows = order[start:start + self.batch_size]
@@ -277,12 +281,15 @@ class ActivationSource:
                     writers = self._writers(keys, names, outputs, count, split)
                 for name, output in zip(names, outputs):
                     writers[name].write(output, rows)
+                progress.update(start + len(rows))
             for writer in writers.values():
                 writer.commit()
         except BaseException:
             for writer in writers.values():
                 writer.abort()
             raise
+        finally:
+            progress.close()
 
     def _writers(self, keys, names, first_outputs, count: int, split: str) -> dict:
         """One cache writer per tensor, in float16 when asked, or (``auto``) when float32 would not fit

@@ -160,10 +160,12 @@ def _write_models(model, checkpoint: Path, out: Path, formats: Sequence[str], pr
     (a manifest that lists formats the folder lacks, or a folder without one that blocks the next export),
     and say so: the message names the format that failed, and the export of the others is one command."""
     from autotl.export.keras_model import plain_keras_model
+    from autotl.insight.bar import ProgressLine
 
     try:
         if "keras" in formats:
-            plain_keras_model(model).save(out / KERAS_FILE)
+            with ProgressLine("exporting keras"):
+                plain_keras_model(model).save(out / KERAS_FILE)
         export_formats(checkpoint, out, formats, preprocessing, preprocessor, backbone_name, plugin_files,
                        model=model)
     except AutotlError as exc:

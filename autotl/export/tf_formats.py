@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from autotl.errors import AutotlError
+from autotl.insight.bar import ProgressLine
 from autotl.quiet import native_stderr_held
 from autotl.workarounds import frozen_for_onnx, keras_input_signature
 from autotl.export.image_ops import decode_image, pil_resize, pillow_vertical_first
@@ -88,7 +89,8 @@ def export_formats(keras_file: Path, out_dir: Path, formats: Sequence[str], prep
         args += ["--format", fmt]
     for plugin in plugin_files:
         args += ["--plugin", str(plugin)]
-    result = subprocess.run(args, env=env, capture_output=True, text=True)
+    with ProgressLine(f"exporting {', '.join(formats)} (in a TensorFlow process)"):
+        result = subprocess.run(args, env=env, capture_output=True, text=True)
     if result.returncode != 0:
         lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
         last = lines[-1] if lines else "no output"
@@ -104,7 +106,7 @@ def write_formats(model, out_dir: Path, formats: Sequence[str], preprocessing: d
     with tempfile.TemporaryDirectory() as scratch:
         for fmt in (f for f in TF_FORMATS if f in formats):
             try:
-                with native_stderr_held():
+                with ProgressLine(f"exporting {fmt}"), native_stderr_held():  # the line is drawn before fd 2 is held
                     writers[fmt](Path(scratch))
             except Exception as exc:  # a converter's error, often pages long: its first line
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""

@@ -72,3 +72,22 @@ def exported_what(manifest: dict[str, Any]) -> str:
         return "the ensemble of trials " + ", ".join(f"{m['trial']} ({m['weight']:.2f})" for m in members)
     refit = " (its refit on all labelled examples)" if manifest.get("refit") else ""
     return f"trial {manifest['search']['trial']}{refit}"
+
+
+def evaluation_lines(result) -> list[str]:
+    """`autotl evaluate`'s report of an `autotl.runtime.evaluation.Evaluation`: the figures, each class, the
+    confusion matrix."""
+    skipped = f"; {result.skipped} skipped (unreadable or empty)" if result.skipped else ""
+    lines = [f"{result.model_dir} ({result.model_format}) on {result.data}: {result.examples} examples{skipped}",
+             f"accuracy {result.accuracy:.4f}  balanced accuracy {result.balanced_accuracy:.4f}  "
+             f"macro-F1 {result.macro_f1:.4f}  log-loss {result.log_loss:.4f}  "
+             f"calibration error {result.expected_calibration_error:.4f}", "",
+             f"{'class':<16} precision  recall  f1      support"]
+    lines += [f"{name[:16]:<16} {s['precision']:.4f}     {s['recall']:.4f}  {s['f1']:.4f}  {s['support']}"
+              for name, s in result.per_class.items()]
+    width = max(5, *(len(name[:12]) for name in result.labels))
+    lines += ["", "confusion matrix (rows: true class, columns: predicted)",
+              " " * (width + 1) + " ".join(f"{name[:12]:>{width}}" for name in result.labels)]
+    lines += [f"{name[:12]:<{width}} " + " ".join(f"{count:>{width}}" for count in row)
+              for name, row in zip(result.labels, result.confusion_matrix)]
+    return lines

@@ -29,6 +29,7 @@ from autotl.workarounds import TrialHeap, build_training_state, traced_gradients
 from autotl.search import space as space_module
 from autotl.search.budget import Deadline
 from autotl.search.recipe import Recipe, steps_in
+from autotl.insight.bar import ProgressLine
 from autotl.insight.board import TrialBoard
 from autotl.cache.entries import ActivationCache
 from autotl.cache.batches import batches, predict_in_order, sequence_lengths, variable_length_inputs
@@ -44,6 +45,9 @@ from autotl.store.queries import TIE_BREAK_METRIC, rank_key, trial_rank
 CHECKPOINT_NAME = "model.keras"
 
 EpochCallback = Callable[[int, str, int, int, dict], None]
+
+
+EPOCH_PROGRESS_AFTER_S = 2.0  # an epoch shows its batches on a terminal once it has lasted this long
 
 
 class TrialRunner:
@@ -98,7 +102,7 @@ class TrialRunner:
     def _train(self, trial_id: int, trial_number: int, values: dict[str, Any], data: TrialData,
                on_epoch: EpochCallback, board: TrialBoard | None) -> TrialOutcome:
         feature_model = self.backbone.fresh()
-        keras.utils.set_random_seed(self.plan.seed * 1000 + trial_number)
+        keras.utils.set_random_seed(self._trial_seed(trial_number))
         hp = self.hypermodel.hyperparameters(values)
         model = self.hypermodel.build(hp, feature_model)
         feed = self.activations.feed(model, data, values)
@@ -112,7 +116,10 @@ class TrialRunner:
             phase_data = feed.phase(depth)
             blocks = trainable_blocks(self.hypermodel.backbone.blocks(feature_model), depth) if depth else []
             logger = _EpochLogger(self.store, trial_id, trial_number, phase, phase_epochs, on_epoch)
-            callbacks = [FailOnNonFiniteLoss(phase), tracker.callback(phase, phase_data.model.weights), logger]
+            batches_shown = _BatchProgress(f"  trial {trial_number} {phase}", phase_epochs,
+                                           math.ceil(len(data.y_train) / self.plan.batch_size))
+            callbacks = [FailOnNonFiniteLoss(phase), tracker.callback(phase, phase_data.model.weights), batches_shown,
+                         logger]
             if phase == FINETUNE and self.plan.checkpoint_soup:
                 top_epochs.append(TopEpochs(self.objective, phase_data.model.weights))
                 callbacks.append(top_epochs[-1])
@@ -158,7 +165,7 @@ class TrialRunner:
         self.release_past_trials()
         with dtype_policy(self.plan.precision), traced_gradients_released():
             feature_model = self.backbone.fresh()
-            keras.utils.set_random_seed(self.plan.seed * 1000 + trial_number)  # the trial's initialisation
+            keras.utils.set_random_seed(self._trial_seed(trial_number))  # the trial's initialisation
             hp = self.hypermodel.hyperparameters(values)
             model = self.hypermodel.build(hp, feature_model)
             feed = self.activations.feed(model, data, values)
@@ -182,6 +189,11 @@ class TrialRunner:
             np.save(out_dir / VAL_PROBS_NAME, predict_in_order(phase.model, phase.x_val, self.plan.batch_size,
                                                                sequence_lengths(data.x_val)))
             return path
+
+    def _trial_seed(self, trial_number: int) -> int:
+        """The seed of a trial's initialisation and shuffles: the search's, and the trial's number (a re-run of
+        an interrupted trial takes that trial's, `Store.first_number`)."""
+        return self.plan.seed * 1000 + self.store.first_number(self.search_id, trial_number)
 
     def _epoch_budget(self, values: dict[str, Any]) -> tuple[int, int]:
         if "tuner/epochs" in values:  # Hyperband decides the budget of each bracket
@@ -365,6 +377,27 @@ class _EpochLogger(keras.callbacks.Callback):
         metrics["seconds"] = time.perf_counter() - self._started
         self.store.log_epoch(self.trial_id, self.phase, epoch + 1, metrics)
         self.on_epoch(self.trial_number, self.phase, epoch + 1, self.epochs, metrics)
+
+
+class _BatchProgress(keras.callbacks.Callback):
+    """A long epoch's batches on a terminal (`autotl.insight.bar`), cleared before the epoch's own line."""
+
+    def __init__(self, label: str, epochs: int, batches: int):
+        super().__init__()
+        self.label, self.epochs, self.batches = label, epochs, batches
+        self.line: ProgressLine | None = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.line = ProgressLine(f"{self.label} epoch {epoch + 1}/{self.epochs}", total=self.batches,
+                                 after_s=EPOCH_PROGRESS_AFTER_S)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.line is not None:
+            self.line.update(batch + 1)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.line is not None:
+            self.line.close()
 
 
 class _BoardLogger(keras.callbacks.Callback):

@@ -1,0 +1,119 @@
+"""Scoring an exported model on labelled data (`autotl evaluate`): the data in the formats a search
+reads (an image folder of class folders, a CSV or JSONL of texts and labels), the metrics a user
+compares models by, computed here from the model's probabilities.
+
+Metrics follow scikit-learn's definitions (the tests check them against it): precision, recall and
+F1 per class, their macro average over the classes in the data or the predictions, balanced accuracy
+(the mean recall over the classes in the data), the log-loss of the probabilities, and the expected
+calibration error over 15 equal-width bins of the top probability (Guo et al., 2017).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from autotl.errors import AutotlError
+
+CALIBRATION_BINS = 15
+_EPSILON = 1e-15  # probabilities are clipped to [eps, 1] before the log of the log-loss
+
+
+@dataclass
+class Evaluation:
+    model_dir: str
+    model_format: str
+    data: str
+    examples: int
+    skipped: int
+    labels: list[str]  # the model's classes, the confusion matrix's order
+    accuracy: float
+    balanced_accuracy: float
+    macro_f1: float
+    log_loss: float
+    expected_calibration_error: float
+    per_class: dict[str, dict[str, float]]  # class -> precision, recall, f1, support (classes in data or predictions)
+    confusion_matrix: list[list[int]]  # rows: true class, columns: predicted, in `labels` order
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def evaluate(model, model_dir: str, model_format: str, data: str, *, text_col: str = "text",
+             label_col: str = "label", strict: bool = False) -> Evaluation:
+    """Score `model` (an `autotl.runtime.loaded.LoadedModel`) on the labelled examples of `data`."""
+    dataset = load_labelled(model, data, text_col=text_col, label_col=label_col, strict=strict)
+    truth = true_indices(dataset.class_names, model.labels, data)[dataset.labels]
+    probabilities = model.predict_proba(list(dataset.examples))
+    return Evaluation(model_dir=str(model_dir), model_format=model_format, data=str(data),
+                      examples=len(truth), skipped=len(dataset.skipped), labels=list(model.labels),
+                      **metrics(truth, probabilities, list(model.labels)))
+
+
+def load_labelled(model, data: str, *, text_col: str, label_col: str, strict: bool):
+    """`data` as the model takes it: images at the export's size (as `autotl predict` reads them), or texts."""
+    from autotl.data import load_dataset
+
+    modality = model.manifest["modality"]
+    if modality == "image":
+        if not Path(data).is_dir():
+            raise AutotlError(f"the model in {model.directory} takes images: give a folder of class folders, "
+                              f"not {data}")
+        size = tuple(model.manifest["preprocessing"]["image_size"])
+        return load_dataset(data, modality, image_size=size, strict=strict)
+    return load_dataset(data, modality, text_col=text_col, label_col=label_col, strict=strict)
+
+
+def true_indices(data_classes: list[str], model_labels: list[str], data: str) -> np.ndarray:
+    """The model's index of each class of the data; a class the model does not know is an error."""
+    unknown = [name for name in data_classes if name not in model_labels]
+    if unknown:
+        raise AutotlError(f"{data} has classes the model does not know: {', '.join(map(repr, unknown[:5]))} "
+                          f"(the model's: {', '.join(map(repr, model_labels[:10]))})")
+    return np.array([model_labels.index(name) for name in data_classes], dtype=np.int64)
+
+
+def metrics(truth: np.ndarray, probabilities: np.ndarray, labels: list[str]) -> dict[str, Any]:
+    predicted = probabilities.argmax(axis=1)
+    classes = len(labels)
+    matrix = np.zeros((classes, classes), dtype=np.int64)
+    np.add.at(matrix, (truth, predicted), 1)
+    seen = sorted(set(truth.tolist()) | set(predicted.tolist()))  # scikit-learn's labels for macro averages
+    per_class = {labels[c]: _class_scores(matrix, c) for c in seen}
+    in_data = sorted(set(truth.tolist()))
+    picked = probabilities[np.arange(len(truth)), truth]
+    return {
+        "accuracy": float(np.mean(predicted == truth)),
+        "balanced_accuracy": float(np.mean([per_class[labels[c]]["recall"] for c in in_data])),
+        "macro_f1": float(np.mean([scores["f1"] for scores in per_class.values()])),
+        "log_loss": float(-np.mean(np.log(np.clip(picked, _EPSILON, 1.0)))),
+        "expected_calibration_error": calibration_error(probabilities, truth),
+        "per_class": per_class,
+        "confusion_matrix": matrix.tolist(),
+    }
+
+
+def _class_scores(matrix: np.ndarray, c: int) -> dict[str, float]:
+    """Precision, recall and F1 of class `c` (0 where undefined, as scikit-learn's zero_division), its support."""
+    right, predicted, actual = matrix[c, c], matrix[:, c].sum(), matrix[c, :].sum()
+    precision = right / predicted if predicted else 0.0
+    recall = right / actual if actual else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": float(precision), "recall": float(recall), "f1": float(f1), "support": int(actual)}
+
+
+def calibration_error(probabilities: np.ndarray, truth: np.ndarray, bins: int = CALIBRATION_BINS) -> float:
+    """The expected calibration error: over equal-width bins of the top probability, the gap between its mean
+    and the accuracy of the bin's examples, weighted by the share of examples in the bin."""
+    confidence = probabilities.max(axis=1)
+    right = probabilities.argmax(axis=1) == truth
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    error = 0.0
+    for low, high in zip(edges[:-1], edges[1:]):
+        inside = (confidence > low) & (confidence <= high)
+        if inside.any():
+            error += inside.mean() * abs(right[inside].mean() - confidence[inside].mean())
+    return float(error)
