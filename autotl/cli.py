@@ -277,7 +277,7 @@ def best(search_ref: str, store: str, as_json: bool) -> None:
         click.echo(json.dumps({**as_dict(trial), "search": search.name, "objective": search.objective,
                                "refit": refit, "ensemble": search.config.get(ensemble.RESULT_KEY)}, indent=2))
         return
-    for line in best_trial_lines(search, trial, refit, search.config.get(ensemble.RESULT_KEY)):
+    for line in best_trial_lines(search, trial):
         click.echo(line)
 
 

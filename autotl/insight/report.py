@@ -94,6 +94,7 @@ def _writable_out_dir(out: Path) -> Path:
 def _confusion(store: Store, search: Search, best: Trial) -> tuple[np.ndarray | None, str, str]:
     """The confusion matrix on the validation split of the model the export uses (the ensemble, when the
     search chose one, else the best trial), its name; or None and why not."""
+    from autotl.runtime.evaluation import confusion_matrix
     from autotl.search.ensemble import name_of, used_ensemble, used_probabilities
 
     ensemble = used_ensemble(search)
@@ -111,10 +112,7 @@ def _confusion(store: Store, search: Search, best: Trial) -> tuple[np.ndarray | 
     if probs.ndim != 2 or len(probs) != len(labels) or probs.shape[1] != len(search.labels):
         return None, (f"the saved probabilities of {model} are {probs.shape} for {len(labels)} validation examples "
                       f"and {len(search.labels)} classes"), model
-    classes = len(search.labels)
-    matrix = np.zeros((classes, classes), dtype=np.int64)
-    np.add.at(matrix, (labels, probs.argmax(axis=1)), 1)
-    return matrix, "", model
+    return confusion_matrix(labels, probs.argmax(axis=1), len(search.labels)), "", model
 
 
 def _trial_probabilities(store: Store, search: Search, best: Trial) -> tuple[np.ndarray | None, str]:

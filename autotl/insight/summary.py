@@ -26,15 +26,15 @@ def search_result_lines(result) -> list[str]:
               f"best trial: {best.number}  {search.objective} {best.value:.4f}  "
               f"({best.best_phase} epoch {best.best_epoch})",
               f"hyperparameters: {best.hyperparameters_line()}",
-              *chosen_model_lines(search),
+              *chosen_model_lines(search, best),
               f"store: {result.store.display_url}",
               f"next: autotl export {search.name} --out exported/{search.name}"]
     return lines
 
 
-def chosen_model_lines(search) -> list[str]:
-    """What the search chose beyond its best trial, as `autotl best` says it: its ensemble (used or not) and
-    its refit, when it made them."""
+def chosen_model_lines(search, best) -> list[str]:
+    """What the search chose beyond its best trial `best`: its ensemble (used or not), and the refit of that
+    trial, when it made them."""
     from autotl.search.ensemble import RESULT_KEY as ENSEMBLE_KEY, describe_record
     from autotl.search.refit import RESULT_KEY as REFIT_KEY, describe_epochs
 
@@ -42,23 +42,16 @@ def chosen_model_lines(search) -> list[str]:
     if search.config.get(ENSEMBLE_KEY):
         lines.append(describe_record(search.config[ENSEMBLE_KEY], search.objective))
     refit = search.config.get(REFIT_KEY)
-    if refit:
+    if refit and refit.get("trial") == best.number:  # a later, better trial has no refit
         lines.append(f"refit on all {refit['examples']} labelled examples ({describe_epochs(refit)}): exports use it")
     return lines
 
 
-def best_trial_lines(search, trial, refit: dict[str, Any] | None, ensemble: dict[str, Any] | None = None) -> list[str]:
-    """The best trial in detail; `refit`: its refit's stored result (`autotl.search.refit`), if any;
-    `ensemble`: the ensemble the search chose (`autotl.search.ensemble`), used or not, if any."""
-    from autotl.search.ensemble import describe_record
-    from autotl.search.refit import describe_epochs
-
+def best_trial_lines(search, trial) -> list[str]:
+    """The best trial in detail, with the ensemble and the refit the search made (`chosen_model_lines`)."""
     lines = [f"search {search.name!r} ({search.backbone}): best trial {trial.number}",
-             f"{search.objective}: {trial.value:.4f} at {trial.best_phase} epoch {trial.best_epoch}"]
-    if ensemble:
-        lines.append(describe_record(ensemble, search.objective))
-    if refit:
-        lines.append(f"refit on all {refit['examples']} labelled examples ({describe_epochs(refit)}): exports use it")
+             f"{search.objective}: {trial.value:.4f} at {trial.best_phase} epoch {trial.best_epoch}",
+             *chosen_model_lines(search, trial)]
     lines += [f"  {key}: {value}" for key, value in trial.hyperparameters.items()]
     lines += [f"  {key} = {value:.4f}" if isinstance(value, float) else f"  {key} = {value}"
               for key, value in (trial.metrics or {}).items()]

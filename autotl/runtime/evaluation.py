@@ -78,9 +78,7 @@ def true_indices(data_classes: list[str], model_labels: list[str], data: str) ->
 
 def metrics(truth: np.ndarray, probabilities: np.ndarray, labels: list[str]) -> dict[str, Any]:
     predicted = probabilities.argmax(axis=1)
-    classes = len(labels)
-    matrix = np.zeros((classes, classes), dtype=np.int64)
-    np.add.at(matrix, (truth, predicted), 1)
+    matrix = confusion_matrix(truth, predicted, len(labels))
     seen = sorted(set(truth.tolist()) | set(predicted.tolist()))  # scikit-learn's labels for macro averages
     per_class = {labels[c]: _class_scores(matrix, c) for c in seen}
     in_data = sorted(set(truth.tolist()))
@@ -94,6 +92,13 @@ def metrics(truth: np.ndarray, probabilities: np.ndarray, labels: list[str]) -> 
         "per_class": per_class,
         "confusion_matrix": matrix.tolist(),
     }
+
+
+def confusion_matrix(truth: np.ndarray, predicted: np.ndarray, classes: int) -> np.ndarray:
+    """Counts of (true class, predicted class), rows true."""
+    matrix = np.zeros((classes, classes), dtype=np.int64)
+    np.add.at(matrix, (truth, predicted), 1)
+    return matrix
 
 
 def _class_scores(matrix: np.ndarray, c: int) -> dict[str, float]:
