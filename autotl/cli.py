@@ -18,6 +18,7 @@ from typing import Any
 import click
 
 from autotl.config import CACHE_DTYPES, DEFAULT_CACHE_MAX_GB, OBJECTIVES, PRECISIONS, TUNERS
+from autotl.store.queries import BEST, SELECTIONS
 from autotl.cli_errors import handle_errors
 from autotl.errors import AutotlError, UsageError
 from autotl.export.manifest import DEFAULT_FORMATS, FORMATS
@@ -49,6 +50,11 @@ def main() -> None:
 @click.option("--portfolio/--no-portfolio", default=True,
               help="Start with a few configurations that do well across datasets (README: Strong first trials); "
                    "the random and bayesian tuners only.")
+@click.option("--selection", type=click.Choice(SELECTIONS), default=BEST, show_default=True,
+              help="How the trial is chosen: best, the best validation figure (ties: lower validation loss, then "
+                   "fewer fine-tuned blocks); one-se, the fewest fine-tuned blocks within one standard error of the "
+                   "best validation accuracy, for small validation splits, trying the portfolio's cheap heads first "
+                   "(README: Choosing on small validation splits).")
 @click.option("--refit/--no-refit", default=False,
               help="Once the best trial is chosen, train its configuration again on training and validation "
                    "data together, for the epochs it needed; exports use that model.")
@@ -277,7 +283,7 @@ def best(search_ref: str, store: str, as_json: bool) -> None:
         click.echo(json.dumps({**as_dict(trial), "search": search.name, "objective": search.objective,
                                "refit": refit, "ensemble": search.config.get(ensemble.RESULT_KEY)}, indent=2))
         return
-    for line in best_trial_lines(search, trial):
+    for line in best_trial_lines(search, trial, opened.list_trials(search.id)):
         click.echo(line)
 
 

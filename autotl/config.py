@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from autotl.errors import UsageError
 from autotl.search.distributed import parse_address
+from autotl.store.queries import BEST, ONE_SE, SELECTIONS
 
 if TYPE_CHECKING:  # the data and backbones are imported where used, so that `autotl --help` stays fast
     from autotl.backbones.protocol import Backbone, Preprocessor
@@ -34,11 +35,13 @@ DEFAULT_CACHE_MAX_GB = 10.0  # the activation cache's bound unless a search says
 DEFAULT_MAX_TRIALS = 5  # without a --time-limit; with one, --max-trials is an optional cap
 # What must match for `autotl search --name NAME` to resume an unfinished search of that name
 # (the data are compared by fingerprint); the rest (cache, precision, workers) may change.
-RESUME_OPTIONS = ("data", "backbone", "tuner", "portfolio", "max_trials", "epochs", "finetune_epochs", "batch_size", "patience",
+RESUME_OPTIONS = ("data", "backbone", "tuner", "portfolio", "selection", "max_trials", "epochs", "finetune_epochs", "batch_size", "patience",
                   "seed", "objective", "val_split", "val_data", "image_size", "sequence_length", "text_col",
                   "label_col", "space_file")
 RESUME_FIELDS = ("weights", "space", "preprocessing")  # compared once the data and backbone are loaded
 PATH_OPTIONS = ("data", "val_data", "space_file", "cache_dir", "tensorboard_dir")  # stored absolute
+# Options added after searches were stored, with the value a stored search without them ran with.
+ADDED_OPTIONS = {"selection": BEST}
 
 
 @dataclass
@@ -51,6 +54,7 @@ class SearchConfig:
     name: str | None = None
     tuner: str = "random"
     portfolio: bool = True  # the first trials are autotl.search.portfolio's (random and bayesian tuners)
+    selection: str = BEST  # how the trial is chosen: the best, or the simplest within one standard error (autotl.store.queries)
     refit: bool = False  # train the best configuration again on training + validation data (autotl.search.refit)
     ensemble_size: int = 1  # > 1: average up to this many of the best trials when it helps (autotl.search.ensemble)
     checkpoint_soup: bool = False  # average a fine-tune's best epochs greedily (autotl.search.soup)
@@ -128,6 +132,10 @@ class SearchConfig:
                              f"not {self.objective!r}")
         if self.objective not in OBJECTIVES:
             raise UsageError("--objective must be val_accuracy or val_loss")
+        if self.selection not in SELECTIONS:
+            raise UsageError(f"unknown selection {self.selection!r} (use one of {', '.join(SELECTIONS)})")
+        if self.selection == ONE_SE and self.objective != "val_accuracy":
+            raise UsageError("--selection one-se needs --objective val_accuracy (its standard error is the accuracy's)")
         if self.tensorboard_dir is not None:
             from autotl.insight.board import require_tensorboard
 
@@ -214,6 +222,7 @@ def config_from_record(row: Search, **overrides: Any) -> SearchConfig:
     known = {f.name for f in fields(SearchConfig)}
     values = {key: value for key, value in row.config.items() if key in known}
     values.setdefault("portfolio", False)  # a search from before portfolios drew all its trials
+    values.update({key: value for key, value in ADDED_OPTIONS.items() if key not in values})
     values.update(name=row.name, workdir=str(Path(row.workdir).parent))
     values.update({key: value for key, value in overrides.items() if value is not None})
     return SearchConfig(**values)
@@ -230,7 +239,7 @@ def check_same_options(existing: Search, config: SearchConfig) -> None:
     but for a higher --max-trials, which extends it."""
     given = with_absolute_paths(asdict(config), PATH_OPTIONS)
     stored = with_absolute_paths(existing.config, PATH_OPTIONS)  # stores from before paths were kept absolute
-    changed = [name for name in RESUME_OPTIONS if stored.get(name) != given[name]
+    changed = [name for name in RESUME_OPTIONS if stored.get(name, ADDED_OPTIONS.get(name)) != given[name]
                and not (name == "max_trials" and extends(existing, config))]
     if config.weights is not None and config.weights != existing.weights:
         changed.append("weights")

@@ -126,6 +126,40 @@ def test_a_search_starts_with_the_portfolio_fitted_to_its_backbone(tmp_path, mni
         assert trials[0].hyperparameters != expected[0]
 
 
+def test_one_se_tries_the_portfolios_heads_first_and_keeps_the_checkpoint_it_chooses(tmp_path, mnist_dir):
+    """`--selection one-se` prefers models that fine-tune less, so the heads on cached activations run first."""
+    from pathlib import Path
+
+    from autotl.store import Store
+
+    from conftest import TINY_PLUGIN, run_cli
+
+    store_url = f"sqlite:///{tmp_path / 'autotl.db'}"
+    result = run_cli("search", mnist_dir, "--backbone", "tiny_cnn", "--plugin", TINY_PLUGIN, "--image-size", "16",
+                     "--max-trials", "2", "--epochs", "2", "--finetune-epochs", "1", "--name", "p", "--selection",
+                     "one-se", "--store", store_url, "--workdir", tmp_path / "runs", "--trials-per-worker", "0")
+    assert result.returncode == 0, result.stderr
+    store = Store(store_url)
+    search = store.get_search("p")
+    assert search.config["selection"] == "one-se"
+    trials = store.list_trials(search.id)
+    assert [t.hyperparameters["unfreeze_depth"] for t in trials] == [0, 2]
+    chosen = store.best_trial(search)
+    assert [Path(a.path).is_file() for a in store.artifacts(search.id, "checkpoint", trial_id=chosen.id)] == [True]
+    best = run_cli("best", "p", "--store", store_url)
+    assert best.returncode == 0 and f"best trial {chosen.number}" in best.stdout, best.stdout + best.stderr
+
+
+def test_one_se_needs_the_accuracy_objective(tmp_path, mnist_dir):
+    from conftest import run_cli
+
+    result = run_cli("search", mnist_dir, "--backbone", "tiny_cnn", "--selection", "one-se", "--objective",
+                     "val_loss", "--store", tmp_path / "a.db")
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("Error: --selection one-se needs --objective val_accuracy (its standard error "
+                                      "is the accuracy's)"), result.stderr
+
+
 def _portfolio_benchmark():
     import importlib.util
     from pathlib import Path

@@ -12,6 +12,7 @@ import pytest
 
 from autotl.errors import AutotlError
 from autotl.store import COMPLETED, FAILED, INTERRUPTED, RUNNING, SCHEMA_VERSION, Store
+from autotl.store.queries import may_be_chosen, selection_line
 
 from conftest import run_cli
 
@@ -271,6 +272,73 @@ def test_on_a_tie_the_lower_validation_loss_then_the_shallower_fine_tune_wins(st
     assert store.best_trial(row).id == shallower
     listed = store.select_trials(row, sort="value")
     assert [t.number for t in listed] == [4, 3, 1, 5, 2]  # `autotl trials --sort value` agrees
+
+
+def fine_tuned(store: Store, search_id: int, value: float, depth: int, val_loss: float = 0.5) -> int:
+    """A completed trial whose best epoch fine-tuned `depth` blocks (0: the head phase's)."""
+    trial = store.start_trial(search_id, "t", {"head_lr": 0.001})
+    store.finish_trial(trial.id, COMPLETED, value=value, best_phase="finetune" if depth else "head", best_epoch=1,
+                       metrics={"val_loss": val_loss, "unfreeze_depth_applied": depth})
+    return trial.id
+
+
+def one_se_search(store: Store, val_examples: int, selection: str = "one-se"):
+    return store.create_search(**search_fields(config={"selection": selection, "val_examples": val_examples}))
+
+
+def test_one_se_chooses_the_fewest_fine_tuned_blocks_within_one_standard_error(store):
+    """On 28 validation examples one standard error of 0.7143 is 0.0854: 0.6429 is within it, 0.6071 is not."""
+    search = one_se_search(store, val_examples=28)
+    full = fine_tuned(store, search.id, 20 / 28, depth=12, val_loss=0.40)   # 1: the best figure
+    probe = fine_tuned(store, search.id, 18 / 28, depth=0)                  # 2: within one SE, no block
+    half = fine_tuned(store, search.id, 19 / 28, depth=6)                   # 3
+    fine_tuned(store, search.id, 17 / 28, depth=0)                          # 4: out of the window
+    row = store.get_search(search.id)
+    assert store.best_trial(row).id == probe
+    assert [t.id for t in store.best_trials(row, 3)] == [probe, full, half]  # then the others, best first
+    assert [t.number for t in store.kept_trials(row, 1)] == [2, 1, 3]  # the window's checkpoints stay
+    line = selection_line(store.list_trials(search.id), row)
+    assert line.startswith("one-se: trial 2 (val_accuracy 0.6429, 0 block(s) fine-tuned) is within one standard "
+                           "error (0.0854) of trial 1's 0.7143 (12 block(s))"), line
+
+
+def test_one_se_changes_nothing_when_the_gap_is_larger_than_the_noise(store):
+    """On 1,000 examples one standard error of 0.85 is 0.0113: a probe 3 points behind stays behind."""
+    search = one_se_search(store, val_examples=1000)
+    full = fine_tuned(store, search.id, 0.85, depth=12)
+    fine_tuned(store, search.id, 0.82, depth=0)
+    row = store.get_search(search.id)
+    assert store.best_trial(row).id == full
+    assert [t.number for t in store.kept_trials(row, 1)] == [1]
+    assert selection_line(store.list_trials(search.id), row) is None
+
+
+def test_on_ties_at_accuracy_one_one_se_takes_the_simplest_model_whatever_its_loss(store):
+    """Every trial at 1.0 (a standard error of 0): the loss tie-break of `best` would keep the confident fine-tune."""
+    for selection, expected in (("best", 1), ("one-se", 2)):
+        search = store.create_search(**search_fields(f"ties-{selection}",
+                                                     config={"selection": selection, "val_examples": 30}))
+        fine_tuned(store, search.id, 1.0, depth=18, val_loss=0.01)
+        fine_tuned(store, search.id, 1.0, depth=0, val_loss=0.20)
+        fine_tuned(store, search.id, 1.0, depth=4, val_loss=0.05)
+        assert store.best_trial(store.get_search(search.id)).number == expected, selection
+
+
+def test_a_fine_tune_whose_best_epoch_was_the_heads_counts_as_no_block(store):
+    search = one_se_search(store, val_examples=28)
+    fine_tuned(store, search.id, 20 / 28, depth=6)
+    trial = store.start_trial(search.id, "t", {"head_lr": 0.001})
+    store.finish_trial(trial.id, COMPLETED, value=19 / 28, best_phase="head", best_epoch=3,
+                       metrics={"unfreeze_depth_applied": 12})
+    assert store.best_trial(store.get_search(search.id)).id == trial.id
+
+
+@pytest.mark.parametrize("value, chosen", [(0.70, True), (0.60, False), (0.95, True)])
+def test_a_trial_within_the_window_of_the_best_so_far_may_be_chosen(store, value, chosen):
+    """The runner keeps such a trial's checkpoint even when its figure ranks below the kept ones."""
+    search = one_se_search(store, val_examples=28)
+    assert may_be_chosen(search, value, best_value=0.75) is chosen
+    assert not may_be_chosen(store.create_search(**search_fields("best")), 0.75, best_value=0.75)
 
 
 def test_best_trial_is_none_without_a_completed_trial(store):

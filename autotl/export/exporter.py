@@ -33,11 +33,11 @@ from typing import Any, Sequence
 from autotl.errors import AutotlError, UsageError
 from autotl.backbones.registry import Registry
 from autotl.store import Store
+from autotl.store.queries import depth_of
 from autotl.export.manifest import (DEFAULT_FORMATS, FORMAT_PATHS, FORMATS, KERAS_FILE, MANIFEST, build_manifest,
                                     describe_inputs, file_checksums, graph_tokenizer, tree_checksum, tree_size)
 from autotl.export.tf_formats import PREPROCESSOR_DIR, FormatFailed, export_formats
 from autotl.search.ensemble import used_ensemble
-from autotl.search.records import FINETUNE
 from autotl.search.refit import RESULT_KEY, refit_model
 
 # What each format needs at export time (module -> pip package), checked before any work.
@@ -115,7 +115,7 @@ def _ensemble(store: Store, search, chosen: dict[str, Any], backbone):
                               "is missing; export the best trial alone with --no-ensemble")
         members.append(float32_model(keras.saving.load_model(checkpoints[-1].path, compile=False)))
         weights.append(float(member["weight"]))
-        depths.append(int(trial.metrics.get("unfreeze_depth_applied", 0)) if trial.best_phase == FINETUNE else 0)
+        depths.append(depth_of(trial))
     return ensemble_model(members, weights, depths, backbone)
 
 

@@ -26,10 +26,19 @@ def search_result_lines(result) -> list[str]:
               f"best trial: {best.number}  {search.objective} {best.value:.4f}  "
               f"({best.best_phase} epoch {best.best_epoch})",
               f"hyperparameters: {best.hyperparameters_line()}",
+              *selection_lines(result.trials, search),
               *chosen_model_lines(search, best),
               f"store: {result.store.display_url}",
               f"next: autotl export {search.name} --out exported/{search.name}"]
     return lines
+
+
+def selection_lines(trials, search) -> list[str]:
+    """Why the search chose another trial than the one with the best validation figure, if it did."""
+    from autotl.store.queries import selection_line
+
+    line = selection_line(trials, search)
+    return [line] if line else []
 
 
 def chosen_model_lines(search, best) -> list[str]:
@@ -47,10 +56,12 @@ def chosen_model_lines(search, best) -> list[str]:
     return lines
 
 
-def best_trial_lines(search, trial) -> list[str]:
-    """The best trial in detail, with the ensemble and the refit the search made (`chosen_model_lines`)."""
+def best_trial_lines(search, trial, trials=()) -> list[str]:
+    """The best trial in detail, why it was chosen when it is not the best by its figure (`selection_lines` of
+    the search's `trials`), the ensemble and the refit the search made (`chosen_model_lines`)."""
     lines = [f"search {search.name!r} ({search.backbone}): best trial {trial.number}",
              f"{search.objective}: {trial.value:.4f} at {trial.best_phase} epoch {trial.best_epoch}",
+             *selection_lines(list(trials), search),
              *chosen_model_lines(search, trial)]
     lines += [f"  {key}: {value}" for key, value in trial.hyperparameters.items()]
     lines += [f"  {key} = {value:.4f}" if isinstance(value, float) else f"  {key} = {value}"

@@ -58,6 +58,12 @@ def portfolio_for(modality: str) -> list[dict[str, Any]]:
     return [dict(entry) for entry in PORTFOLIOS[IMAGE if modality == IMAGE else "text"]]
 
 
+def heads_first(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The entries that fine-tune no block (heads on cached activations: seconds), then the others in their
+    order (fine-tunes: minutes)."""
+    return sorted(entries, key=lambda entry: entry.get(DEPTH_FRACTION, 0.0) > 0)
+
+
 def first_trials(space: Mapping[str, Mapping[str, Any]], entries: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Each entry fitted to `space` (values of every hyperparameter, in the space's order), without repeats."""
     trials: list[dict[str, Any]] = []

@@ -40,7 +40,7 @@ from autotl.search.soup import SOUP_METRIC, TopEpochs, greedy_soup
 from autotl.search.records import (FINETUNE, HEAD, VAL_PROBS_NAME, Objective, TrainingPlan, TrialData, TrialFailed,
                                    TrialOutcome)
 from autotl.store import Store
-from autotl.store.queries import TIE_BREAK_METRIC, rank_key, trial_rank
+from autotl.store.queries import TIE_BREAK_METRIC, may_be_chosen, rank_key, trial_rank
 
 CHECKPOINT_NAME = "model.keras"
 
@@ -252,10 +252,13 @@ class TrialRunner:
         The tuner removes the checkpoints that dropped out of them once the trial is
         recorded as completed (`TransferTuner`), so a kill never leaves a search without one.
         """
-        kept = self.store.best_trials(self.store.get_search(self.search_id), self.plan.kept_checkpoints)
+        search = self.store.get_search(self.search_id)
+        kept = self.store.best_trials(search, self.plan.kept_checkpoints)
         direction = self.objective.direction
         rank = rank_key(outcome.value, outcome.metrics, trial_number, direction)
-        if len(kept) >= self.plan.kept_checkpoints and rank > trial_rank(kept[-1], direction):
+        best_value = max((trial.value for trial in kept), default=None)
+        if (len(kept) >= self.plan.kept_checkpoints and rank > trial_rank(kept[-1], direction)
+                and not may_be_chosen(search, outcome.value, best_value)):
             return
         trial_dir = self.workdir / f"trial_{trial_number:03d}"
         trial_dir.mkdir(parents=True, exist_ok=True)

@@ -40,6 +40,7 @@ from autotl.search.preparation import prepare
 from autotl.search.records import Objective, TrainingPlan, TrialData
 from autotl.search.trial_process import TrialProcess, TrialProcessSpec, remove_trial_data, save_trial_data
 from autotl.store import COMPLETED, FAILED, INTERRUPTED, Search, Store, Trial
+from autotl.store.queries import ONE_SE
 
 TRIAL_DATA_DIR = "data"  # inside the search's work folder, while trial workers run
 DEADLINE_KEY = "deadline_at"  # in a time-limited search's stored config: when its current run must end
@@ -177,7 +178,7 @@ class SearchSession:
     def _oracle(self):
         import keras_tuner as kt
 
-        from autotl.search.portfolio import first_trials, portfolio_for
+        from autotl.search.portfolio import first_trials, heads_first, portfolio_for
         from autotl.search.tuner import make_oracle
 
         config, store, row = self.config, self.store, self.row
@@ -189,7 +190,10 @@ class SearchSession:
 
             oracle.reserve = lambda: reserve_seconds(store, row)
         if config.portfolio and config.tuner != "hyperband":
-            oracle.portfolio = first_trials(self.prepared.space, portfolio_for(self.prepared.backbone.modality))
+            entries = portfolio_for(self.prepared.backbone.modality)
+            if config.selection == ONE_SE:  # the rule prefers simpler models: make sure the heads ran
+                entries = heads_first(entries)
+            oracle.portfolio = first_trials(self.prepared.space, entries)
         oracle.completed_durations = lambda: store.completed_durations(row.id)
         return oracle
 

@@ -16,6 +16,7 @@ from typing import Any, Collection, Iterable, NamedTuple
 import sqlalchemy as sa
 
 from autotl.errors import UsageError
+from autotl.search.records import FINETUNE
 from autotl.store.models import COMPLETED, Search, Trial
 
 
@@ -107,6 +108,78 @@ def rank_key(value: float | None, metrics: dict[str, Any] | None, number: int, d
 
 def trial_rank(trial: Trial, direction: str) -> tuple:
     return rank_key(trial.value, trial.metrics, trial.number, direction)
+
+
+# How a search picks its trial among the completed ones (`SearchConfig.selection`).
+BEST = "best"  # the best objective value; ties as `rank_key`
+ONE_SE = "one-se"  # the fewest fine-tuned blocks within one standard error of the best accuracy
+SELECTIONS = (BEST, ONE_SE)
+
+
+def chosen_first(trials: list[Trial], search: Search) -> list[Trial]:
+    """The completed `trials`, the one the search chooses first, then the others best first (`rank_key`).
+
+    With ``selection: one-se`` the chosen trial is the one that fine-tuned the fewest backbone blocks
+    among those whose validation accuracy is within one standard error of the best (Breiman's
+    one-standard-error rule, as CART and glmnet's ``lambda.1se`` use it), ties by `rank_key`. On a
+    validation split of 30 examples one standard error is about 8 points: a gap that size is noise,
+    and the simpler model, which had less room to fit it, is the safer choice. On 1,000 examples it
+    is about 1 point, and the rule rarely moves the choice.
+    """
+    ranked = sorted(trials, key=lambda trial: trial_rank(trial, search.direction))
+    window = one_se_window(ranked, search)
+    if len(window) < 2:
+        return ranked
+    chosen = min(window, key=lambda trial: (depth_of(trial), ranked.index(trial)))
+    return [chosen] + [trial for trial in ranked if trial is not chosen]
+
+
+def one_se_window(ranked: list[Trial], search: Search) -> list[Trial]:
+    """The trials of `ranked` (best first) within one standard error of the best's accuracy, the best
+    included; none unless the search selects by the one-standard-error rule."""
+    examples = int(search.config.get("val_examples") or 0)
+    if search.config.get("selection", BEST) != ONE_SE or not ranked or ranked[0].value is None or examples < 1:
+        return []
+    floor = one_se_floor(float(ranked[0].value), examples)
+    return [trial for trial in ranked if trial.value is not None and trial.value >= floor]
+
+
+def selection_line(trials: list[Trial], search: Search) -> str | None:
+    """Why the one-standard-error rule chose another trial than the best one, in one line; None when it did not."""
+    completed = [trial for trial in trials if trial.status == COMPLETED and trial.value is not None]
+    ranked = sorted(completed, key=lambda trial: trial_rank(trial, search.direction))
+    order = chosen_first(completed, search)
+    if not order or order[0] is ranked[0]:
+        return None
+    chosen, best = order[0], ranked[0]
+    margin = float(best.value) - one_se_floor(float(best.value), int(search.config["val_examples"])) - 1e-6
+    return (f"one-se: trial {chosen.number} ({search.objective} {chosen.value:.4f}, {depth_of(chosen)} block(s) "
+            f"fine-tuned) is within one standard error ({margin:.4f}) of trial {best.number}'s {best.value:.4f} "
+            f"({depth_of(best)} block(s)): the search chose the simpler model")
+
+
+def may_be_chosen(search: Search, value: float | None, best_value: float | None) -> bool:
+    """Whether a trial reaching `value`, with the search's best at `best_value` (None: no trial yet), is within
+    one standard error of the best when the search selects by that rule: a trial that must keep its checkpoint."""
+    examples = int(search.config.get("val_examples") or 0)
+    if search.config.get("selection", BEST) != ONE_SE or value is None or examples < 1:
+        return False
+    return value >= one_se_floor(max(value, best_value if best_value is not None else value), examples)
+
+
+def one_se_floor(best_accuracy: float, examples: int) -> float:
+    """The lowest accuracy within one binomial standard error of `best_accuracy` on `examples` examples.
+    A tiny margin keeps values stored as float32 (0.7142857 of 20/28) from falling out by rounding."""
+    accuracy = min(max(best_accuracy, 0.0), 1.0)
+    return accuracy - math.sqrt(accuracy * (1.0 - accuracy) / examples) - 1e-6
+
+
+def depth_of(trial: Trial) -> int:
+    """How many backbone blocks the trial's model fine-tuned: 0 for a head on cached activations, and for a
+    trial whose best epoch came before its fine-tuning phase changed any block."""
+    if trial.best_phase != FINETUNE:
+        return 0
+    return int((trial.metrics or {}).get(DEPTH_METRIC) or 0)
 
 
 def sort_trials(trials: list[Trial], sort_by: str, direction: str) -> list[Trial]:

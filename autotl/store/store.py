@@ -24,8 +24,8 @@ from autotl.errors import AutotlError, first_line
 from autotl.store.migrations import SCHEMA_VERSION, upgrade
 from autotl.store.models import (COMPLETED, INTERRUPTED, RUNNING, Artifact, Base, EpochMetric, Meta, Search, Trial,
                                  utc_now)
-from autotl.store.queries import (SearchSummary, check_where_names, filter_trials, search_summary_query, sort_trials,
-                                  summarize, trial_rank)
+from autotl.store.queries import (SearchSummary, check_where_names, chosen_first, filter_trials, one_se_window,
+                                  search_summary_query, sort_trials, summarize, trial_rank)
 
 DEFAULT_STORE = "sqlite:///autotl.db"
 SQLITE_BUSY_TIMEOUT_S = 60
@@ -290,18 +290,29 @@ class Store:
         return sort_trials(filter_trials(listed, statuses, where), sort, search.direction)[:limit]
 
     def best_trial(self, search: Search) -> Trial | None:
-        """The completed trial with the best objective value (ties: `queries.rank_key`)."""
+        """The completed trial the search chooses: the best objective value (ties: `queries.rank_key`), or by the
+        search's selection rule (`queries.chosen_first`)."""
         best = self.best_trials(search, 1)
         return best[0] if best else None
 
     def best_trials(self, search: Search, count: int) -> list[Trial]:
-        """The `count` completed trials with the best objective values, best first (ties: `queries.rank_key`).
+        """The `count` completed trials the search would choose first (`queries.chosen_first`), in that order.
 
         Sorted in Python: the tie-break reads the metrics' JSON, and a search has a few hundred trials at most."""
+        return chosen_first(self._completed_with_value(search), search)[:count]
+
+    def kept_trials(self, search: Search, count: int) -> list[Trial]:
+        """The trials whose checkpoints a search keeps: its `count` first choices, and with the one-standard-error
+        rule every trial within one standard error of the best, any of which a later trial may make the choice."""
+        completed = self._completed_with_value(search)
+        ranked = sorted(completed, key=lambda trial: trial_rank(trial, search.direction))
+        kept = chosen_first(completed, search)[:count]
+        return kept + [trial for trial in one_se_window(ranked, search) if trial not in kept]
+
+    def _completed_with_value(self, search: Search) -> list[Trial]:
         with self.session() as session:
-            completed = session.scalars(sa.select(Trial).where(
-                Trial.search_id == search.id, Trial.status == COMPLETED, Trial.value.is_not(None)))
-            return sorted(completed, key=lambda trial: trial_rank(trial, search.direction))[:count]
+            return list(session.scalars(sa.select(Trial).where(
+                Trial.search_id == search.id, Trial.status == COMPLETED, Trial.value.is_not(None))))
 
     def completed_trial(self, search_id: int, tuner_trial_id: str) -> Trial | None:
         """The completed row of KerasTuner's trial `tuner_trial_id`, if the store holds one."""
@@ -366,7 +377,7 @@ class Store:
 
     def stale_checkpoints(self, search_id: int, keep: int = 1) -> list[Artifact]:
         """Checkpoints of finished trials other than the `keep` best: no longer needed."""
-        kept = [trial.id for trial in self.best_trials(self.get_search(search_id), keep)]
+        kept = [trial.id for trial in self.kept_trials(self.get_search(search_id), keep)]
         with self.session() as session:
             query = (sa.select(Artifact).join(Trial, Artifact.trial_id == Trial.id)
                      .where(Artifact.search_id == search_id, Artifact.kind == "checkpoint", Trial.status != RUNNING))
