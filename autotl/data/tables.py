@@ -76,6 +76,39 @@ def load_text_table(
 Record = tuple[str, list[str], dict]
 
 
+def column_values(path: str | Path, column: str) -> Iterator[tuple[str, str | None, str | None]]:
+    """``(source, value, error)`` of each row of a table's `column`, read as it goes (for prediction over a
+    file of any size). A row that lacks the column, or a JSON line that does not parse, is that row's error
+    and the rows after it still come; a CSV header without the column is an error of the whole file."""
+    file = _require_file(path, "input")
+    if file.suffix.lower() in CSV_SUFFIXES:
+        for source, columns, row in _csv_records(file):
+            if column not in columns:
+                raise AutotlError(f"{file} has no column {column!r}: available columns are "
+                                  f"{', '.join(repr(c) for c in columns) or 'none'} (choose one with --column)")
+            yield source, row.get(column) or "", None
+        return
+    with _open_text(file) as handle:
+        try:
+            for line_number, line in enumerate(handle, start=1):
+                if line.strip():
+                    yield _json_value(file, line_number, line, column)
+        except UnicodeDecodeError as exc:
+            raise _not_utf8(file, exc) from None
+
+
+def _json_value(file: Path, line_number: int, line: str, column: str) -> tuple[str, str | None, str | None]:
+    source = f"{file.name}:{line_number}"
+    try:
+        _, obj = _parse_json_line(file, line_number, line)
+    except AutotlError as exc:
+        return source, None, str(exc)
+    if obj.get(column) is None:
+        return source, None, f"no {column!r} field"
+    value = obj[column]
+    return source, value if isinstance(value, str) else json.dumps(value), None
+
+
 def _csv_records(file: Path) -> Iterator[Record]:
     delimiter = "\t" if file.suffix.lower() == ".tsv" else ","
     # utf-8-sig: spreadsheet exports often start with a byte-order mark, which

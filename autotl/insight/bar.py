@@ -25,7 +25,7 @@ def on_terminal(stream: TextIO) -> bool:
 
 
 class ProgressLine:
-    """``label [#######-----------------] 12/25 3s``, or ``label... 3s`` without a `total`."""
+    """``label [#######-----------------] 12/25 3s``, or ``label... 12 3s`` without a `total`."""
 
     def __init__(self, label: str, total: int | None = None, *, after_s: float = 0.0,
                  stream: TextIO | None = None):
@@ -49,7 +49,7 @@ class ProgressLine:
             filled = min(WIDTH, int(WIDTH * done / self.total))
             text = f"{self.label} [{'#' * filled}{'-' * (WIDTH - filled)}] {min(done, self.total)}/{self.total} {elapsed}"
         else:
-            text = f"{self.label}... {elapsed}"
+            text = f"{self.label}... {done} {elapsed}" if done else f"{self.label}... {elapsed}"
         self.stream.write(f"\r{text}\x1b[K")
         self.stream.flush()
 

@@ -147,25 +147,37 @@ class LoadedModel:
         ]
 
     def predict_proba(self, inputs: Sequence[Any], batch_size: int = 32) -> np.ndarray:
-        from autotl import data as data_module
-
+        """Class probabilities of raw `inputs`, read and run `batch_size` at a time (never all at once)."""
         if not len(inputs):
             raise UsageError("nothing to predict: give at least one input")
-        if self.manifest["modality"] == "image":
-            if self._takes == "pixels":  # decoded at their own size: the model resizes them
-                return self._by_size([data_module.decode_image(x) for x in inputs], batch_size)
-            size = tuple(self.manifest["preprocessing"]["image_size"])
-            examples = [data_module.read_image(x, size) for x in inputs]
-        else:
-            examples = [str(x) for x in inputs]
+        return np.concatenate([self.probabilities([self.prepare(x) for x in inputs[start:start + batch_size]],
+                                                  batch_size)
+                               for start in range(0, len(inputs), batch_size)])
+
+    def prepare(self, value: Any) -> Any:
+        """One raw input as this model's forward pass takes it: an image read at the export's size (or decoded at
+        its own, for the formats that resize inside), or a text as a string. Raises
+        `autotl.data.UnreadableImageError` for an image that cannot be read."""
+        from autotl import data as data_module
+
+        if self.manifest["modality"] != "image":
+            return str(value)
+        if self._takes == "pixels":
+            return data_module.decode_image(value)
+        return data_module.read_image(value, tuple(self.manifest["preprocessing"]["image_size"]))
+
+    def probabilities(self, prepared: list[Any], batch_size: int = 32) -> np.ndarray:
+        """Class probabilities (examples x classes) of inputs made ready by `prepare`, in their order."""
+        if self._takes == "pixels":  # decoded at their own size: the model resizes them
+            return self._by_size(prepared, batch_size)
         outputs = []
-        for start in range(0, len(examples), batch_size):
-            chunk = examples[start:start + batch_size]
+        for start in range(0, len(prepared), batch_size):
+            chunk = prepared[start:start + batch_size]
             if self._takes == "texts":
                 outputs.append(self._forward(np.array(chunk, dtype=object)))
             else:
                 outputs.append(self._forward(_as_tensors(self.preprocessor(chunk))))
-        return np.concatenate(outputs)
+        return np.concatenate(outputs) if outputs else np.zeros((0, len(self.labels)), dtype=np.float32)
 
     def _by_size(self, images: list[np.ndarray], batch_size: int) -> np.ndarray:
         """Run images of one size together (a batch is one array), in their order."""
