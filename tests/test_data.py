@@ -26,6 +26,8 @@ from autotl.data import (
 )
 from autotl.errors import AutotlError
 
+from conftest import requires
+
 REPO = Path(__file__).resolve().parents[1]
 MAKE_DATASETS = REPO / "examples" / "make_datasets.py"
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -605,8 +607,8 @@ def test_make_datasets_rotten_tomatoes_limit(tmp_path):
     assert len(ds) == 50 and ds.class_names == ["fresh", "rotten"]
 
 
-@pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason="apt-get install dataset-fashion-mnist")
 def test_make_datasets_fashion_mnist(tmp_path):
+    requires(FASHION_MNIST_DIR.is_dir(), "apt-get install dataset-fashion-mnist")
     out = tmp_path / "fashion"
     result = make_datasets("fashion-mnist", str(out), "--split", "test", "--per-class", "2")
     assert result.returncode == 0, result.stderr

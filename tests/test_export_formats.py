@@ -4,6 +4,7 @@ MNIST digits, within a stated tolerance."""
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -194,6 +195,51 @@ def test_evaluate_scores_an_export_on_labelled_folders_as_scikit_learn_does(expo
     assert unknown.returncode == 1 and unknown.stderr.strip().splitlines() == [
         f"Error: {tmp_path / 'odd'} has classes the model does not know: 'zebra' (the model's: "
         + ", ".join(f"'{d}'" for d in range(10)) + ")"]
+
+
+def test_evaluate_records_the_score_in_the_searchs_store_and_the_report_shows_the_gap(exported, mnist_dir, tmp_path):
+    """Issue 16, 1: an evaluation row linked to the search and the export's checksum; `autotl report` shows it
+    beside the validation figure. Without the search's store at hand, the evaluation still prints."""
+    import hashlib
+    import shutil
+
+    root, out, _ = exported
+    manifest = json.loads((out / "autotl.json").read_text())
+    result = run_cli("evaluate", out, mnist_dir, "--json", "--out", tmp_path / "scored", "--plugin", TINY_PLUGIN,
+                     check=True)
+    shown = json.loads(result.stdout)
+    store = Store(f"sqlite:///{root / 'autotl.db'}")
+    search = store.get_search("formats")
+    row = store.evaluations(search.id)[-1]
+    validation = manifest["objective"]["value"]
+    assert result.stderr.strip().splitlines() == [
+        f"wrote {tmp_path / 'scored' / 'predictions.csv'}, {tmp_path / 'scored' / 'confusion_matrix.png'}",
+        f"recorded as evaluation {row.id} of search 'formats' in {store.display_url} (validation accuracy "
+        f"{validation:.4f}, test {shown['accuracy']:.4f}: gap {validation - shown['accuracy']:+.4f})"]
+    with open(tmp_path / "scored" / "predictions.csv", newline="") as handle:
+        examples = list(csv.DictReader(handle))
+    assert len(examples) == 120 and set(examples[0]) == {"source", "true", "predicted", "correct", "p_true",
+                                                          "p_predicted"}
+    assert np.mean([int(e["correct"]) for e in examples]) == pytest.approx(shown["accuracy"])
+    assert all(e["true"] == Path(e["source"]).parent.name for e in examples)
+    assert Image.open(tmp_path / "scored" / "confusion_matrix.png").size[0] > 200
+    assert (row.accuracy, row.examples, row.model_format, row.trial_number) == (
+        shown["accuracy"], 120, "keras", manifest["search"]["trial"])
+    assert row.export_sha256 == hashlib.sha256((out / "model.keras").read_bytes()).hexdigest()
+    assert row.metrics["confusion_matrix"] == shown["confusion_matrix"]
+    report = run_cli("report", "formats", "--out", tmp_path / "report", "--store", store.url, check=True)
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert "Evaluations on labelled data" in page and f"{validation - shown['accuracy']:+.4f}" in page, report.stderr
+    elsewhere = run_cli("evaluate", out, mnist_dir, "--store", tmp_path / "other.db", "--plugin", TINY_PLUGIN,
+                        check=True)
+    assert elsewhere.stderr.strip() == (f"not recorded: sqlite:///{tmp_path / 'other.db'} holds no search 'formats' "
+                                        "trained on this export's data")
+    moved = shutil.copytree(out, tmp_path / "moved")
+    (moved / "autotl.json").write_text(json.dumps({**manifest, "search": {**manifest["search"],
+                                                                         "store": "sqlite:////gone/autotl.db"}}))
+    away = run_cli("evaluate", moved, mnist_dir, "--plugin", TINY_PLUGIN, check=True)
+    assert away.stderr.strip() == "not recorded: the search's store is not at hand here (give it with --store)"
+    assert store.evaluations(search.id)[-1].id == row.id  # neither added a row
 
 
 def _on_a_terminal(args: list) -> str:

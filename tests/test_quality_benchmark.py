@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import requires
+
 pytestmark = pytest.mark.slow  # minutes of real searches: the whole suite only (README: Tests)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,8 +50,7 @@ WORKLOADS = [name for name in NEEDS if missing(name) is None]
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     """(the records, the Markdown report, stderr, the command) of one quick run of every available workload."""
-    if not WORKLOADS:
-        pytest.skip("; ".join(missing(name) for name in NEEDS))
+    requires(bool(WORKLOADS), "; ".join(str(missing(name)) for name in NEEDS))
     out = tmp_path_factory.mktemp("quality")
     command = [sys.executable, str(SCRIPT), "--quick", "--workloads", *WORKLOADS, "--seeds", "0", "--out", str(out),
                "--workdir", str(tmp_path_factory.mktemp("quality-work"))]
@@ -76,8 +77,7 @@ def runs_of(records: list[dict], workload: str) -> dict[str, dict]:
 
 def measured(quick_run, workload: str) -> tuple[dict, dict[str, dict]]:
     """The quick run's records and its two runs of `workload` (skipped where its data are missing)."""
-    if workload not in WORKLOADS:
-        pytest.skip(missing(workload))
+    requires(workload in WORKLOADS, str(missing(workload)))
     records = quick_run[0]
     return records, runs_of(records, workload)
 

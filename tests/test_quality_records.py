@@ -116,6 +116,8 @@ def test_the_report_sets_each_ablation_against_the_default_run_of_the_same_seed(
             record(workload="suite:c", kind="no-refit", test=0.5)]  # no default run to compare with
     markdown = report(runs, suite=["a", "b", "c"])
     assert "| no-refit | 2 | 1.00 | -0.50 | suite:a, suite:b |" in markdown
+    assert "| suite:a | 0 | 0.9000 (0.9200) | 0.8800 (0.9000) |" in markdown  # each pair, dataset by dataset
+    assert "| suite:c | 0 | - | 0.5000 (0.8200) |" in markdown
     assert "## Tuning suite (seed 0)" in markdown and "| a | - | - | 0.9000 |" in markdown
 
 

@@ -20,7 +20,7 @@ from autotl.insight import report
 from autotl.store import FAILED, Store
 from autotl.search.records import VAL_PROBS_NAME
 
-from conftest import TINY_PLUGIN, run_cli
+from conftest import TINY_PLUGIN, requires, run_cli
 
 SPACE = "unfreeze_depth: {values: [1, 2]}\nhead_lr: {min: 0.001, max: 0.01, sampling: log}\n"
 # Those the search tunes: a hyperparameter the space fixes (augment, the training recipe) gets no plot.
@@ -140,9 +140,9 @@ def _images_in_chromium(page: Path, profile: Path) -> list[dict]:
     return json.loads(html.unescape(found.group(1)))
 
 
-@pytest.mark.skipif(_chromium() is None, reason="no headless browser: install Debian's chromium "
-                                                "(apt-get install chromium; .ci/run does)")
 def test_every_image_loads_in_headless_chromium(written, tmp_path):
+    requires(_chromium() is not None, "no headless browser: install Debian's chromium (apt-get install chromium; "
+                                      ".ci/run does)")
     out, _ = written
     images = _images_in_chromium(out / "index.html", tmp_path / "profile")
     assert len(images) == 10

@@ -408,10 +408,11 @@ def test_bad_store_url_is_a_one_line_error(url, fragment):
 
 
 def downgrade_to_version_1(db: Path) -> None:
-    """Make `db` exactly what schema version 1 wrote: trials without `data_path`."""
+    """Make `db` exactly what schema version 1 wrote: trials without `data_path`, no evaluations."""
     conn = sqlite3.connect(db)
     try:
         conn.execute("ALTER TABLE trials DROP COLUMN data_path")
+        conn.execute("DROP TABLE evaluations")
         conn.execute("UPDATE autotl_meta SET value = '1' WHERE key = 'schema_version'")
         conn.commit()
     finally:
@@ -429,8 +430,9 @@ def test_a_version_1_store_is_upgraded_in_place_without_losing_rows(db):
     assert "data_path" not in [row[1] for row in raw(db, "PRAGMA table_info(trials)")]
 
     upgraded = Store(f"sqlite:///{db}")
-    assert upgraded.schema_version == SCHEMA_VERSION == 2
+    assert upgraded.schema_version == SCHEMA_VERSION == 3
     assert "data_path" in [row[1] for row in raw(db, "PRAGMA table_info(trials)")]
+    assert upgraded.evaluations(search.id) == []
     trials = upgraded.list_trials(search.id)
     assert [(t.id, t.status, t.value, t.data_path) for t in trials] == [
         (done, COMPLETED, 0.75, None), (running, RUNNING, None, None)]
@@ -491,6 +493,10 @@ def test_a_store_written_by_the_previous_version_opens_upgraded_and_reads_back_a
     assert read_back == {row[:4]: row[4] for row in epoch_rows} and len(read_back) == len(epoch_rows)
     assert [(a.trial_id, a.kind, a.format, a.path, a.sha256, a.size_bytes)
             for a in store.artifacts(search.id)] == artifact_rows
+    evaluation = store.add_evaluation(search_id=search.id, trial_number=5, exported="trial 5", export_sha256=None,
+                                      model_dir="/m", model_format="keras", data="/t", examples=10, skipped=0,
+                                      accuracy=0.9, metrics={"accuracy": 0.9})  # the table step 3 added
+    assert [e.id for e in store.evaluations(search.id)] == [evaluation.id]
     store.close()
 
     url = f"sqlite:///{db}"

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import requires
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "tuning_suite.py"
 
@@ -43,8 +45,7 @@ def run_suite(out: Path, seed: int, names: list[str]) -> subprocess.CompletedPro
 @pytest.fixture(scope="module")
 def suite(tmp_path_factory):
     """Every available dataset written once, and suite.json's entries by name."""
-    if not AVAILABLE:
-        pytest.skip("no source of the tuning suite is installed: " + "; ".join(MISSING.values()))
+    requires(bool(AVAILABLE), "no source of the tuning suite is installed: " + "; ".join(MISSING.values()))
     out = tmp_path_factory.mktemp("suite")
     result = run_suite(out, 7, AVAILABLE)
     assert result.returncode == 0, result.stderr
@@ -63,8 +64,7 @@ def read_split(out: Path, entry: dict, split: str) -> list[tuple[str, str]]:
 
 
 def needs(name: str) -> None:
-    if MISSING[name] is not None:
-        pytest.skip(MISSING[name])
+    requires(MISSING[name] is None, MISSING[name] or "")
 
 
 @pytest.mark.parametrize("name", list(SUITE.DATASETS))
@@ -156,8 +156,7 @@ def test_lfw_faces_are_the_first_hundred_patches_skimage_loads():
 def test_same_seed_same_splits_and_another_seed_others(tmp_path):
     """Seeded: rerunning gives the same files; another seed draws other examples."""
     name = next((n for n in ("convention-speeches", "fortunes-topics", "wordnet-nouns") if n in AVAILABLE), None)
-    if name is None:
-        pytest.skip("no text source of the suite is installed: " + "; ".join(MISSING.values()))
+    requires(name is not None, "no text source of the suite is installed: " + "; ".join(MISSING.values()))
     written = {}
     for run, seed in [("a", 1), ("b", 1), ("c", 2)]:
         assert run_suite(tmp_path / run, seed, [name]).returncode == 0
@@ -182,7 +181,8 @@ def test_a_missing_package_is_one_line_naming_its_install(monkeypatch):
 
 
 def test_an_existing_dataset_folder_is_refused(tmp_path):
-    name = AVAILABLE[0] if AVAILABLE else pytest.skip("no source of the tuning suite is installed")
+    requires(bool(AVAILABLE), "no source of the tuning suite is installed")
+    name = AVAILABLE[0]
     (tmp_path / name).mkdir()
     (tmp_path / name / "old").write_text("x")
     result = run_suite(tmp_path, 0, [name])

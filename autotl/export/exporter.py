@@ -36,6 +36,7 @@ from autotl.store import Store
 from autotl.store.queries import depth_of
 from autotl.export.manifest import (DEFAULT_FORMATS, FORMAT_PATHS, FORMATS, KERAS_FILE, MANIFEST, build_manifest,
                                     describe_inputs, file_checksums, graph_tokenizer, tree_checksum, tree_size)
+from autotl.export.quantization import DEFAULT_MAX_ACCURACY_DROP
 from autotl.export.tf_formats import PREPROCESSOR_DIR, FormatFailed, export_formats
 from autotl.search.ensemble import used_ensemble
 from autotl.search.refit import RESULT_KEY, refit_model
@@ -52,10 +53,15 @@ class Export:
 
 def export(store: Store, search_ref: str, out_dir: str | Path, formats: Sequence[str] = DEFAULT_FORMATS,
            registry: Registry | None = None, plugin_files: Sequence[str] | None = None, refit: bool = True,
-           ensemble: bool = True) -> Export:
+           ensemble: bool = True, quantize: str | None = None,
+           max_accuracy_drop: float = DEFAULT_MAX_ACCURACY_DROP) -> Export:
     """Write the best model of `search_ref` to `out_dir` in each of `formats`: the search's ensemble when it
     chose one (`autotl.search.ensemble`) and `ensemble`; else the best trial's refit on all labelled examples
-    when the search made one (`autotl.search.refit`) and `refit`; else the best trial's own model."""
+    when the search made one (`autotl.search.refit`) and `refit`; else the best trial's own model.
+
+    `quantize` (``float16``, ``int8``) quantizes the TFLite and ONNX models and measures every format on the
+    validation split (`autotl.export.quantization`); an int8 model losing more than `max_accuracy_drop` of
+    validation accuracy is refused, and nothing is written."""
     out = Path(out_dir).expanduser()
     search, best, checkpoint = check_exportable(store, search_ref, formats, out)
     import keras
@@ -70,6 +76,7 @@ def export(store: Store, search_ref: str, out_dir: str | Path, formats: Sequence
     registry = registry or load_registry(plugin_files)
     backbone = registry.get(search.backbone)
 
+    val = _validation_split(search, backbone) if quantize is not None else None
     with tempfile.TemporaryDirectory() as scratch:
         if chosen is not None:
             model = _ensemble(store, search, chosen, backbone)
@@ -82,13 +89,17 @@ def export(store: Store, search_ref: str, out_dir: str | Path, formats: Sequence
         (out / PREPROCESSOR_DIR).mkdir()
         preprocessor.save(out / PREPROCESSOR_DIR)
         preprocessing = preprocessor.config()
-        _write_models(model, checkpoint, out, formats, preprocessing, preprocessor, search.backbone, plugin_files)
+        _write_models(model, checkpoint, out, formats, preprocessing, preprocessor, search.backbone, plugin_files,
+                      quantize)
 
     checksums = file_checksums(out)
     inputs = describe_inputs(model, formats, preprocessing, len(search.labels), raw_text=graph_tokenizer(preprocessor))
     manifest = build_manifest(store, search, best, preprocessing, inputs, checksums,
                               refit=search.config.get(RESULT_KEY) if refit_path else None, ensemble=chosen)
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    if quantize is not None:
+        manifest["quantization"] = _measured(out, formats, val, registry, quantize, max_accuracy_drop)
+        (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
     for fmt, name in FORMAT_PATHS.items():
         path = out / name
         if path.exists():
@@ -96,6 +107,33 @@ def export(store: Store, search_ref: str, out_dir: str | Path, formats: Sequence
                                path=str(path.resolve()), sha256=tree_checksum(name, checksums),
                                size_bytes=tree_size(path))
     return Export(out, manifest)
+
+
+def _validation_split(search, backbone):
+    """The search's validation data, as it read them: the yardstick of a quantized export."""
+    from autotl.config import config_from_record, load_split
+
+    preprocessor = backbone.preprocessor(search.weights, _preprocessor_options(search.config["preprocessing"]))
+    try:
+        return load_split(config_from_record(search), search.modality, preprocessor)[1]
+    except AutotlError as exc:
+        raise AutotlError(f"--quantize measures the export on the search's validation data, which cannot be read: "
+                          f"{exc}") from None
+
+
+def _measured(out: Path, formats: Sequence[str], val, registry, quantize: str, max_drop: float) -> dict[str, Any]:
+    """Each format's size, latency and validation accuracy; an int8 export that loses too much is removed."""
+    import numpy as np
+
+    from autotl.export.quantization import assess, check_drop
+
+    try:
+        assessed = assess(out, formats, list(val.examples), np.asarray(val.labels), registry, quantize)
+        check_drop(quantize, assessed, max_drop)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    return {"mode": quantize, "max_accuracy_drop": max_drop, **assessed}
 
 
 def _ensemble(store: Store, search, chosen: dict[str, Any], backbone):
@@ -155,7 +193,7 @@ def _best_checkpoint(store: Store, search):
 
 
 def _write_models(model, checkpoint: Path, out: Path, formats: Sequence[str], preprocessing: dict[str, Any],
-                  preprocessor, backbone_name: str, plugin_files: list[str]) -> None:
+                  preprocessor, backbone_name: str, plugin_files: list[str], quantize: str | None = None) -> None:
     """Write the model in each of `formats`; on any failure remove `out`, so no half export is left behind
     (a manifest that lists formats the folder lacks, or a folder without one that blocks the next export),
     and say so: the message names the format that failed, and the export of the others is one command."""
@@ -167,7 +205,7 @@ def _write_models(model, checkpoint: Path, out: Path, formats: Sequence[str], pr
             with ProgressLine("exporting keras"):
                 plain_keras_model(model).save(out / KERAS_FILE)
         export_formats(checkpoint, out, formats, preprocessing, preprocessor, backbone_name, plugin_files,
-                       model=model)
+                       model=model, quantize=quantize)
     except AutotlError as exc:
         shutil.rmtree(out, ignore_errors=True)
         others = [f for f in formats if f != getattr(exc, "format", None)]

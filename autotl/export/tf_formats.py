@@ -34,6 +34,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
+
 from autotl.errors import AutotlError
 from autotl.insight.bar import ProgressLine
 from autotl.quiet import native_stderr_held
@@ -65,11 +66,13 @@ class FormatFailed(AutotlError):
 
 
 def export_formats(keras_file: Path, out_dir: Path, formats: Sequence[str], preprocessing: dict[str, Any],
-                   preprocessor, backbone_name: str, plugin_files: Sequence[str], model=None) -> None:
+                   preprocessor, backbone_name: str, plugin_files: Sequence[str], model=None,
+                   quantize: str | None = None) -> None:
     """Write each of `formats` (of `TF_FORMATS`) of the model in `keras_file` into `out_dir`.
 
     `preprocessor` is the search's (`preprocessing` is its config); `model`, when given, is
-    `keras_file` already loaded. On a backend other than TensorFlow a child process does it.
+    `keras_file` already loaded. `quantize` (``float16``, ``int8``) quantizes the TFLite and ONNX models
+    (`autotl.export.quantization`). On a backend other than TensorFlow a child process does it.
     """
     import keras
 
@@ -80,7 +83,7 @@ def export_formats(keras_file: Path, out_dir: Path, formats: Sequence[str], prep
         return
     if keras.backend.backend() == "tensorflow":
         model = model if model is not None else keras.saving.load_model(keras_file, compile=False)
-        write_formats(float32_model(model), Path(out_dir), formats, preprocessing, preprocessor)
+        write_formats(float32_model(model), Path(out_dir), formats, preprocessing, preprocessor, quantize)
         return
     env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"}
     args = [sys.executable, "-m", "autotl.export.tf_formats", str(keras_file), str(out_dir),
@@ -89,6 +92,8 @@ def export_formats(keras_file: Path, out_dir: Path, formats: Sequence[str], prep
         args += ["--format", fmt]
     for plugin in plugin_files:
         args += ["--plugin", str(plugin)]
+    if quantize is not None:
+        args += ["--quantize", quantize]
     with ProgressLine(f"exporting {', '.join(formats)} (in a TensorFlow process)"):
         result = subprocess.run(args, env=env, capture_output=True, text=True)
     if result.returncode != 0:
@@ -97,12 +102,21 @@ def export_formats(keras_file: Path, out_dir: Path, formats: Sequence[str], prep
         raise AutotlError(f"{'/'.join(formats)} export (TensorFlow backend) failed: {last}")
 
 
-def write_formats(model, out_dir: Path, formats: Sequence[str], preprocessing: dict[str, Any], preprocessor) -> None:
-    """On the TensorFlow backend: write `formats` of `model` into `out_dir`."""
+def write_formats(model, out_dir: Path, formats: Sequence[str], preprocessing: dict[str, Any], preprocessor,
+                  quantize: str | None = None) -> None:
+    """On the TensorFlow backend: write `formats` of `model` into `out_dir` (TFLite and ONNX quantized by
+    `quantize`)."""
+    from autotl.export.quantization import quantize_onnx
+
     graph = _Graph(model, preprocessing, preprocessor)
+
+    def onnx(scratch: Path) -> None:
+        graph.write_onnx(out_dir / ONNX_FILE)
+        quantize_onnx(out_dir / ONNX_FILE, quantize)
+
     writers = {"savedmodel": lambda scratch: graph.write_saved_model(out_dir / SAVED_MODEL_DIR),
-               "onnx": lambda scratch: graph.write_onnx(out_dir / ONNX_FILE),
-               "tflite": lambda scratch: graph.write_tflite(out_dir / TFLITE_FILE, scratch)}
+               "onnx": onnx,
+               "tflite": lambda scratch: graph.write_tflite(out_dir / TFLITE_FILE, scratch, quantize)}
     with tempfile.TemporaryDirectory() as scratch:
         for fmt in (f for f in TF_FORMATS if f in formats):
             try:
@@ -222,9 +236,11 @@ class _Graph:
         onnx.checker.check_model(proto)
         path.write_bytes(proto.SerializeToString())
 
-    def write_tflite(self, path: Path, scratch: Path) -> None:
+    def write_tflite(self, path: Path, scratch: Path, quantize: str | None = None) -> None:
         import tensorflow as tf
         from keras.export import ExportArchive
+
+        from autotl.export.quantization import configure_tflite
 
         # Through a SavedModel written by Keras' ExportArchive, as Keras' own LiteRT export does
         # (a concrete function of a Keras model converts with its variables left unset).
@@ -236,6 +252,7 @@ class _Graph:
         archive.write_out(str(saved), verbose=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(str(saved), signature_keys=[RAW_SIGNATURE])
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]  # no Flex ops: any LiteRT runtime
+        configure_tflite(converter, quantize)
         path.write_bytes(converter.convert())
 
 
@@ -282,7 +299,7 @@ def _rename_onnx_io(proto, inputs: list[str], outputs: list[str]) -> None:
 
 
 def _export_here(keras_file: Path, out_dir: Path, formats: list[str], backbone_name: str,
-                 preprocessing: dict[str, Any], plugin_files: list[str]) -> None:
+                 preprocessing: dict[str, Any], plugin_files: list[str], quantize: str | None = None) -> None:
     import keras
 
     from autotl.backbones import layers  # noqa: F401 - registers autotl's serialisable layers
@@ -292,7 +309,7 @@ def _export_here(keras_file: Path, out_dir: Path, formats: list[str], backbone_n
     registry = load_registry(plugin_files)  # imports plugin modules, registering their custom layers
     preprocessor = registry.get(backbone_name).load_preprocessor(out_dir / PREPROCESSOR_DIR, preprocessing)
     model = float32_model(keras.saving.load_model(keras_file, compile=False))
-    write_formats(model, out_dir, formats, preprocessing, preprocessor)
+    write_formats(model, out_dir, formats, preprocessing, preprocessor, quantize)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -303,9 +320,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--backbone", required=True)
     parser.add_argument("--preprocessing", required=True, help="the preprocessor's config, as JSON")
     parser.add_argument("--plugin", action="append", default=[])
+    parser.add_argument("--quantize", choices=("float16", "int8"))
     args = parser.parse_args(argv)
     _export_here(args.keras_file, args.out_dir, args.formats, args.backbone, json.loads(args.preprocessing),
-                 args.plugin)
+                 args.plugin, args.quantize)
 
 
 if __name__ == "__main__":

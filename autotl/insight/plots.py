@@ -52,7 +52,7 @@ def _figure(width: float, height: float):
 
 
 def _save(figure, plots_dir: Path, name: str) -> str:
-    figure.savefig(plots_dir / name, format="png", dpi=DPI)
+    save_figure(figure, plots_dir / name)
     return f"{PLOTS_DIR}/{name}"
 
 
@@ -243,9 +243,22 @@ def learning_curves_plot(search: Search, best: Trial, curves: dict[str, dict[str
 
 
 def confusion_plot(search: Search, model: str, matrix: np.ndarray, plots_dir: Path) -> Plot:
-    """The confusion matrix of `model` (``trial 3``, or the ensemble's name) as shares of each true class, with
-    the counts in the cells of up to 25 classes."""
-    labels = [str(label) for label in search.labels]
+    """The confusion matrix of `model` (``trial 3``, or the ensemble's name) on the validation split."""
+    figure = confusion_figure([str(label) for label in search.labels], matrix, f"{model} on the validation split")
+    file = _save(figure, plots_dir, "confusion_matrix.png")
+    total = int(matrix.sum())
+    accuracy = np.trace(matrix) / total if total else float("nan")
+    saved = ("its members' best epochs, averaged with the ensemble's weights" if model.startswith("the ensemble")
+             else "the best trial's best epoch")
+    caption = (f"{model}: {int(np.trace(matrix))} of {total} validation examples right ({accuracy:.1%}). "
+               f"Rows: true class; columns: predicted (the argmax of the probabilities the search saved for {saved}, "
+               "which the export reproduces). Colour: share of the row.")
+    return Plot(file, "Confusion matrix of the best model (validation split)", caption)
+
+
+def confusion_figure(labels: list[str], matrix: np.ndarray, title: str):
+    """A confusion matrix as shares of each true class, with the counts in the cells of up to 25 classes, titled
+    ``TITLE: R/N right (A%)``."""
     classes = len(labels)
     side = min(max(4.5, 0.45 * classes + 2.5), 24)
     figure = _figure(side + 1, side)
@@ -266,15 +279,14 @@ def confusion_plot(search: Search, model: str, matrix: np.ndarray, plots_dir: Pa
                               color="white" if share[i, j] > 0.5 else "black")
     total = int(matrix.sum())
     accuracy = np.trace(matrix) / total if total else float("nan")
-    axes.set_title(f"{model} on the validation split: {np.trace(matrix)}/{total} right "
-                   f"({accuracy:.1%})", fontsize=10)
-    file = _save(figure, plots_dir, "confusion_matrix.png")
-    saved = ("its members' best epochs, averaged with the ensemble's weights" if model.startswith("the ensemble")
-             else "the best trial's best epoch")
-    caption = (f"{model}: {int(np.trace(matrix))} of {total} validation examples right ({accuracy:.1%}). "
-               f"Rows: true class; columns: predicted (the argmax of the probabilities the search saved for {saved}, "
-               "which the export reproduces). Colour: share of the row.")
-    return Plot(file, "Confusion matrix of the best model (validation split)", caption)
+    axes.set_title(f"{title}: {np.trace(matrix)}/{total} right ({accuracy:.1%})", fontsize=10)
+    return figure
+
+
+def save_figure(figure, path: Path) -> Path:
+    """Write `figure` as a PNG at `path`."""
+    figure.savefig(path, format="png", dpi=DPI)
+    return path
 
 
 def format_value(value: Any) -> str:

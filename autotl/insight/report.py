@@ -207,6 +207,8 @@ def _page(store: Store, search: Search, trials: list[Trial], best: Trial, plots:
         parts.extend(_figure_html(p) for p in plots[section])
         if section in notes:
             parts.append(f'<p class="note">{e(notes[section])}</p>')
+    parts.append("<h2>Evaluations on labelled data</h2>")
+    parts.append(_evaluations_html(store.evaluations(search.id)))
     parts.append("<h2>Trials</h2>")
     parts.append('<div class="scroll">' + _trials_table(search, trials, best) + "</div>")
     parts.append("</body></html>")
@@ -293,6 +295,32 @@ def _trials_table(search: Search, trials: list[Trial], best: Trial) -> str:
         row += f'<td class="text">{e(first_line(Exception(trial.error), "") if trial.error else "")}</td>'
         lines.append(f'<tr class="{e(css)}">{row}</tr>')
     lines.append("</tbody></table>")
+    return "\n".join(lines)
+
+
+def _evaluations_html(evaluations: list) -> str:
+    """`autotl evaluate`'s records of the search's exports, with the gap between the validation accuracy the
+    search measured and the accuracy on the evaluated data."""
+    e = html.escape
+    if not evaluations:
+        return ('<p class="note">No evaluation yet: <code>autotl evaluate EXPORT_DIR DATA</code> scores an export on '
+                "labelled data the search never saw and records it here.</p>")
+    header = ["when", "data", "exported", "format", "examples", "accuracy", "validation accuracy", "gap",
+              "macro-F1", "log-loss", "calibration error"]
+    lines = ['<div class="scroll"><table><thead><tr>' + "".join(f"<th>{e(h)}</th>" for h in header)
+             + "</tr></thead><tbody>"]
+    for row in evaluations:
+        validation = row.metrics.get("validation_accuracy")
+        cells = [_format_time(row.created_at), row.data, row.exported, row.model_format,
+                 f"{row.examples}" + (f" ({row.skipped} skipped)" if row.skipped else ""),
+                 format_value(row.accuracy), format_value(validation),
+                 "" if validation is None else f"{validation - row.accuracy:+.4f}",
+                 format_value(row.metrics.get("macro_f1")), format_value(row.metrics.get("log_loss")),
+                 format_value(row.metrics.get("expected_calibration_error"))]
+        lines.append("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in cells) + "</tr>")
+    lines.append("</tbody></table></div>")
+    lines.append('<p class="muted">gap: the validation accuracy the search measured minus the accuracy on the data; '
+                 "a large gap says the validation split flattered the model.</p>")
     return "\n".join(lines)
 
 

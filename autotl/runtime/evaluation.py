@@ -10,7 +10,8 @@ calibration error over 15 equal-width bins of the top probability (Guo et al., 2
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import csv
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +38,19 @@ class Evaluation:
     expected_calibration_error: float
     per_class: dict[str, dict[str, float]]  # class -> precision, recall, f1, support (classes in data or predictions)
     confusion_matrix: list[list[int]]  # rows: true class, columns: predicted, in `labels` order
+    scored: "Scored | None" = field(default=None, repr=False, compare=False)  # each example's, for `write_outputs`
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {key: value for key, value in asdict(self).items() if key != "scored"}
+
+
+@dataclass
+class Scored:
+    """Each example's source, true class index and the model's probabilities, in the data's order."""
+
+    sources: list[str]
+    truth: np.ndarray
+    probabilities: np.ndarray
 
 
 def evaluate(model, model_dir: str, model_format: str, data: str, *, text_col: str = "text",
@@ -50,7 +61,29 @@ def evaluate(model, model_dir: str, model_format: str, data: str, *, text_col: s
     probabilities = model.predict_proba(list(dataset.examples))
     return Evaluation(model_dir=str(model_dir), model_format=model_format, data=str(data),
                       examples=len(truth), skipped=len(dataset.skipped), labels=list(model.labels),
-                      **metrics(truth, probabilities, list(model.labels)))
+                      **metrics(truth, probabilities, list(model.labels)),
+                      scored=Scored(list(dataset.sources), truth, probabilities))
+
+
+PREDICTIONS_FILE, CONFUSION_FILE = "predictions.csv", "confusion_matrix.png"
+
+
+def write_outputs(result: Evaluation, out: Path) -> list[Path]:
+    """`evaluate --out`: each example's prediction (``predictions.csv``: source, true and predicted class, whether
+    right, the probability of each) and the confusion matrix as a picture (``confusion_matrix.png``)."""
+    from autotl.insight.plots import confusion_figure, save_figure
+
+    out.mkdir(parents=True, exist_ok=True)
+    scored, labels = result.scored, result.labels
+    predicted = scored.probabilities.argmax(axis=1)
+    with open(out / PREDICTIONS_FILE, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["source", "true", "predicted", "correct", "p_true", "p_predicted"])
+        for source, truth, guess, row in zip(scored.sources, scored.truth, predicted, scored.probabilities):
+            writer.writerow([source, labels[truth], labels[guess], int(truth == guess), f"{row[truth]:.6f}",
+                             f"{row[guess]:.6f}"])
+    figure = confusion_figure(labels, np.asarray(result.confusion_matrix), f"{Path(result.data).name}")
+    return [out / PREDICTIONS_FILE, save_figure(figure, out / CONFUSION_FILE)]
 
 
 def load_labelled(model, data: str, *, text_col: str, label_col: str, strict: bool):
@@ -122,3 +155,50 @@ def calibration_error(probabilities: np.ndarray, truth: np.ndarray, bins: int = 
         if inside.any():
             error += inside.mean() * abs(right[inside].mean() - confidence[inside].mean())
     return float(error)
+
+
+def recording_store(manifest: dict[str, Any], given: str | None) -> str | None:
+    """The store an evaluation goes to: `given`, else the search's own (the manifest names it) when it is a
+    SQLite file still there; None when there is none to write to."""
+    if given:
+        return given
+    url = str((manifest.get("search") or {}).get("store") or "")
+    if url.startswith("sqlite:///") and Path(url[len("sqlite:///"):]).is_file():
+        return url
+    return None
+
+
+def record(store, manifest: dict[str, Any], result: Evaluation) -> tuple[Any | None, str]:
+    """Add `result` to `store` as an evaluation of the manifest's search, or say why not: the store must hold
+    that search, with the data the export was trained on (a search of the same name elsewhere is another)."""
+    from autotl.export.manifest import FORMAT_PATHS, tree_checksum
+    from autotl.insight.summary import exported_what
+
+    origin = manifest.get("search") or {}
+    try:
+        search = store.get_search(str(origin.get("name")))
+    except AutotlError:
+        search = None
+    if search is None or search.dataset_fingerprint != origin.get("dataset_fingerprint"):
+        return None, f"{store.display_url} holds no search {origin.get('name')!r} trained on this export's data"
+    files = manifest.get("files") or {}
+    figures = {key: value for key, value in result.as_dict().items()
+               if key not in ("model_dir", "model_format", "data", "examples", "skipped")}
+    row = store.add_evaluation(
+        search_id=search.id, trial_number=None if manifest.get("ensemble") else origin.get("trial"),
+        exported=exported_what(manifest), export_sha256=tree_checksum(FORMAT_PATHS[result.model_format], files)
+        if files else None, model_dir=str(Path(result.model_dir).resolve()), model_format=result.model_format,
+        data=str(Path(result.data).resolve()), examples=result.examples, skipped=result.skipped,
+        accuracy=result.accuracy, metrics={**figures, "validation_accuracy": validation_accuracy(manifest)})
+    return row, ""
+
+
+def validation_accuracy(manifest: dict[str, Any]) -> float | None:
+    """The validation accuracy the search measured for what the export holds (the ensemble's, when it is one;
+    a refit's is its trial's), or None when the search's objective was not accuracy."""
+    objective = manifest.get("objective") or {}
+    if objective.get("name") != "val_accuracy":
+        return None
+    ensemble = manifest.get("ensemble")
+    value = ensemble.get("value") if ensemble else objective.get("value")
+    return float(value) if value is not None else None

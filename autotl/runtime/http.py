@@ -1,8 +1,8 @@
 """The HTTP side of `autotl serve`: routing, reading request bodies, JSON responses and logging.
 
 `Handler` turns each request into a call of the `PredictionService` and its answer
-(or `RequestError`) into a JSON response; `PredictionServer` runs handlers in
-threads and counts the requests in flight, so a shutdown can let them finish.
+(or `RequestError`) into a JSON response; `PredictionServer` runs handlers in a
+bounded pool of threads and counts the requests in flight, so a shutdown can let them finish.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import socket
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
@@ -21,6 +22,7 @@ from autotl.errors import first_line, typed_first_line
 from autotl.runtime.service import PredictionService, RequestError
 
 DEFAULT_MAX_REQUEST_BYTES = 16 * 2**20
+DEFAULT_THREADS = 8  # requests handled at once; the model itself runs one (micro-)batch at a time
 REQUEST_TIMEOUT_S = 30.0  # a client that stops sending for this long is answered 408 and dropped
 LINGER_S = 2.0  # after an error sent before the body was read, read (and drop) the rest for this long
 ROUTES = {"/health": ("GET", "HEAD"), "/predict": ("POST",)}
@@ -249,10 +251,13 @@ def _printable(text: str, width: int = 200) -> str:
 
 
 class PredictionServer(ThreadingHTTPServer):
+    """Handles each connection in one of `threads` worker threads (a bounded pool: more connections wait for a
+    free thread instead of each starting one)."""
+
     daemon_threads = True
 
     def __init__(self, address: tuple[str, int], service: PredictionService, max_request_bytes: int,
-                 log: Callable[[str], None]):
+                 log: Callable[[str], None], threads: int = DEFAULT_THREADS):
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         self.service = service
@@ -260,6 +265,8 @@ class PredictionServer(ThreadingHTTPServer):
         self._log = log
         self._in_flight = 0
         self._idle = threading.Condition()
+        self.threads = threads
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="autotl-request")
         super().__init__(address, Handler)
 
     def log(self, line: str) -> None:
@@ -274,7 +281,7 @@ class PredictionServer(ThreadingHTTPServer):
         with self._idle:  # counted before its thread starts, so a shutdown cannot miss it
             self._in_flight += 1
         try:
-            super().process_request(request, client_address)
+            self._pool.submit(self.process_request_thread, request, client_address)
         except BaseException:
             with self._idle:
                 self._in_flight -= 1
@@ -288,6 +295,10 @@ class PredictionServer(ThreadingHTTPServer):
             with self._idle:
                 self._in_flight -= 1
                 self._idle.notify_all()
+
+    def server_close(self) -> None:
+        super().server_close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     def wait_idle(self, timeout: float) -> bool:
         with self._idle:

@@ -21,9 +21,11 @@ while reading a body without one) or too many instances, 422 an image or pixel
 array that cannot be used. One line per request is logged to stderr.
 
 The model is loaded through `autotl.runtime.loaded.LoadedModel` (Keras ``safe_mode``:
-a model file cannot run Python code) and called under a lock, with the image
-bytes or pixels as sent, so it reads them exactly as ``autotl predict`` reads
-files; each image is first decoded once in its request thread to check it.
+a model file cannot run Python code). Each request is read in one of ``--threads``
+worker threads, its images decoded there exactly as ``autotl predict`` reads files
+(an image of more than ``--max-pixels`` is refused from its header, 413, before it is
+decoded); the model then runs the requests that arrived within ``--batch-wait-ms`` of
+each other as one batch (`autotl.runtime.batcher`), one batch at a time.
 
 What a request means is `autotl.runtime.service`; reading and answering HTTP is
 `autotl.runtime.http`; this module runs the two until SIGINT or SIGTERM.
@@ -38,8 +40,9 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from autotl.errors import AutotlError, first_line
-from autotl.runtime.http import DEFAULT_MAX_REQUEST_BYTES, PredictionServer
-from autotl.runtime.service import DEFAULT_MAX_INSTANCES, load_service
+from autotl.runtime.batcher import DEFAULT_WAIT_MS
+from autotl.runtime.http import DEFAULT_MAX_REQUEST_BYTES, DEFAULT_THREADS, PredictionServer
+from autotl.runtime.service import DEFAULT_MAX_INSTANCES, DEFAULT_MAX_PIXELS, load_service
 
 DRAIN_S = 10.0  # on shutdown, requests in flight get this long to finish
 
@@ -60,12 +63,14 @@ def _stderr_logger() -> Callable[[str], None]:
 
 def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 0, model_format: str = "keras",
           plugin_files: Sequence[str] = (), max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
-          max_instances: int = DEFAULT_MAX_INSTANCES, log: Callable[[str], None] | None = None) -> None:
+          max_instances: int = DEFAULT_MAX_INSTANCES, max_pixels: int = DEFAULT_MAX_PIXELS,
+          threads: int = DEFAULT_THREADS, batch_wait_ms: float = DEFAULT_WAIT_MS,
+          log: Callable[[str], None] | None = None) -> None:
     """Serve the export in `model_dir` until SIGINT or SIGTERM, then return (after in-flight requests finish)."""
     log = log or _stderr_logger()
-    service = load_service(model_dir, model_format, plugin_files, max_instances)
+    service = load_service(model_dir, model_format, plugin_files, max_instances, max_pixels, batch_wait_ms)
     try:
-        server = PredictionServer((host, port), service, max_request_bytes, log)
+        server = PredictionServer((host, port), service, max_request_bytes, log, threads)
     except OSError as exc:
         raise AutotlError(f"cannot listen on {host}:{port}: {exc.strerror or first_line(exc)}") from None
     except (OverflowError, UnicodeError) as exc:

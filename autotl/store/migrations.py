@@ -43,6 +43,15 @@ def m002_trials_data_path(connection: sa.Connection) -> None:
     connection.execute(sa.text("ALTER TABLE trials ADD COLUMN data_path JSON"))
 
 
+@migration
+def m003_evaluations(connection: sa.Connection) -> None:
+    """Version 3: the evaluations table (`autotl evaluate` of an export, linked to its search). Opening a store
+    creates the tables it lacks before it upgrades (`Store._create_or_upgrade`), so the table may be there."""
+    from autotl.store.models import Evaluation
+
+    Evaluation.__table__.create(connection, checkfirst=True)
+
+
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

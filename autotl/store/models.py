@@ -3,8 +3,8 @@
 One row per search; one per trial, written when the trial starts and updated when
 it ends (so a crash keeps everything written before it); one per (trial, phase,
 epoch, metric name) like optuna's intermediate values; one per artifact (the best
-checkpoint, each export); and `autotl_meta`, whose `schema_version` row says which
-step of `autotl.store.migrations` the tables are at.
+checkpoint, each export); one per evaluation of an export on labelled data (`autotl evaluate`); and
+`autotl_meta`, whose `schema_version` row says which step of `autotl.store.migrations` the tables are at.
 """
 
 from __future__ import annotations
@@ -103,6 +103,25 @@ class Artifact(Base):
     path: Mapped[str] = mapped_column(sa.Text)
     sha256: Mapped[str | None] = mapped_column(sa.String(64))
     size_bytes: Mapped[int | None] = mapped_column(sa.BigInteger)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utc_now)
+
+
+class Evaluation(Base):
+    """One `autotl evaluate` of an export of the search on labelled data it names (`autotl.runtime.evaluation`)."""
+
+    __tablename__ = "evaluations"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    search_id: Mapped[int] = mapped_column(sa.ForeignKey("searches.id", ondelete="CASCADE"), index=True)
+    trial_number: Mapped[int | None] = mapped_column()  # the exported trial (None: an ensemble)
+    exported: Mapped[str] = mapped_column(sa.Text)  # what the export holds: "trial 3", "the ensemble of ..."
+    export_sha256: Mapped[str | None] = mapped_column(sa.String(64))  # of the evaluated format's file or folder
+    model_dir: Mapped[str] = mapped_column(sa.Text)
+    model_format: Mapped[str] = mapped_column(sa.String(32))
+    data: Mapped[str] = mapped_column(sa.Text)
+    examples: Mapped[int] = mapped_column()
+    skipped: Mapped[int] = mapped_column()
+    accuracy: Mapped[float] = mapped_column()
+    metrics: Mapped[dict] = mapped_column()  # every figure of the evaluation, per class and the confusion matrix
     created_at: Mapped[dt.datetime] = mapped_column(default=utc_now)
 
 

@@ -22,8 +22,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from autotl.errors import AutotlError, first_line
 from autotl.store.migrations import SCHEMA_VERSION, upgrade
-from autotl.store.models import (COMPLETED, INTERRUPTED, RUNNING, Artifact, Base, EpochMetric, Meta, Search, Trial,
-                                 utc_now)
+from autotl.store.models import (COMPLETED, INTERRUPTED, RUNNING, Artifact, Base, EpochMetric, Evaluation, Meta,
+                                 Search, Trial, utc_now)
 from autotl.store.queries import (SearchSummary, check_where_names, chosen_first, filter_trials, one_se_window,
                                   search_summary_query, sort_trials, summarize, trial_rank)
 
@@ -356,6 +356,21 @@ class Store:
             return list(session.scalars(
                 sa.select(EpochMetric).where(EpochMetric.trial_id == trial_id)
                 .order_by(EpochMetric.id)))
+
+    # --- evaluations ----------------------------------------------------------------
+
+    def add_evaluation(self, **fields: Any) -> Evaluation:
+        with self.session() as session:
+            evaluation = Evaluation(**fields)
+            session.add(evaluation)
+            session.flush()
+            return evaluation
+
+    def evaluations(self, search_id: int) -> list[Evaluation]:
+        """The search's evaluations, oldest first."""
+        with self.session() as session:
+            return list(session.scalars(sa.select(Evaluation).where(Evaluation.search_id == search_id)
+                                        .order_by(Evaluation.id)))
 
     # --- artifacts ------------------------------------------------------------------
 

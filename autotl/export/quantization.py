@@ -1,0 +1,128 @@
+"""Smaller, faster exports (`autotl export --quantize float16|int8`): what quantization does to each format, and
+what it costs on the search's own validation split.
+
+The `.keras` model and the SavedModel stay float32: they are the reference. The TFLite model is converted
+with post-training quantization: float16 weights, or (``int8``) int8 weights with activations quantized at
+run time (dynamic range; `configure_tflite` says why not calibrated). The ONNX model goes through
+onnxruntime's quantization: its float16 conversion (inputs and outputs kept as they were), or dynamic int8
+quantization of its weights.
+
+After writing, `assess` measures each written format: the file size, the median latency of one example on
+the CPU over `LATENCY_RUNS` runs, and the validation accuracy against the float32 reference's. An int8 model
+that loses more than `--max-accuracy-drop` is refused (`check_drop`): nothing is written, and the message
+gives the figures and the option that overrides it.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from autotl.errors import AutotlError
+
+QUANTIZATIONS = ("float16", "int8")
+# The formats each mode quantizes; the others stay float32. onnxruntime's float16 conversion writes an ONNX
+# graph that onnxruntime itself refuses to load for autotl's exports ("Graph output ... does not exist"), so
+# float16 leaves the ONNX model as it is.
+QUANTIZED_FORMATS = {"float16": ("tflite",), "int8": ("tflite", "onnx")}
+LATENCY_RUNS = 100
+DEFAULT_MAX_ACCURACY_DROP = 0.01  # an int8 model may lose at most 1 point of validation accuracy by default
+
+
+def configure_tflite(converter, mode: str | None) -> None:
+    """Post-training quantization of a `tf.lite.TFLiteConverter`: float16 weights, or int8 weights with
+    activations quantized at run time (dynamic range).
+
+    Full integer quantization, with activations calibrated on a representative sample of the training data,
+    aborts the process inside TensorFlow 2.21's converter on the graphs autotl exports (seen on the tiny CNN:
+    ``fully_quantize: 0, inference_type: 6`` then SIGABRT), so int8 here is dynamic range, which needs no sample.
+    """
+    import tensorflow as tf
+
+    if mode is None:
+        return
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if mode == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+
+
+def quantize_onnx(path: Path, mode: str | None) -> None:
+    """Rewrite the ONNX model at `path` with its weights in int8 (onnxruntime's dynamic quantization); other
+    modes leave it as it is (`QUANTIZED_FORMATS`)."""
+    if mode is None or "onnx" not in QUANTIZED_FORMATS[mode]:
+        return
+    try:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+    except ImportError:
+        raise AutotlError("quantizing the ONNX export needs onnxruntime: pip install onnxruntime") from None
+    quantized = path.with_name(path.stem + ".int8" + path.suffix)
+    quantize_dynamic(str(path), str(quantized), weight_type=QuantType.QInt8)
+    quantized.replace(path)
+
+
+def assess(out: Path, formats: Sequence[str], examples: Sequence[Any], labels: np.ndarray, registry,
+           mode: str) -> dict:
+    """Each written format's size, single-example latency and validation accuracy, whether `mode` quantized
+    it, and its accuracy change from the float32 reference (the ``.keras`` model, or the SavedModel)."""
+    from autotl.export.manifest import FORMAT_PATHS
+    from autotl.runtime.loaded import LoadedModel
+
+    figures = {}
+    for fmt in formats:
+        model = LoadedModel(out, fmt, registry)
+        accuracy = float(np.mean(model.predict_proba(list(examples)).argmax(axis=1) == labels))
+        figures[fmt] = {"quantized": fmt in QUANTIZED_FORMATS[mode], "size_bytes": _size(out / FORMAT_PATHS[fmt]),
+                        "latency_ms": _latency_ms(model, examples[0]), "val_accuracy": round(accuracy, 6)}
+    reference = next((fmt for fmt in ("keras", "savedmodel") if fmt in figures), None)
+    for fmt, figure in figures.items():
+        if reference is not None:
+            figure["accuracy_change"] = round(figure["val_accuracy"] - figures[reference]["val_accuracy"], 6)
+    return {"reference": reference, "validation_examples": len(labels), "formats": figures}
+
+
+def check_drop(mode: str | None, assessed: dict, max_drop: float) -> None:
+    """Refuse an int8 export whose quantized formats lose more than `max_drop` of validation accuracy."""
+    if mode != "int8" or assessed["reference"] is None:
+        return
+    for fmt in QUANTIZED_FORMATS[mode]:
+        change = assessed["formats"].get(fmt, {}).get("accuracy_change")
+        if change is not None and -change > max_drop:
+            raise AutotlError(f"the int8 {fmt} model loses {-change:.4f} of validation accuracy "
+                              f"({assessed['formats'][fmt]['val_accuracy']:.4f} against "
+                              f"{assessed['formats'][assessed['reference']]['val_accuracy']:.4f}), more than "
+                              f"--max-accuracy-drop {max_drop:g}: try --quantize float16, or allow it with a "
+                              f"higher --max-accuracy-drop")
+
+
+def describe(assessed: dict) -> list[str]:
+    """One line per format: its size, latency and validation accuracy (and change), for `autotl export`."""
+    lines = []
+    for fmt, figure in assessed["formats"].items():
+        change = figure.get("accuracy_change")
+        versus = "" if change is None or fmt == assessed["reference"] else f" ({change:+.4f})"
+        kind = "quantized" if figure["quantized"] else "float32"
+        lines.append(f"  {fmt} ({kind}): {figure['size_bytes'] / 2**20:.2f} MB, {figure['latency_ms']:.2f} ms per "
+                     f"example, validation accuracy {figure['val_accuracy']:.4f}{versus}")
+    return lines
+
+
+def _latency_ms(model, example: Any) -> float:
+    """The median time of one example through `model` (`LoadedModel`), read once, over `LATENCY_RUNS` runs."""
+    prepared = [model.prepare(example)]
+    model.probabilities(prepared)  # warm-up
+    times = []
+    for _ in range(LATENCY_RUNS):
+        started = time.perf_counter()
+        model.probabilities(prepared)
+        times.append(time.perf_counter() - started)
+    return round(1000 * statistics.median(times), 3)
+
+
+def _size(path: Path) -> int:
+    if path.is_dir():
+        return sum(file.stat().st_size for file in path.rglob("*") if file.is_file())
+    return path.stat().st_size
