@@ -234,7 +234,25 @@ def ablation_section(selection: Selection) -> list[str]:
         workloads = ", ".join(sorted({r["workload"] for r, _ in pairs})) or "-"
         lines.append(f"| {kind} | {len(pairs)} | {fmt(float(np.mean(test)) if test else None, 2)} "
                      f"| {fmt(float(np.mean(val)) if val else None, 2)} | {workloads} |")
+    return lines + [""] + ablation_pairs(selection, kinds)
+
+
+def ablation_pairs(selection: Selection, kinds: list[str]) -> list[str]:
+    """Each pair: the ablation's test (and validation) accuracy against the default's, workload by workload."""
+    lines = ["Each pair, test accuracy (validation in brackets): the default, then each ablation.", "",
+             "| workload | seed | autotl | " + " | ".join(kinds) + " |", "|---|---|---|" + "---|" * len(kinds)]
+    keys = sorted({(r["workload"], r["seed"]) for r in selection.runs if r["kind"] in kinds})
+    for workload, seed in keys:
+        base = selection.pick(workload, seed, AUTOTL)
+        cells = [_accuracies(selection.pick(workload, seed, kind)) for kind in kinds]
+        lines.append(f"| {workload} | {seed} | {_accuracies(base)} | " + " | ".join(cells) + " |")
     return lines + [""]
+
+
+def _accuracies(record: dict[str, Any] | None) -> str:
+    if not record:
+        return "-"
+    return f"{fmt(record['test_accuracy'])} ({fmt(record.get('val_accuracy'))})"
 
 
 def missing_runs(selection: Selection, expected: list[tuple[str, int, str]]) -> list[str]:
