@@ -168,3 +168,25 @@ def test_predicting_10000_texts_from_stdin_takes_no_more_memory_than_1000(text_m
     print(f"peak memory: 1,000 texts {small:.0f} MB, 10,000 texts {large:.0f} MB")
     assert len((tmp_path / "b.jsonl").read_text().splitlines()) == 10000
     assert large - small < GROWTH_BOUND_MB
+
+
+def test_evaluate_scores_a_text_model_on_a_jsonl_file_as_scikit_learn_does(text_model, reviews_csv, tmp_path):
+    """Issue 16, 1: `autotl evaluate` on CSV/JSONL too (here JSONL, other column names)."""
+    from sklearn import metrics as sk
+
+    rows = csv_rows(reviews_csv)[:40]
+    data = tmp_path / "test.jsonl"
+    data.write_text("".join(json.dumps({"review": r["text"], "verdict": r["label"]}) + "\n" for r in rows))
+    result = subprocess.run([*autotl_command(), "evaluate", str(text_model), str(data), "--text-col", "review",
+                             "--label-col", "verdict", "--json", "--plugin", str(TINY_TEXT)], capture_output=True,
+                            text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout)
+    predicted = json.loads(predict(text_model, *[r["text"] for r in rows], "--text", "--json", plugin=TINY_TEXT).stdout)
+    truth = [r["label"] for r in rows]
+    guesses = [p["label"] for p in predicted]
+    assert shown["examples"] == 40
+    assert shown["accuracy"] == pytest.approx(sk.accuracy_score(truth, guesses))
+    assert shown["macro_f1"] == pytest.approx(sk.f1_score(truth, guesses, average="macro", zero_division=0))
+    labels = shown["labels"]
+    assert shown["confusion_matrix"] == sk.confusion_matrix(truth, guesses, labels=labels).tolist()

@@ -16,6 +16,7 @@ from autotl.export.quantization import check_drop
 from autotl.store import Store
 
 from conftest import TINY_PLUGIN, run_cli
+from test_export_formats import image_inputs, reload_without_autotl
 
 FORMATS = ("keras", "tflite", "onnx")
 
@@ -66,6 +67,11 @@ def test_a_quantized_export_is_smaller_measured_and_still_predicts(searched, mni
         rows = json.loads(run_cli("predict", tmp_path / mode, *files, "--format", fmt, "--json", "--plugin",
                                   TINY_PLUGIN, check=True).stdout)
         assert len(rows) == 3 and all(abs(sum(r["probabilities"].values()) - 1) < 1e-2 for r in rows)
+        # Without autotl, with the format's runtime alone: the same labels as autotl's own reading.
+        _, takes = image_inputs(files, (16, 16), tmp_path)
+        results, imported = reload_without_autotl(fmt, tmp_path / mode, takes[fmt], tmp_path)
+        assert "autotl" not in imported
+        assert list(results["arrays"].argmax(axis=1)) == [int(r["label"]) for r in rows], fmt
 
 
 def test_an_int8_model_that_loses_too_much_is_refused_and_nothing_is_written(searched, tmp_path):

@@ -50,3 +50,27 @@ def test_the_source_files_the_readme_names_exist():
     named = set(re.findall(r"`((?:autotl|plugins|benchmarks|examples|tests)/[\w/]+\.py)`", README))
     missing = sorted(path for path in named if not (REPO / path).is_file())
     assert named and not missing, f"README names files that do not exist: {missing}"
+
+
+def test_in_ci_a_missing_required_part_fails_its_test_and_elsewhere_skips_it(tmp_path):
+    """Issue 16, 5: `.ci/run` sets AUTOTL_TEST_REQUIRE_ALL=1, so that CI cannot pass with the PostgreSQL, Chromium
+    or Debian-data tests skipped."""
+    import os
+    import subprocess
+    import sys
+
+    assert "export AUTOTL_TEST_REQUIRE_ALL=1" in (REPO / ".ci" / "run").read_text()
+    (tmp_path / "test_part.py").write_text(
+        "from conftest import requires\n\n\ndef test_needs_a_part():\n    requires(False, 'the part is not installed')\n")
+    (tmp_path / "conftest.py").write_text((REPO / "tests" / "conftest.py").read_text())
+    (tmp_path / "pg_cluster.py").write_text((REPO / "tests" / "pg_cluster.py").read_text())
+
+    def run(**env):
+        base = {k: v for k, v in os.environ.items() if k != "AUTOTL_TEST_REQUIRE_ALL"}
+        return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", str(tmp_path)],
+                              capture_output=True, text=True, cwd=tmp_path, env={**base, **env})
+
+    elsewhere, in_ci = run(), run(AUTOTL_TEST_REQUIRE_ALL="1")
+    assert elsewhere.returncode == 0 and "1 skipped" in elsewhere.stdout and "the part is not installed" in elsewhere.stdout
+    assert in_ci.returncode == 1 and "1 failed" in in_ci.stdout
+    assert "AUTOTL_TEST_REQUIRE_ALL=1 and a required part is missing: the part is not installed" in in_ci.stdout

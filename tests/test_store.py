@@ -12,7 +12,7 @@ import pytest
 
 from autotl.errors import AutotlError
 from autotl.store import COMPLETED, FAILED, INTERRUPTED, RUNNING, SCHEMA_VERSION, Store
-from autotl.store.queries import may_be_chosen, selection_line
+from autotl.store.queries import may_be_chosen, no_better_than_a_guess, selection_line
 
 from conftest import run_cli
 
@@ -339,6 +339,18 @@ def test_a_trial_within_the_window_of_the_best_so_far_may_be_chosen(store, value
     search = one_se_search(store, val_examples=28)
     assert may_be_chosen(search, value, best_value=0.75) is chosen
     assert not may_be_chosen(store.create_search(**search_fields("best")), 0.75, best_value=0.75)
+
+
+def test_a_validation_accuracy_within_noise_of_the_majority_guess_is_a_warning():
+    """convention-speeches: 20 of 28 validation texts right, where always answering 'democrat' gets 18."""
+    labels = [0] * 18 + [1] * 10
+    warning = no_better_than_a_guess(20 / 28, labels, ["democrat", "republican"])
+    assert warning == ("warning: the best validation accuracy, 0.7143, is within one standard error (0.0906) of "
+                       "always answering 'democrat' (0.6429 of the 28 validation examples): the validation split "
+                       "cannot tell the model from that guess; more labelled examples, or a larger validation split, "
+                       "would")
+    assert no_better_than_a_guess(24 / 28, labels, ["democrat", "republican"]) is None
+    assert no_better_than_a_guess(0.80, [0, 1] * 500, ["fresh", "rotten"]) is None
 
 
 def test_best_trial_is_none_without_a_completed_trial(store):

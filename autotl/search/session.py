@@ -40,7 +40,7 @@ from autotl.search.preparation import prepare
 from autotl.search.records import Objective, TrainingPlan, TrialData
 from autotl.search.trial_process import TrialProcess, TrialProcessSpec, remove_trial_data, save_trial_data
 from autotl.store import COMPLETED, FAILED, INTERRUPTED, Search, Store, Trial
-from autotl.store.queries import ONE_SE
+from autotl.store.queries import ONE_SE, no_better_than_a_guess
 
 TRIAL_DATA_DIR = "data"  # inside the search's work folder, while trial workers run
 DEADLINE_KEY = "deadline_at"  # in a time-limited search's stored config: when its current run must end
@@ -354,6 +354,10 @@ class SearchSession:
             self.store.finish_search(self.row.id, FAILED, "no trial completed")
             raise AutotlError(f"search {self.row.name!r}: no trial completed (see `autotl trials {self.row.name}`)")
         self.store.finish_search(self.row.id, COMPLETED)
+        if self.row.objective == "val_accuracy" and best.value is not None:
+            warning = no_better_than_a_guess(best.value, self.prepared.val.labels, self.row.labels)
+            if warning:
+                self.reporter.message(warning)
         return self.result(resumed=self.existing is not None, extended=self.extended, reran=self.reran)
 
     def result(self, **flags: bool | int) -> SearchResult:

@@ -11,7 +11,9 @@ each search's trial count and best value from `search_summary_query`, one groupe
 from __future__ import annotations
 
 import math
-from typing import Any, Collection, Iterable, NamedTuple
+from typing import Any, Collection, Iterable, NamedTuple, Sequence
+
+import numpy as np
 
 import sqlalchemy as sa
 
@@ -172,6 +174,23 @@ def one_se_floor(best_accuracy: float, examples: int) -> float:
     A tiny margin keeps values stored as float32 (0.7142857 of 20/28) from falling out by rounding."""
     accuracy = min(max(best_accuracy, 0.0), 1.0)
     return accuracy - math.sqrt(accuracy * (1.0 - accuracy) / examples) - 1e-6
+
+
+def no_better_than_a_guess(accuracy: float, labels: Sequence[int], class_names: Sequence[str]) -> str | None:
+    """A warning when a validation `accuracy` is within one standard error of always predicting the most
+    frequent class of the validation `labels`: the validation split cannot tell the model from that guess."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(class_names))
+    examples = int(counts.sum())
+    if examples == 0:
+        return None
+    majority = float(counts.max()) / examples
+    margin = math.sqrt(majority * (1.0 - majority) / examples)
+    if accuracy > majority + margin:
+        return None
+    return (f"warning: the best validation accuracy, {accuracy:.4f}, is within one standard error ({margin:.4f}) of "
+            f"always answering {class_names[int(counts.argmax())]!r} ({majority:.4f} of the {examples} validation "
+            "examples): the validation split cannot tell the model from that guess; more labelled examples, or a "
+            "larger validation split, would")
 
 
 def depth_of(trial: Trial) -> int:
