@@ -50,7 +50,7 @@ WORKLOADS = [name for name in NEEDS if missing(name) is None]
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     """(the records, the Markdown report, stderr, the command) of one quick run of every available workload."""
-    requires(bool(WORKLOADS), "; ".join(str(missing(name)) for name in NEEDS))
+    requires(bool(WORKLOADS), "; ".join(filter(None, (missing(name) for name in NEEDS))))
     out = tmp_path_factory.mktemp("quality")
     command = [sys.executable, str(SCRIPT), "--quick", "--workloads", *WORKLOADS, "--seeds", "0", "--out", str(out),
                "--workdir", str(tmp_path_factory.mktemp("quality-work"))]

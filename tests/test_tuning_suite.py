@@ -33,6 +33,7 @@ def load_script():
 SUITE = load_script()
 MISSING = {name: SUITE.missing(name) for name in SUITE.DATASETS}
 AVAILABLE = [name for name, reason in MISSING.items() if reason is None]
+SOURCES_MISSING = "; ".join(reason for reason in MISSING.values() if reason)  # the reasons of those not installed
 
 
 def run_suite(out: Path, seed: int, names: list[str]) -> subprocess.CompletedProcess:
@@ -45,7 +46,7 @@ def run_suite(out: Path, seed: int, names: list[str]) -> subprocess.CompletedPro
 @pytest.fixture(scope="module")
 def suite(tmp_path_factory):
     """Every available dataset written once, and suite.json's entries by name."""
-    requires(bool(AVAILABLE), "no source of the tuning suite is installed: " + "; ".join(MISSING.values()))
+    requires(bool(AVAILABLE), "no source of the tuning suite is installed: " + SOURCES_MISSING)
     out = tmp_path_factory.mktemp("suite")
     result = run_suite(out, 7, AVAILABLE)
     assert result.returncode == 0, result.stderr
@@ -156,7 +157,7 @@ def test_lfw_faces_are_the_first_hundred_patches_skimage_loads():
 def test_same_seed_same_splits_and_another_seed_others(tmp_path):
     """Seeded: rerunning gives the same files; another seed draws other examples."""
     name = next((n for n in ("convention-speeches", "fortunes-topics", "wordnet-nouns") if n in AVAILABLE), None)
-    requires(name is not None, "no text source of the suite is installed: " + "; ".join(MISSING.values()))
+    requires(name is not None, "no text source of the suite is installed: " + SOURCES_MISSING)
     written = {}
     for run, seed in [("a", 1), ("b", 1), ("c", 2)]:
         assert run_suite(tmp_path / run, seed, [name]).returncode == 0
