@@ -128,7 +128,8 @@ def _measured(out: Path, formats: Sequence[str], val, registry, quantize: str, m
     from autotl.export.quantization import assess, check_drop
 
     try:
-        assessed = assess(out, formats, list(val.examples), np.asarray(val.labels), registry, quantize)
+        files = {fmt: out / FORMAT_PATHS[fmt] for fmt in FORMATS if fmt in formats}
+        assessed = assess(out, files, list(val.examples), np.asarray(val.labels), registry, quantize)
         check_drop(quantize, assessed, max_drop)
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)

@@ -1,11 +1,10 @@
 """Smaller, faster exports (`autotl export --quantize float16|int8`): what quantization does to each format, and
 what it costs on the search's own validation split.
 
-The `.keras` model and the SavedModel stay float32: they are the reference. The TFLite model is converted
-with post-training quantization: float16 weights, or (``int8``) int8 weights with activations quantized at
-run time (dynamic range; `configure_tflite` says why not calibrated). The ONNX model goes through
-onnxruntime's quantization: its float16 conversion (inputs and outputs kept as they were), or dynamic int8
-quantization of its weights.
+The `.keras` model and the SavedModel stay float32: they are the reference. How the TFLite and ONNX models
+are quantized is `autotl.export.tf_formats` (`configure_tflite`, `quantize_onnx`, `QUANTIZED_FORMATS`): the
+TFLite model with post-training quantization, float16 weights or int8 weights with activations quantized at
+run time; the ONNX model with onnxruntime's dynamic int8 quantization of its weights.
 
 After writing, `assess` measures each written format: the file size, the median latency of one example on
 the CPU over `LATENCY_RUNS` runs, and the validation accuracy against the float32 reference's. An int8 model
@@ -23,59 +22,25 @@ from typing import Any, Sequence
 import numpy as np
 
 from autotl.errors import AutotlError
+from autotl.export.tf_formats import QUANTIZED_FORMATS
 
 QUANTIZATIONS = ("float16", "int8")
-# The formats each mode quantizes; the others stay float32. onnxruntime's float16 conversion writes an ONNX
-# graph that onnxruntime itself refuses to load for autotl's exports ("Graph output ... does not exist"), so
-# float16 leaves the ONNX model as it is.
-QUANTIZED_FORMATS = {"float16": ("tflite",), "int8": ("tflite", "onnx")}
 LATENCY_RUNS = 100
 DEFAULT_MAX_ACCURACY_DROP = 0.01  # an int8 model may lose at most 1 point of validation accuracy by default
 
 
-def configure_tflite(converter, mode: str | None) -> None:
-    """Post-training quantization of a `tf.lite.TFLiteConverter`: float16 weights, or int8 weights with
-    activations quantized at run time (dynamic range).
-
-    Full integer quantization, with activations calibrated on a representative sample of the training data,
-    aborts the process inside TensorFlow 2.21's converter on the graphs autotl exports (seen on the tiny CNN:
-    ``fully_quantize: 0, inference_type: 6`` then SIGABRT), so int8 here is dynamic range, which needs no sample.
-    """
-    import tensorflow as tf
-
-    if mode is None:
-        return
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    if mode == "float16":
-        converter.target_spec.supported_types = [tf.float16]
-
-
-def quantize_onnx(path: Path, mode: str | None) -> None:
-    """Rewrite the ONNX model at `path` with its weights in int8 (onnxruntime's dynamic quantization); other
-    modes leave it as it is (`QUANTIZED_FORMATS`)."""
-    if mode is None or "onnx" not in QUANTIZED_FORMATS[mode]:
-        return
-    try:
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-    except ImportError:
-        raise AutotlError("quantizing the ONNX export needs onnxruntime: pip install onnxruntime") from None
-    quantized = path.with_name(path.stem + ".int8" + path.suffix)
-    quantize_dynamic(str(path), str(quantized), weight_type=QuantType.QInt8)
-    quantized.replace(path)
-
-
-def assess(out: Path, formats: Sequence[str], examples: Sequence[Any], labels: np.ndarray, registry,
+def assess(out: Path, files: dict[str, Path], examples: Sequence[Any], labels: np.ndarray, registry,
            mode: str) -> dict:
-    """Each written format's size, single-example latency and validation accuracy, whether `mode` quantized
-    it, and its accuracy change from the float32 reference (the ``.keras`` model, or the SavedModel)."""
-    from autotl.export.manifest import FORMAT_PATHS
+    """Each written format's (`files`: format -> its file or folder in `out`) size, single-example latency and
+    validation accuracy, whether `mode` quantized it, and its accuracy change from the float32 reference (the
+    ``.keras`` model, or the SavedModel)."""
     from autotl.runtime.loaded import LoadedModel
 
     figures = {}
-    for fmt in formats:
+    for fmt, path in files.items():
         model = LoadedModel(out, fmt, registry)
         accuracy = float(np.mean(model.predict_proba(list(examples)).argmax(axis=1) == labels))
-        figures[fmt] = {"quantized": fmt in QUANTIZED_FORMATS[mode], "size_bytes": _size(out / FORMAT_PATHS[fmt]),
+        figures[fmt] = {"quantized": fmt in QUANTIZED_FORMATS[mode], "size_bytes": _size(path),
                         "latency_ms": _latency_ms(model, examples[0]), "val_accuracy": round(accuracy, 6)}
     reference = next((fmt for fmt in ("keras", "savedmodel") if fmt in figures), None)
     for fmt, figure in figures.items():
