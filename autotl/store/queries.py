@@ -139,8 +139,8 @@ def chosen_first(trials: list[Trial], search: Search) -> list[Trial]:
 def one_se_window(ranked: list[Trial], search: Search) -> list[Trial]:
     """The trials of `ranked` (best first) within one standard error of the best's accuracy, the best
     included; none unless the search selects by the one-standard-error rule."""
-    examples = int(search.config.get("val_examples") or 0)
-    if search.config.get("selection", BEST) != ONE_SE or not ranked or ranked[0].value is None or examples < 1:
+    examples = one_se_examples(search)
+    if not examples or not ranked or ranked[0].value is None:
         return []
     floor = one_se_floor(float(ranked[0].value), examples)
     return [trial for trial in ranked if trial.value is not None and trial.value >= floor]
@@ -154,7 +154,7 @@ def selection_line(trials: list[Trial], search: Search) -> str | None:
     if not order or order[0] is ranked[0]:
         return None
     chosen, best = order[0], ranked[0]
-    margin = float(best.value) - one_se_floor(float(best.value), int(search.config["val_examples"])) - 1e-6
+    margin = standard_error(float(best.value), int(search.config["val_examples"]))
     return (f"one-se: trial {chosen.number} ({search.objective} {chosen.value:.4f}, {depth_of(chosen)} block(s) "
             f"fine-tuned) is within one standard error ({margin:.4f}) of trial {best.number}'s {best.value:.4f} "
             f"({depth_of(best)} block(s)): the search chose the simpler model")
@@ -163,17 +163,31 @@ def selection_line(trials: list[Trial], search: Search) -> str | None:
 def may_be_chosen(search: Search, value: float | None, best_value: float | None) -> bool:
     """Whether a trial reaching `value`, with the search's best at `best_value` (None: no trial yet), is within
     one standard error of the best when the search selects by that rule: a trial that must keep its checkpoint."""
-    examples = int(search.config.get("val_examples") or 0)
-    if search.config.get("selection", BEST) != ONE_SE or value is None or examples < 1:
+    examples = one_se_examples(search)
+    if not examples or value is None:
         return False
     return value >= one_se_floor(max(value, best_value if best_value is not None else value), examples)
+
+
+def one_se_examples(search: Search) -> int:
+    """The validation examples the one-standard-error rule weighs a search's accuracies on; 0 when the search
+    does not select by that rule (or does not know its validation size)."""
+    if search.config.get("selection", BEST) != ONE_SE:
+        return 0
+    return max(int(search.config.get("val_examples") or 0), 0)
 
 
 def one_se_floor(best_accuracy: float, examples: int) -> float:
     """The lowest accuracy within one binomial standard error of `best_accuracy` on `examples` examples.
     A tiny margin keeps values stored as float32 (0.7142857 of 20/28) from falling out by rounding."""
     accuracy = min(max(best_accuracy, 0.0), 1.0)
-    return accuracy - math.sqrt(accuracy * (1.0 - accuracy) / examples) - 1e-6
+    return accuracy - standard_error(accuracy, examples) - 1e-6
+
+
+def standard_error(accuracy: float, examples: int) -> float:
+    """The binomial standard error of an accuracy measured on `examples` examples."""
+    accuracy = min(max(accuracy, 0.0), 1.0)
+    return math.sqrt(accuracy * (1.0 - accuracy) / examples)
 
 
 def no_better_than_a_guess(accuracy: float, labels: Sequence[int], class_names: Sequence[str]) -> str | None:
@@ -184,7 +198,7 @@ def no_better_than_a_guess(accuracy: float, labels: Sequence[int], class_names: 
     if examples == 0:
         return None
     majority = float(counts.max()) / examples
-    margin = math.sqrt(majority * (1.0 - majority) / examples)
+    margin = standard_error(majority, examples)
     if accuracy > majority + margin:
         return None
     return (f"warning: the best validation accuracy, {accuracy:.4f}, is within one standard error ({margin:.4f}) of "
