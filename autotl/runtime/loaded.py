@@ -140,11 +140,12 @@ class LoadedModel:
     def predict(self, inputs: Sequence[Any], batch_size: int = 32) -> list[Prediction]:
         probabilities = self.predict_proba(inputs, batch_size)
         sources = [str(x) if isinstance(x, (str, Path)) else f"input {i}" for i, x in enumerate(inputs)]
-        return [
-            Prediction(source, self.labels[int(np.argmax(row))],
-                       {label: float(p) for label, p in zip(self.labels, row)})
-            for source, row in zip(sources, probabilities)
-        ]
+        return [Prediction(source, *self.labelled(row)) for source, row in zip(sources, probabilities)]
+
+    def labelled(self, probabilities: np.ndarray) -> tuple[str, dict[str, float]]:
+        """One example's label (the most probable class) and every class's probability, by name."""
+        return (self.labels[int(np.argmax(probabilities))],
+                {label: float(p) for label, p in zip(self.labels, probabilities)})
 
     def predict_proba(self, inputs: Sequence[Any], batch_size: int = 32) -> np.ndarray:
         """Class probabilities of raw `inputs`, read and run `batch_size` at a time (never all at once)."""

@@ -128,15 +128,14 @@ def _predict_batch(model, batch: list[tuple[str, Any]], batch_size: int, top_k: 
         rows.append(row)
     if ready:
         for position, probabilities in zip(positions, model.probabilities(ready, batch_size)):
-            _fill(rows[position], model.labels, probabilities, top_k)
+            _fill(rows[position], model, probabilities, top_k)
     return rows
 
 
-def _fill(row: Row, labels: list[str], probabilities: np.ndarray, top_k: int) -> None:
+def _fill(row: Row, model, probabilities: np.ndarray, top_k: int) -> None:
+    row.label, row.probabilities = model.labelled(probabilities)
     order = np.argsort(-probabilities, kind="stable")
-    row.label = labels[int(order[0])]
-    row.top = [(labels[int(i)], float(probabilities[i])) for i in order[:top_k]]
-    row.probabilities = {label: float(p) for label, p in zip(labels, probabilities)}
+    row.top = [(model.labels[int(i)], float(probabilities[i])) for i in order[:top_k]]
 
 
 def check_out(out: str | None, as_json: bool) -> str | None:

@@ -74,8 +74,7 @@ class PredictionService:
             probabilities = self.batcher(prepared)
         except AutotlError as exc:  # an input the model's own reading refuses
             raise RequestError(422, first_line(exc)) from None
-        return {"predictions": [{"label": self.labels[int(np.argmax(row))],
-                                 "probabilities": {label: float(p) for label, p in zip(self.labels, row)}}
+        return {"predictions": [dict(zip(("label", "probabilities"), self.model.labelled(row)))
                                 for row in probabilities]}
 
     def _instances(self, payload: Any) -> list[Any]:
