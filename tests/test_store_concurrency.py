@@ -317,7 +317,7 @@ def test_a_version_1_postgresql_store_is_upgraded_in_place(fresh_postgres_url):
     old.close()
 
     upgraded = Store(fresh_postgres_url)
-    assert upgraded.schema_version == SCHEMA_VERSION == 2
+    assert upgraded.schema_version == SCHEMA_VERSION == 3
     columns = [column["name"] for column in sa.inspect(upgraded.engine).get_columns("trials")]
     assert "data_path" in columns
     [trial] = upgraded.list_trials(search.id)
