@@ -65,6 +65,10 @@ def main() -> None:
 @click.option("--checkpoint-soup/--no-checkpoint-soup", default=False,
               help="Average the weights of a fine-tune's 3 best epochs greedily, each kept only when validation "
                    "does not drop (README: Checkpoint soups); off until measured to help.")
+@click.option("--convex-head/--no-convex-head", default=False,
+              help="First fit a logistic regression on the frozen backbone's pooled features, its L2 penalty chosen "
+                   "on validation (seconds on the cache), as one more trial (README: Convex heads); off until "
+                   "measured to help.")
 @click.option("--max-trials", type=click.IntRange(min=1), default=None,
               help="Trials to run (a cap when --time-limit is given)  [default: 5; none with --time-limit]")
 @click.option("--time-limit", type=DURATION, metavar="DURATION",

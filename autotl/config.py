@@ -58,6 +58,7 @@ class SearchConfig:
     refit: bool = False  # train the best configuration again on training + validation data (autotl.search.refit)
     ensemble_size: int = 1  # > 1: average up to this many of the best trials when it helps (autotl.search.ensemble)
     checkpoint_soup: bool = False  # average a fine-tune's best epochs greedily (autotl.search.soup)
+    convex_head: bool = False  # a first trial: logistic regression on the pooled frozen features (autotl.search.convex)
     max_trials: int | None = None  # None: DEFAULT_MAX_TRIALS, or no cap when time_limit is set
     time_limit: float | None = None  # seconds for this run of the search (autotl.search.budget)
     epochs: int = 10
@@ -116,6 +117,8 @@ class SearchConfig:
             raise UsageError("--max-failures must be at least 1")
         if self.workers < 0:
             raise UsageError("--workers cannot be negative")
+        if self.convex_head and self.workers > 0:
+            raise UsageError("--convex-head runs in the search's own process; it does not combine with --workers")
         parse_address(self.oracle_address, allow_port_zero=True)
         if self.worker_memory_growth_mb < 1:
             raise UsageError("--worker-memory-growth must be at least 1 (MB)")

@@ -24,6 +24,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from autotl.search import convex
 from autotl.search.budget import Deadline, format_duration
 from autotl.search.records import FINETUNE, HEAD, Objective, TrialData
 from autotl.store import Search, Store, Trial
@@ -109,13 +110,18 @@ def refit_best(store: Store, search: Search, runner, data: TrialData, objective:
     _forget_earlier_refits(store, search)
     started = time.perf_counter()
     out_dir = Path(workdir) / f"refit_trial_{best.number:03d}"
-    path = runner.refit(best.hyperparameters, best.number, everything, plan.head_epochs, plan.finetune_epochs,
-                        out_dir)
+    if best.tuner_trial_id == convex.TUNER_TRIAL_ID:  # a regression: fitted again at the penalty it chose
+        path = runner.refit_convex(best.hyperparameters, float(best.metrics[convex.PENALTY_KEY]), everything,
+                                   out_dir)
+    else:
+        path = runner.refit(best.hyperparameters, best.number, everything, plan.head_epochs, plan.finetune_epochs,
+                            out_dir)
     seconds = time.perf_counter() - started
     store.add_artifact(search_id=search.id, trial_id=best.id, kind=REFIT_KIND, format="keras",
                        path=str(path.resolve()), sha256=None, size_bytes=path.stat().st_size)
     result = {"trial": best.number, "examples": train_examples + val_examples, "head_epochs": plan.head_epochs,
-              "finetune_epochs": plan.finetune_epochs, "seconds": round(seconds, 1)}
+              "finetune_epochs": plan.finetune_epochs, "seconds": round(seconds, 1),
+              "convex": best.tuner_trial_id == convex.TUNER_TRIAL_ID}
     store.update_search_config(search.id, {RESULT_KEY: result})
     say(f"refit: trial {best.number}'s configuration trained again on all {train_examples + val_examples} labelled "
         f"examples ({describe_epochs(result)}) in {format_duration(seconds)}; exports use it")
@@ -123,7 +129,10 @@ def refit_best(store: Store, search: Search, runner, data: TrialData, objective:
 
 
 def describe_epochs(result: Mapping[str, Any]) -> str:
-    """A stored refit's epochs: ``6 head + 10 fine-tuning epochs`` or ``2 head epochs``."""
+    """A stored refit's epochs: ``6 head + 10 fine-tuning epochs`` or ``2 head epochs``; a convex head's
+    regression has none."""
+    if result.get("convex"):
+        return "its regression, at the penalty it chose"
     finetune = f" + {result['finetune_epochs']} fine-tuning" if result["finetune_epochs"] else ""
     return f"{result['head_epochs']} head{finetune} epochs"
 

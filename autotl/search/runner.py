@@ -26,6 +26,7 @@ import numpy as np
 
 from autotl.workarounds import TrialHeap, build_training_state, traced_gradients_released
 
+from autotl.search import convex
 from autotl.search import space as space_module
 from autotl.search.budget import Deadline
 from autotl.search.recipe import Recipe, steps_in
@@ -43,6 +44,7 @@ from autotl.store import Store
 from autotl.store.queries import TIE_BREAK_METRIC, may_be_chosen, rank_key, trial_rank
 
 CHECKPOINT_NAME = "model.keras"
+CLASSES_LAYER = "classes"  # the model's last Dense layer (`autotl.search.hypermodel`)
 
 EpochCallback = Callable[[int, str, int, int, dict], None]
 
@@ -148,8 +150,59 @@ class TrialRunner:
         # A best epoch of the head phase left the blocks as they were: the head on the cached
         # backbone output computes what the model does. After it, the fine-tuned blocks do too.
         best_depth = depth if outcome.phase == FINETUNE else 0
-        self._checkpoint_if_kept(model, feed.phase(best_depth), data, trial_id, trial_number, outcome)
+        best_phase = feed.phase(best_depth)
+        self._checkpoint_if_kept(model, lambda: predict_in_order(best_phase.model, best_phase.x_val,
+                                                                 self.plan.batch_size, sequence_lengths(data.x_val)),
+                                 trial_id, trial_number, outcome)
         return outcome
+
+    def convex_head(self, trial_id: int, trial_number: int, values: dict[str, Any], data: TrialData,
+                    on_epoch: EpochCallback) -> TrialOutcome:
+        """The convex head trial (`autotl.search.convex`): the regression's penalty chosen on validation,
+        its weights in the model's last Dense layer; recorded as one head epoch."""
+        self.release_past_trials()
+        with dtype_policy(self.plan.precision), traced_gradients_released():
+            model, features = self._pooled_features(values, data)
+            choice = convex.choose(features[0], data.y_train, features[1], data.y_val, self.hypermodel.num_classes)
+            model.get_layer(CLASSES_LAYER).set_weights([choice.model.weights, choice.model.bias])
+            train_probabilities = choice.model.probabilities(features[0])
+            metrics = {"loss": convex.log_loss(train_probabilities, data.y_train),
+                       "accuracy": convex.accuracy(train_probabilities, data.y_train),
+                       "val_loss": choice.val_loss, "val_accuracy": choice.val_accuracy,
+                       convex.PENALTY_KEY: choice.penalty}
+            _EpochLogger(self.store, trial_id, trial_number, HEAD, 1, on_epoch).on_epoch_end(0, metrics)
+            outcome = TrialOutcome(metrics[self.objective.name], HEAD, 1,
+                                   {**metrics, "unfreeze_depth_applied": 0}, features[2])
+            self._checkpoint_if_kept(model, lambda: choice.val_probabilities, trial_id, trial_number, outcome)
+            return outcome
+
+    def refit_convex(self, values: dict[str, Any], penalty: float, data: TrialData, out_dir: Path) -> Path:
+        """The convex head trial's regression fitted again at its `penalty` on `data.x_train` (training
+        and validation examples together, `autotl.search.refit`), and saved with its predictions on
+        `data.x_val`."""
+        self.release_past_trials()
+        with dtype_policy(self.plan.precision), traced_gradients_released():
+            model, features = self._pooled_features(values, data)
+            fitted = convex.fit_path(features[0], data.y_train, self.hypermodel.num_classes, (penalty,))[penalty]
+            model.get_layer(CLASSES_LAYER).set_weights([fitted.weights, fitted.bias])
+            out_dir.mkdir(parents=True, exist_ok=True)
+            path = out_dir / CHECKPOINT_NAME
+            keras.Model(model.input, model.output, name=model.name).save(path)
+            np.save(out_dir / VAL_PROBS_NAME, fitted.probabilities(features[1]))
+            return path
+
+    def _pooled_features(self, values: dict[str, Any], data: TrialData) -> tuple[keras.Model, tuple]:
+        """A head model for `values` (one Dense layer on the pooled backbone output) and the pooled
+        features of each split, computed on the cached path where it can: (train, val, how)."""
+        model = self.hypermodel.build(self.hypermodel.hyperparameters(values), self.backbone.fresh())
+        # Built just now, the layer before the classes has one inbound node: its output is the features.
+        pooled = keras.Model(model.inputs, model.get_layer(CLASSES_LAYER).input, name="autotl_pooled")
+        feed = self.activations.feed(pooled, data, values)
+        phase = feed.phase(0)
+        train = predict_in_order(phase.model, phase.x_train, self.plan.inference_batch_size,
+                                 sequence_lengths(data.x_train))
+        val = predict_in_order(phase.model, phase.x_val, self.plan.inference_batch_size, sequence_lengths(data.x_val))
+        return model, (train, val, feed.report())
 
     def refit(self, values: dict[str, Any], trial_number: int, data: TrialData, head_epochs: int,
               finetune_epochs: int, out_dir: Path) -> Path:
@@ -244,8 +297,8 @@ class TrialRunner:
         results = phase.model.evaluate(val.x, val.y, verbose=0, return_dict=True, **sized)
         return {f"val_{name}": float(value) for name, value in results.items()}
 
-    def _checkpoint_if_kept(self, model: keras.Model, phase: Phase, data: TrialData, trial_id: int, trial_number: int,
-                            outcome: TrialOutcome) -> None:
+    def _checkpoint_if_kept(self, model: keras.Model, val_probabilities: Callable[[], np.ndarray], trial_id: int,
+                            trial_number: int, outcome: TrialOutcome) -> None:
         """Keep the model of a trial among the best `plan.kept_checkpoints` completed so far (the
         best one, or an ensemble's pool).
 
@@ -269,8 +322,7 @@ class TrialRunner:
         # The validation predictions as the search computed them (on the cached path, from
         # the cached activations, through the blocks the best epoch had fine-tuned): an export
         # must reproduce them.
-        np.save(trial_dir / VAL_PROBS_NAME, predict_in_order(phase.model, phase.x_val, self.plan.batch_size,
-                                                             sequence_lengths(data.x_val)))
+        np.save(trial_dir / VAL_PROBS_NAME, val_probabilities())
         self.store.add_artifact(search_id=self.search_id, trial_id=trial_id, kind="checkpoint", format="keras",
                                 path=str(path.resolve()), sha256=None, size_bytes=path.stat().st_size)
 

@@ -240,6 +240,8 @@ class SearchSession:
         for note in self.prepared.notes:
             self.reporter.message(note)
         try:
+            if self.config.convex_head:
+                self._run_convex_head()
             return self._run_trials(process)
         except KeyboardInterrupt:
             store.interrupt_running_trials(row.id, "interrupted by the user")
@@ -287,6 +289,32 @@ class SearchSession:
             if process is not None:
                 process.close()
                 remove_trial_data(data_dir)
+
+    def _run_convex_head(self) -> None:
+        """The convex head (`autotl.search.convex`) as the search's first trial, here in the search process:
+        seconds on the cached activations, which the trials then find in the cache. Once per search."""
+        from autotl.search import convex
+        from autotl.search.runner import TrialRunner
+
+        store, row = self.store, self.row
+        if store.completed_trial(row.id, convex.TUNER_TRIAL_ID) is not None:
+            return
+        values = convex.model_values(self.prepared.space, self.prepared.backbone.modality)
+        trial = store.start_trial(row.id, convex.TUNER_TRIAL_ID, values)
+        self.reporter.trial_started(trial.number, None, values,
+                                    completed=store.count_trials(row.id, COMPLETED))
+        runner = TrialRunner(self.hypermodel, self.training, self.objective, store, row.id, Path(row.workdir))
+        try:
+            outcome = runner.convex_head(trial.id, trial.number, values, self.trial_data(), self.reporter.epoch_ended)
+        except Exception as exc:  # noqa: BLE001 - the trials still run; the store keeps why this one failed
+            finished = store.finish_trial(trial.id, FAILED, error=first_line(exc))
+        else:
+            finished = store.finish_trial(trial.id, COMPLETED, value=outcome.value, best_phase=outcome.phase,
+                                          best_epoch=outcome.epoch, metrics=outcome.metrics,
+                                          data_path=outcome.data_path)
+        finally:
+            runner.close()
+        self.reporter.trial_ended(finished)
 
     def _configure_trial_process(self, process: TrialProcess, data: TrialData, data_dir: Path) -> None:
         save_trial_data(data, data_dir)
