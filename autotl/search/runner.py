@@ -19,7 +19,7 @@ import contextlib
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import keras
 import numpy as np
@@ -163,16 +163,17 @@ class TrialRunner:
         self.release_past_trials()
         with dtype_policy(self.plan.precision), traced_gradients_released():
             model, features = self._pooled_features(values, data)
-            choice = convex.choose(features[0], data.y_train, features[1], data.y_val, self.hypermodel.num_classes)
+            choice = convex.choose(features.train, data.y_train, features.val, data.y_val,
+                                   self.hypermodel.num_classes)
             model.get_layer(CLASSES_LAYER).set_weights([choice.model.weights, choice.model.bias])
-            train_probabilities = choice.model.probabilities(features[0])
+            train_probabilities = choice.model.probabilities(features.train)
             metrics = {"loss": convex.log_loss(train_probabilities, data.y_train),
                        "accuracy": convex.accuracy(train_probabilities, data.y_train),
                        "val_loss": choice.val_loss, "val_accuracy": choice.val_accuracy,
                        convex.PENALTY_KEY: choice.penalty}
             _EpochLogger(self.store, trial_id, trial_number, HEAD, 1, on_epoch).on_epoch_end(0, metrics)
             outcome = TrialOutcome(metrics[self.objective.name], HEAD, 1,
-                                   {**metrics, "unfreeze_depth_applied": 0}, features[2])
+                                   {**metrics, "unfreeze_depth_applied": 0}, features.data_path)
             self._checkpoint_if_kept(model, lambda: choice.val_probabilities, trial_id, trial_number, outcome)
             return outcome
 
@@ -183,17 +184,17 @@ class TrialRunner:
         self.release_past_trials()
         with dtype_policy(self.plan.precision), traced_gradients_released():
             model, features = self._pooled_features(values, data)
-            fitted = convex.fit_path(features[0], data.y_train, self.hypermodel.num_classes, (penalty,))[penalty]
+            fitted = convex.fit_path(features.train, data.y_train, self.hypermodel.num_classes, (penalty,))[penalty]
             model.get_layer(CLASSES_LAYER).set_weights([fitted.weights, fitted.bias])
             out_dir.mkdir(parents=True, exist_ok=True)
             path = out_dir / CHECKPOINT_NAME
             keras.Model(model.input, model.output, name=model.name).save(path)
-            np.save(out_dir / VAL_PROBS_NAME, fitted.probabilities(features[1]))
+            np.save(out_dir / VAL_PROBS_NAME, fitted.probabilities(features.val))
             return path
 
-    def _pooled_features(self, values: dict[str, Any], data: TrialData) -> tuple[keras.Model, tuple]:
+    def _pooled_features(self, values: dict[str, Any], data: TrialData) -> tuple[keras.Model, PooledFeatures]:
         """A head model for `values` (one Dense layer on the pooled backbone output) and the pooled
-        features of each split, computed on the cached path where it can: (train, val, how)."""
+        features of each split, computed on the cached path where it can."""
         model = self.hypermodel.build(self.hypermodel.hyperparameters(values), self.backbone.fresh())
         # Built just now, the layer before the classes has one inbound node: its output is the features.
         pooled = keras.Model(model.inputs, model.get_layer(CLASSES_LAYER).input, name="autotl_pooled")
@@ -202,7 +203,7 @@ class TrialRunner:
         train = predict_in_order(phase.model, phase.x_train, self.plan.inference_batch_size,
                                  sequence_lengths(data.x_train))
         val = predict_in_order(phase.model, phase.x_val, self.plan.inference_batch_size, sequence_lengths(data.x_val))
-        return model, (train, val, feed.report())
+        return model, PooledFeatures(train, val, feed.report())
 
     def refit(self, values: dict[str, Any], trial_number: int, data: TrialData, head_epochs: int,
               finetune_epochs: int, out_dir: Path) -> Path:
@@ -325,6 +326,12 @@ class TrialRunner:
         np.save(trial_dir / VAL_PROBS_NAME, val_probabilities())
         self.store.add_artifact(search_id=self.search_id, trial_id=trial_id, kind="checkpoint", format="keras",
                                 path=str(path.resolve()), sha256=None, size_bytes=path.stat().st_size)
+
+
+class PooledFeatures(NamedTuple):
+    train: np.ndarray
+    val: np.ndarray
+    data_path: dict[str, Any]  # how they were computed (`ActivationSource`'s report)
 
 
 class BestEpoch:
