@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import sqlite3
 
 import pytest
@@ -79,19 +80,22 @@ def test_a_time_limit_stops_a_long_trial_at_its_deadline_and_the_search_exports(
 
 
 def test_without_max_trials_a_time_limit_runs_trials_until_the_next_would_not_fit(tmp_path, mnist_dir, tiny_plugin):
+    """The limit counts from the CLI's start, so imports (seconds on a loaded machine) come off it: the
+    test reads the time left from the search's own last line rather than from the store's timestamps."""
     db = tmp_path / "store.db"
     result = run_cli("search", mnist_dir, "-b", "tiny_cnn", "--plugin", tiny_plugin, "--store", db,
-                     "--name", "many", "--workdir", tmp_path / "runs", "--time-limit", "20s", "--epochs", "2",
+                     "--name", "many", "--workdir", tmp_path / "runs", "--time-limit", "30s", "--epochs", "2",
                      "--finetune-epochs", "1", "--trials-per-worker", "0")
     assert result.returncode == 0, result.stderr
     trials = _rows(db, "select started_at, finished_at from trials where status = 'completed'")
-    # The time, not the default cap of 5 trials, ended the search; how many trials fit depends on the machine.
-    assert f"--time-limit 20s reached: {len(trials)} trial{'' if len(trials) == 1 else 's'} completed" in result.stderr
+    stopped = re.search(rf"--time-limit 30s reached: {len(trials)} trials? completed, "
+                        r"and another would not have finished in the (\d+)s left", result.stderr)
+    assert stopped, result.stderr  # the time ended the search: with --time-limit there is no cap on trials
     (created,) = _rows(db, "select created_at from searches")[0]
     last_end = max(finished for _, finished in trials)
-    assert _seconds_after(created, last_end) <= 20 + OVERRUN_S
+    assert _seconds_after(created, last_end) <= 30 + OVERRUN_S
     longest = max(_seconds_after(started, finished) for started, finished in trials)
-    assert 20 - _seconds_after(created, last_end) < 2 * longest + OVERRUN_S  # no room was left for one more
+    assert int(stopped[1]) < longest + 1  # under the median trial's time was left (printed in whole seconds)
     assert "left)" in result.stderr  # each trial's line shows the time left
     assert _rows(db, "select status from searches") == [("completed",)]
 
