@@ -11,6 +11,7 @@ import pytest
 
 from autotl.backbones import layers  # noqa: F401 - the checkpoints hold autotl's layers
 from autotl.search import convex
+from autotl.search.ensemble import score
 from autotl.search.records import VAL_PROBS_NAME
 from autotl.search.refit import REFIT_KIND
 from autotl.store import COMPLETED
@@ -54,7 +55,7 @@ def test_the_penalty_with_the_best_validation_accuracy_is_chosen():
     assert choice.val_accuracy == max(accuracy for accuracy, _ in choice.tried.values())
     assert choice.val_accuracy > 0.9  # digits are linearly separable; the strongest penalty (10) gets 0.54
     np.testing.assert_allclose(choice.val_probabilities, choice.model.probabilities(x[300:600]), atol=1e-6)
-    assert choice.val_accuracy == convex.accuracy(choice.val_probabilities, y[300:600])
+    assert choice.val_accuracy == score(convex.ACCURACY, choice.val_probabilities, y[300:600])
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +80,7 @@ def test_the_convex_head_is_the_first_trial_and_its_checkpoint_predicts_what_it_
     model = keras.saving.load_model(checkpoint, compile=False)
     probabilities = model.predict(preprocessor(val.examples), verbose=0)
     np.testing.assert_allclose(probabilities, saved, atol=1e-5)
-    assert first.value == pytest.approx(convex.accuracy(saved, val.labels))
+    assert first.value == pytest.approx(score(convex.ACCURACY, saved, val.labels))
 
 
 def test_the_refit_fits_the_regression_again_on_every_labelled_example(convex_search):

@@ -23,11 +23,14 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from autotl.search.ensemble import score
 from autotl.search.portfolio import DEPTH_FRACTION, fitted, portfolio_for
+from autotl.search.records import Objective
 
 # The L2 penalties tried, strongest first (each fit starts from the one before). On standardised
 # features 10 keeps a head near the class priors, 1e-4 lets it fit the training split almost freely.
 PENALTIES = (10.0, 1.0, 0.1, 0.01, 1e-3, 1e-4)
+ACCURACY, LOSS = Objective("val_accuracy", "max"), Objective("val_loss", "min")
 STEPS = 300  # accelerated gradient steps per penalty
 PENALTY_KEY = "convex_l2"  # in a convex head trial's metrics: the penalty chosen
 TUNER_TRIAL_ID = "convex-head"  # its row's tuner trial id (KerasTuner never hands it out)
@@ -63,15 +66,6 @@ def model_values(space: Mapping[str, Mapping[str, Any]], modality: str) -> dict[
 def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
     return shifted / shifted.sum(axis=1, keepdims=True)
-
-
-def log_loss(probabilities: np.ndarray, labels: np.ndarray) -> float:
-    picked = probabilities[np.arange(len(labels)), labels]
-    return float(-np.mean(np.log(np.clip(picked, 1e-7, 1.0))))
-
-
-def accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:
-    return float(np.mean(np.argmax(probabilities, axis=1) == labels))
 
 
 def fit_path(features: np.ndarray, labels: np.ndarray, classes: int,
@@ -115,7 +109,8 @@ def choose(train_features: np.ndarray, train_labels: np.ndarray, val_features: n
     scored = {}
     for penalty, model in models.items():
         probabilities = model.probabilities(np.asarray(val_features, dtype=np.float32))
-        scored[penalty] = (accuracy(probabilities, val_labels), log_loss(probabilities, val_labels), probabilities)
+        scored[penalty] = (score(ACCURACY, probabilities, val_labels), score(LOSS, probabilities, val_labels),
+                           probabilities)
     best = max(scored, key=lambda p: (scored[p][0], -scored[p][1], p))
     val_accuracy, val_loss, probabilities = scored[best]
     return Choice(best, models[best], val_accuracy, val_loss, probabilities,

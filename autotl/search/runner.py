@@ -37,6 +37,7 @@ from autotl.cache.batches import batches, predict_in_order, sequence_lengths, va
 from autotl.cache.source import ActivationSource, Phase
 from autotl.search.hypermodel import (BACKBONE_LAYER, ReusableBackbone, TransferHyperModel, set_unfreeze_depth,
                                       trainable_blocks)
+from autotl.search.ensemble import score
 from autotl.search.soup import SOUP_METRIC, TopEpochs, greedy_soup
 from autotl.search.records import (FINETUNE, HEAD, VAL_PROBS_NAME, Objective, TrainingPlan, TrialData, TrialFailed,
                                    TrialOutcome)
@@ -167,8 +168,8 @@ class TrialRunner:
                                    self.hypermodel.num_classes)
             model.get_layer(CLASSES_LAYER).set_weights([choice.model.weights, choice.model.bias])
             train_probabilities = choice.model.probabilities(features.train)
-            metrics = {"loss": convex.log_loss(train_probabilities, data.y_train),
-                       "accuracy": convex.accuracy(train_probabilities, data.y_train),
+            metrics = {"loss": score(convex.LOSS, train_probabilities, data.y_train),
+                       "accuracy": score(convex.ACCURACY, train_probabilities, data.y_train),
                        "val_loss": choice.val_loss, "val_accuracy": choice.val_accuracy,
                        convex.PENALTY_KEY: choice.penalty}
             _EpochLogger(self.store, trial_id, trial_number, HEAD, 1, on_epoch).on_epoch_end(0, metrics)
