@@ -3,12 +3,14 @@ float32 against `--quantize float16` and `--quantize int8` (issue 16, item 3).
 
     python benchmarks/quantization.py                      # both workloads, seed 0
     python benchmarks/quantization.py --workloads images   # one
+    python benchmarks/quantization.py --again              # measure the recorded workloads again too
 
 Each workload: its seed-0 split as the quality benchmark writes it, one default search with
 `--time-limit` (default 10 minutes: a model of the kind a user exports, not the best one), then three exports
 of its best model (keras + tflite + onnx: float32, float16, int8 with `--max-accuracy-drop 1` so that the
 figures of a model that would be refused are shown too) and `autotl evaluate` of each format on the test
-split. Results: results/quantization.md and .json, rewritten after each workload.
+split. Results: results/quantization.md and .json, rewritten after each workload with the results of
+earlier runs kept (each with its command and revision); a restart skips the workloads already recorded.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 import quality  # its data writers and CLI helpers
+import quality_records
 from quality import REPO, SIZES, WORKLOADS, autotl, search_command, write_workload
 
 MODES = ("float32", "float16", "int8")
@@ -57,14 +60,25 @@ def measure(workload: str, work: Path, time_limit_s: int) -> dict:
     return {"workload": workload, "time_limit_s": time_limit_s, "rows": rows}
 
 
-def write(out: Path, results: list[dict], command: str) -> None:
-    (out / "quantization.json").write_text(json.dumps({"command": command, "results": results}, indent=2) + "\n")
-    lines = ["# Quantized exports on the visible workloads", "", f"Command: `{command}`", "",
+def recorded(out: Path) -> dict[str, dict]:
+    """The results already in `out`, by workload."""
+    path = out / "quantization.json"
+    if not path.exists():
+        return {}
+    saved = json.loads(path.read_text())
+    return {result["workload"]: {"command": saved.get("command"), **result} for result in saved["results"]}
+
+
+def write(out: Path, results: dict[str, dict]) -> None:
+    ordered = [results[name] for name in WORKLOADS if name in results]
+    (out / "quantization.json").write_text(json.dumps({"results": ordered}, indent=2) + "\n")
+    lines = ["# Quantized exports on the visible workloads", "",
              "Seed 0 of each workload; one default search each, then `autotl export --quantize`. Latency: median of "
              "100 single-example runs on this machine's CPU, measured by the export (float32 rows: not measured). "
              "Test accuracy: `autotl evaluate` on the workload's test split.", ""]
-    for result in results:
+    for result in ordered:
         lines += [f"## {result['workload']} (search --time-limit {result['time_limit_s']}s)", "",
+                  f"Command: `{result['command']}`, at {result.get('revision', 'an unrecorded revision')}.", "",
                   "| export | size (MB) | latency (ms) | validation accuracy | test accuracy |", "|---|---|---|---|---|"]
         for name, row in result["rows"].items():
             latency = "" if row["latency_ms"] is None else f"{row['latency_ms']:.2f}"
@@ -80,14 +94,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workloads", nargs="+", choices=list(WORKLOADS), default=list(WORKLOADS))
     parser.add_argument("--time-limit-s", type=int, default=600)
     parser.add_argument("--out", type=Path, default=REPO / "results")
+    parser.add_argument("--again", action="store_true", help="measure workloads already recorded in --out again")
     args = parser.parse_args(argv)
     command = "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
-    results = []
+    results = recorded(args.out)
     for workload in args.workloads:
+        if workload in results and not args.again:
+            quality.log(f"{workload}: recorded at {results[workload].get('revision', '?')}, skipped")
+            continue
         with tempfile.TemporaryDirectory() as work:
-            results.append(measure(workload, Path(work), args.time_limit_s))
-        write(args.out, results, command)
-        quality.log(f"{workload}: {results[-1]['rows']}")
+            measured = measure(workload, Path(work), args.time_limit_s)
+        results[workload] = {**measured, "command": command, "revision": quality_records.git_revision()}
+        write(args.out, results)
+        quality.log(f"{workload}: {measured['rows']}")
     return 0
 
 
