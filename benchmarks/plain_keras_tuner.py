@@ -31,6 +31,7 @@ import numpy as np
 
 from autotl.search import space as space_module
 from autotl.backbones.layers import FirstTokenPooling, MaskedMeanPooling
+from autotl.search.runner import trial_seed
 
 OBJECTIVE = kt.Objective("val_accuracy", direction="max")
 
@@ -110,7 +111,8 @@ class PlainTransferHyperModel(kt.HyperModel):
 
 
 class TimedTuner(kt.Tuner):
-    """A plain `keras_tuner.Tuner` that times each trial and seeds it like autotl (seed * 1000 + trial number)."""
+    """A plain `keras_tuner.Tuner` that times each trial and seeds it like autotl (from the search's seed and the
+    trial's configuration, `autotl.search.runner.trial_seed`)."""
 
     def __init__(self, oracle: ReplayOracle, hypermodel, seed: int, **kwargs):
         super().__init__(oracle, hypermodel, **kwargs)
@@ -120,7 +122,7 @@ class TimedTuner(kt.Tuner):
 
     def on_trial_begin(self, trial):
         super().on_trial_begin(trial)
-        keras.utils.set_random_seed(self.seed * 1000 + self.oracle.labels[trial.trial_id])
+        keras.utils.set_random_seed(trial_seed(self.seed, trial.hyperparameters.values))
         self._started = time.perf_counter()
 
     def on_trial_end(self, trial):

@@ -94,12 +94,31 @@ def test_the_refit_fits_the_regression_again_on_every_labelled_example(convex_se
     assert not np.allclose(before, after)  # 96 + 24 digits, not 96
 
 
+@pytest.mark.slow
 def test_a_resumed_search_does_not_fit_the_convex_head_again(convex_search):
     root, store, result, _, _ = convex_search
     store, again, _, _ = run_tiny_search(root, Path(result.search.dataset_path), SPACE, max_trials=2, epochs=1,
                                          batch_size=16, name="convex", convex_head=True, refit=True, portfolio=False)
     assert [t.tuner_trial_id for t in again.trials].count(convex.TUNER_TRIAL_ID) == 1
     assert len(again.trials) == 3
+
+
+def test_a_configuration_trains_alike_whichever_trial_number_runs_it(convex_search, tmp_path):
+    """Trials are seeded from their configuration: the tuned trial, number 2 after the convex head, starts from
+    the weights and batches it gets as number 1 of a search without it (so an ablation that adds a trial leaves
+    the others' draws alone)."""
+    root, store, result, _, _ = convex_search
+    with_convex = store.list_trials(result.search.id)[1]
+    alone_store, alone, _, _ = run_tiny_search(tmp_path, Path(result.search.dataset_path), SPACE, max_trials=1,
+                                               epochs=1, batch_size=16, name="alone", portfolio=False)
+    [without] = alone.trials
+    assert (with_convex.number, without.number) == (2, 1)
+    assert with_convex.hyperparameters == without.hyperparameters
+
+    def losses(trial_store, trial):
+        return {(m.phase, m.epoch, m.name): m.value for m in trial_store.epoch_metrics(trial.id) if "loss" in m.name}
+
+    assert losses(store, with_convex) and losses(store, with_convex) == pytest.approx(losses(alone_store, without))
 
 
 def test_the_convex_head_with_workers_is_a_usage_error(tmp_path, mnist_dir):

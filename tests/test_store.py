@@ -111,18 +111,6 @@ def test_create_and_get_search_by_name_and_id(store):
     assert [s.name for s in store.list_searches()] == ["alpha", "beta"]
 
 
-def test_a_rerun_of_an_interrupted_trial_counts_from_that_trials_number(store):
-    """Issue 29, 9: the runner seeds a trial from this number, so a re-run is the same trial (it took its own
-    row's number, and so another initialisation)."""
-    search = store.create_search(**search_fields("alpha"))
-    first = store.start_trial(search.id, "t0", {"dropout": 0.1})
-    store.interrupt_running_trials(search.id, "killed")
-    other = store.start_trial(search.id, "t1", {"dropout": 0.2})
-    rerun = store.start_trial(search.id, "t0", {"dropout": 0.1})
-    assert (first.number, other.number, rerun.number) == (1, 2, 3)
-    assert [store.first_number(search.id, n) for n in (1, 2, 3, 99)] == [1, 2, 1, 99]
-
-
 def test_a_name_that_is_a_number_wins_over_an_id(store):
     first = store.create_search(**search_fields("alpha"))
     numbered = store.create_search(**search_fields(str(first.id)))  # a search named "1"

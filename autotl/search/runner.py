@@ -16,6 +16,8 @@ search so far. Each epoch is written to the store as it ends.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import math
 import time
 from pathlib import Path
@@ -51,6 +53,20 @@ EpochCallback = Callable[[int, str, int, int, dict], None]
 
 
 EPOCH_PROGRESS_AFTER_S = 2.0  # an epoch shows its batches on a terminal once it has lasted this long
+
+
+def trial_seed(search_seed: int, values: dict[str, Any]) -> int:
+    """The seed of a trial's initialisation and shuffles: the search's seed and the trial's configuration
+    (its hyperparameter values, less KerasTuner's ``tuner/`` bookkeeping), not its number.
+
+    So a configuration starts from the same weights and batches whichever trial runs it: a re-run of an
+    interrupted trial, the same portfolio entry in a search that runs another trial before it, a
+    Hyperband rung. An ablation that adds or removes trials then changes only those trials (common random
+    numbers), where a seed of the trial's number re-drew every later one.
+    """
+    configuration = {name: value for name, value in values.items() if not name.startswith("tuner/")}
+    text = json.dumps([search_seed, configuration], sort_keys=True, default=str)
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big") % 2**31
 
 
 class TrialRunner:
@@ -105,7 +121,7 @@ class TrialRunner:
     def _train(self, trial_id: int, trial_number: int, values: dict[str, Any], data: TrialData,
                on_epoch: EpochCallback, board: TrialBoard | None) -> TrialOutcome:
         feature_model = self.backbone.fresh()
-        keras.utils.set_random_seed(self._trial_seed(trial_number))
+        keras.utils.set_random_seed(trial_seed(self.plan.seed, values))
         hp = self.hypermodel.hyperparameters(values)
         model = self.hypermodel.build(hp, feature_model)
         feed = self.activations.feed(model, data, values)
@@ -220,7 +236,7 @@ class TrialRunner:
         self.release_past_trials()
         with dtype_policy(self.plan.precision), traced_gradients_released():
             feature_model = self.backbone.fresh()
-            keras.utils.set_random_seed(self._trial_seed(trial_number))  # the trial's initialisation
+            keras.utils.set_random_seed(trial_seed(self.plan.seed, values))  # the trial's initialisation
             hp = self.hypermodel.hyperparameters(values)
             model = self.hypermodel.build(hp, feature_model)
             feed = self.activations.feed(model, data, values)
@@ -244,11 +260,6 @@ class TrialRunner:
             np.save(out_dir / VAL_PROBS_NAME, predict_in_order(phase.model, phase.x_val, self.plan.batch_size,
                                                                sequence_lengths(data.x_val)))
             return path
-
-    def _trial_seed(self, trial_number: int) -> int:
-        """The seed of a trial's initialisation and shuffles: the search's, and the trial's number (a re-run of
-        an interrupted trial takes that trial's, `Store.first_number`)."""
-        return self.plan.seed * 1000 + self.store.first_number(self.search_id, trial_number)
 
     def _epoch_budget(self, values: dict[str, Any]) -> tuple[int, int]:
         if "tuner/epochs" in values:  # Hyperband decides the budget of each bracket

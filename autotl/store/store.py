@@ -320,16 +320,6 @@ class Store:
             return session.scalar(sa.select(Trial).where(
                 Trial.search_id == search_id, Trial.tuner_trial_id == tuner_trial_id, Trial.status == COMPLETED))
 
-    def first_number(self, search_id: int, number: int) -> int:
-        """The number of the first row of the KerasTuner trial that row `number` runs: itself, or for a re-run
-        of an interrupted trial, that trial's. A re-run starts from the same seed, so it is the same trial."""
-        with self.session() as session:
-            tuner_trial_id = sa.select(Trial.tuner_trial_id).where(Trial.search_id == search_id,
-                                                                   Trial.number == number).scalar_subquery()
-            first = session.scalar(sa.select(sa.func.min(Trial.number)).where(
-                Trial.search_id == search_id, Trial.tuner_trial_id == tuner_trial_id))
-        return number if first is None else int(first)
-
     def completed_durations(self, search_id: int) -> list[float]:
         """How long each completed trial of the search took, in seconds."""
         with self.session() as session:
