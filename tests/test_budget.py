@@ -79,6 +79,7 @@ def test_a_time_limit_stops_a_long_trial_at_its_deadline_and_the_search_exports(
     assert json.loads((tmp_path / "out" / "autotl.json").read_text())["search"]["trial"] == 1
 
 
+@pytest.mark.slow
 def test_without_max_trials_a_time_limit_runs_trials_until_the_next_would_not_fit(tmp_path, mnist_dir, tiny_plugin):
     """The limit counts from the CLI's start, so imports (seconds on a loaded machine) come off it: the
     test reads the time left from the search's own last line rather than from the store's timestamps."""

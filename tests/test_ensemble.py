@@ -125,6 +125,7 @@ def test_the_ensemble_model_computes_the_frozen_part_once(ensemble_search):
 FORMATS_IN_CI = [fmt if fmt == "keras" else pytest.param(fmt, marks=pytest.mark.slow) for fmt in ALL_FORMATS]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", FORMATS_IN_CI)
 def test_the_ensemble_exports_and_reloads_without_autotl_in_every_format(ensemble_search, fmt, tmp_path):
     root, store, _, config, _ = ensemble_search
@@ -143,6 +144,7 @@ def test_the_ensemble_exports_and_reloads_without_autotl_in_every_format(ensembl
     assert_reloads_like(fmt, out, takes, expected, tmp_path, "the members' weighted mean")
 
 
+@pytest.mark.slow
 def test_export_no_ensemble_writes_the_best_trial(ensemble_search):
     root, store, result, _, _ = ensemble_search
     out = root / "export_single"

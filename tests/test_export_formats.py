@@ -265,6 +265,7 @@ def _on_a_terminal(args: list) -> str:
     return b"".join(chunks).decode(errors="replace")
 
 
+@pytest.mark.slow
 def test_export_shows_each_format_on_a_terminal_and_nothing_when_piped(exported, tmp_path):
     """Issue 29, 4: 55-67 s of silent export. On a terminal each format's line is drawn, then cleared."""
     root, _, _ = exported
@@ -321,6 +322,7 @@ def test_manifest_lists_every_file_with_its_checksum_and_what_each_format_takes(
                for entry in [inputs["keras"], inputs["onnx"], inputs["tflite"], signatures["serving_default"]])
 
 
+@pytest.mark.slow
 def test_predict_with_text_on_an_image_model_says_it_takes_images(exported):
     _, out, _ = exported
     result = run_cli("predict", out, "hello", "--text", "--plugin", TINY_PLUGIN)

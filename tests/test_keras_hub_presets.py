@@ -177,7 +177,7 @@ def test_random_efficientnet_weights_keep_the_presets_architecture(registry, lit
 
 
 @pytest.mark.parametrize("variant, fragment", [
-    ("{tmp}/no/such/folder", "no such folder"),
+    pytest.param("{tmp}/no/such/folder", "no such folder", marks=pytest.mark.slow),
     ("resnet_50_imagenet", "keras-hub ResNetBackbone preset"),
 ])  # fmt: skip
 def test_cli_search_reports_bad_variants_in_one_line(tmp_path, mnist_dir, variant, fragment):

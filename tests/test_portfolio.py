@@ -96,7 +96,7 @@ def test_without_a_portfolio_the_first_trial_is_drawn(tmp_path):
     assert dict(oracle.create_trial("tuner0").hyperparameters.values) not in first_trials(space, portfolio_for("image"))
 
 
-@pytest.mark.parametrize("portfolio", [True, False])
+@pytest.mark.parametrize("portfolio", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_a_search_starts_with_the_portfolio_fitted_to_its_backbone(tmp_path, mnist_dir, portfolio):
     """Through the CLI, on real digits and the tiny backbone (depths 0-2): the first trials are the
     portfolio's, all of the backbone fine-tuned then the probe (drawn ones with --no-portfolio)."""
@@ -126,6 +126,7 @@ def test_a_search_starts_with_the_portfolio_fitted_to_its_backbone(tmp_path, mni
         assert trials[0].hyperparameters != expected[0]
 
 
+@pytest.mark.slow
 def test_one_se_tries_the_portfolios_heads_first_and_keeps_the_checkpoint_it_chooses(tmp_path, mnist_dir):
     """`--selection one-se` prefers models that fine-tune less, so the heads on cached activations run first."""
     from pathlib import Path

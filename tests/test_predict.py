@@ -143,6 +143,7 @@ def peak_rss_mb(*args, stdin_path=None) -> float:
 GROWTH_BOUND_MB = 60
 
 
+@pytest.mark.slow
 def test_predicting_5000_images_takes_no_more_memory_than_500(image_model, mnist_dir, tmp_path):
     source = Image.open(sorted((mnist_dir / "1").glob("*.png"))[0])
     for count in (500, 5000):
@@ -157,6 +158,7 @@ def test_predicting_5000_images_takes_no_more_memory_than_500(image_model, mnist
     assert large - small < GROWTH_BOUND_MB
 
 
+@pytest.mark.slow
 def test_predicting_10000_texts_from_stdin_takes_no_more_memory_than_1000(text_model, tmp_path):
     lines = [f"review number {i}: {'a fine film ' * (i % 7)}and a {'dull ' * (i % 3)}ending" for i in range(10000)]
     for count in (1000, 10000):

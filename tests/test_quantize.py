@@ -47,7 +47,7 @@ def plain(searched, tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("mode", ["int8", "float16"])
+@pytest.mark.parametrize("mode", ["int8", pytest.param("float16", marks=pytest.mark.slow)])
 def test_a_quantized_export_is_smaller_measured_and_still_predicts(searched, plain, mnist_dir, tmp_path, mode):
     root, store = searched
     result = run_cli(*export_args(store, tmp_path / mode, "--quantize", mode), check=True)

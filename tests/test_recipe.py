@@ -95,6 +95,7 @@ def test_layerwise_decay_trains_each_block_below_the_top_at_decay_times_the_rate
     assert moved == pytest.approx([0.01, 0.01, 0.005, 0.0025], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_a_fine_tune_with_layerwise_decay_leaves_the_lower_blocks_where_a_vanishing_factor_keeps_them(
         tmp_path, mnist_dir):
     """Through a real search on cached activations: the top of two unfrozen blocks trains; the block below,

@@ -64,6 +64,7 @@ def _refit_path(store, result) -> Path:
     return Path(artifacts[0].path)
 
 
+@pytest.mark.slow
 def test_the_refit_trains_the_best_trials_epochs_on_every_labelled_example(refit_search):
     _, store, result, config, messages = refit_search
     search = store.get_search("refit")
@@ -94,6 +95,7 @@ def test_the_refit_trains_the_best_trials_epochs_on_every_labelled_example(refit
     assert search.status == "completed" and best.value == result.best.value
 
 
+@pytest.mark.slow
 def test_the_refit_model_learned_the_validation_examples(refit_search):
     _, store, result, config, _ = refit_search
     val, preprocessor = validation_split(config)
@@ -114,6 +116,7 @@ def test_the_refit_model_learned_the_validation_examples(refit_search):
 FORMATS_IN_CI = [fmt if fmt == "keras" else pytest.param(fmt, marks=pytest.mark.slow) for fmt in ALL_FORMATS]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", FORMATS_IN_CI)
 def test_the_refit_exports_and_reloads_without_autotl_in_every_format(refit_search, fmt, tmp_path):
     root, store, result, config, _ = refit_search
@@ -130,6 +133,7 @@ def test_the_refit_exports_and_reloads_without_autotl_in_every_format(refit_sear
     assert_reloads_like(fmt, out, takes, expected, tmp_path, "the refit model")
 
 
+@pytest.mark.slow
 def test_export_no_refit_writes_the_validated_trial(refit_search):
     root, store, result, _, _ = refit_search
     out = root / "export_validated"

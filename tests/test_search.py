@@ -137,7 +137,7 @@ class MessageLog(Reporter):
         self.lines.append(text)
 
 
-@pytest.mark.parametrize("tuner", ["bayesian", "hyperband"])
+@pytest.mark.parametrize("tuner", ["bayesian", pytest.param("hyperband", marks=pytest.mark.slow)])
 def test_other_tuners_complete_and_respect_max_trials(tmp_path, mnist_dir, tuner):
     store = Store(str(tmp_path / "autotl.db"))
     config = api.SearchConfig(data=str(mnist_dir), backbone="tiny_cnn", plugin_files=[str(TINY_PLUGIN)],
@@ -318,6 +318,7 @@ def test_the_best_epoch_of_a_tie_is_the_one_with_the_lower_validation_loss():
     assert float(keras.ops.convert_to_numpy(weight)) == 2.0
 
 
+@pytest.mark.slow
 def test_a_backbone_whose_frozen_features_hardly_vary_is_named_once_in_a_warning(tmp_path, mnist_dir):
     """Issue 29, 8: `keras:MobileNetV3Small --weights none` gave features of about 1e-10, and every trial sat at
     the loss of a uniform guess without a word. Here the tiny backbone's output is scaled by 1e-12."""

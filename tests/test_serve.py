@@ -482,6 +482,7 @@ def test_a_port_in_use_is_one_line_and_exit_1(image_export):
     assert result.stderr.strip().splitlines() == [f"Error: cannot listen on 127.0.0.1:{port}: Address already in use"]
 
 
+@pytest.mark.slow
 def test_a_model_with_python_code_is_refused_by_safe_mode(tmp_path, image_export, digits):
     """A .keras file with a Lambda layer would run its code when loaded: serve and predict refuse it."""
     import keras

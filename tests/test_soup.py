@@ -15,6 +15,8 @@ from autotl.search.soup import SOUP_METRIC, Ingredient, TopEpochs, greedy_soup
 
 from test_refit import SPACE, run_tiny_search, validation_split
 
+pytestmark = pytest.mark.slow  # a lever that is off by default: a fine-tuning search of half a minute
+
 ACCURACY = Objective("val_accuracy", "max")
 
 

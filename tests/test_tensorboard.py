@@ -16,6 +16,8 @@ from autotl.store import COMPLETED, Store
 
 from conftest import TINY_PLUGIN, autotl_command, run_cli
 
+pytestmark = pytest.mark.slow  # an optional extra's logs: a search of half a minute
+
 SPACE = "unfreeze_depth: {values: [1]}\nhead_lr: {min: 0.001, max: 0.01, sampling: log}\n"
 METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
 

@@ -17,6 +17,8 @@ from autotl.search.runner import VAL_PROBS_NAME
 from conftest import run_cli
 from test_export_formats import reload_without_autotl
 
+pytestmark = pytest.mark.slow  # MiniLM's two phases also run in test_backbones and test_keras_hub_presets
+
 SPACE = "unfreeze_depth: {values: [1]}\npooling: {values: [mean, cls]}\nhead_layers: 0\n"
 
 
