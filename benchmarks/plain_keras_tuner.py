@@ -31,7 +31,7 @@ import numpy as np
 
 from autotl.search import space as space_module
 from autotl.backbones.layers import FirstTokenPooling, MaskedMeanPooling
-from autotl.search.runner import trial_seed
+from autotl.search.records import trial_seed
 
 OBJECTIVE = kt.Objective("val_accuracy", direction="max")
 
@@ -112,7 +112,7 @@ class PlainTransferHyperModel(kt.HyperModel):
 
 class TimedTuner(kt.Tuner):
     """A plain `keras_tuner.Tuner` that times each trial and seeds it like autotl (from the search's seed and the
-    trial's configuration, `autotl.search.runner.trial_seed`)."""
+    trial's configuration, `autotl.search.records.trial_seed`)."""
 
     def __init__(self, oracle: ReplayOracle, hypermodel, seed: int, **kwargs):
         super().__init__(oracle, hypermodel, **kwargs)

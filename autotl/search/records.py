@@ -1,7 +1,10 @@
-"""Plain descriptions of a trial's work and result, free of Keras so any process can unpickle them."""
+"""Plain descriptions of a trial's work and result, free of Keras so any process can unpickle them, and the seed a
+trial's configuration starts from."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,3 +73,17 @@ class TrialOutcome:
 
 class TrialFailed(Exception):
     """The trial ran but produced no usable result (NaN losses, a dead worker process, ...)."""
+
+
+def trial_seed(search_seed: int, values: dict[str, Any]) -> int:
+    """The seed of a trial's initialisation and shuffles: the search's seed and the trial's configuration
+    (its hyperparameter values, less KerasTuner's ``tuner/`` bookkeeping), not its number.
+
+    So a configuration starts from the same weights and batches whichever trial runs it: a re-run of an
+    interrupted trial, the same portfolio entry in a search that runs another trial before it, a
+    Hyperband rung. An ablation that adds or removes trials then changes only those trials (common random
+    numbers), where a seed of the trial's number re-drew every later one.
+    """
+    configuration = {name: value for name, value in values.items() if not name.startswith("tuner/")}
+    text = json.dumps([search_seed, configuration], sort_keys=True, default=str)
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big") % 2**31

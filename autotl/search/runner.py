@@ -16,8 +16,6 @@ search so far. Each epoch is written to the store as it ends.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import math
 import time
 from pathlib import Path
@@ -42,7 +40,7 @@ from autotl.search.hypermodel import (BACKBONE_LAYER, ReusableBackbone, Transfer
 from autotl.search.ensemble import score
 from autotl.search.soup import SOUP_METRIC, TopEpochs, greedy_soup
 from autotl.search.records import (FINETUNE, HEAD, VAL_PROBS_NAME, Objective, TrainingPlan, TrialData, TrialFailed,
-                                   TrialOutcome)
+                                   TrialOutcome, trial_seed)
 from autotl.store import Store
 from autotl.store.queries import TIE_BREAK_METRIC, may_be_chosen, rank_key, trial_rank
 
@@ -53,20 +51,6 @@ EpochCallback = Callable[[int, str, int, int, dict], None]
 
 
 EPOCH_PROGRESS_AFTER_S = 2.0  # an epoch shows its batches on a terminal once it has lasted this long
-
-
-def trial_seed(search_seed: int, values: dict[str, Any]) -> int:
-    """The seed of a trial's initialisation and shuffles: the search's seed and the trial's configuration
-    (its hyperparameter values, less KerasTuner's ``tuner/`` bookkeeping), not its number.
-
-    So a configuration starts from the same weights and batches whichever trial runs it: a re-run of an
-    interrupted trial, the same portfolio entry in a search that runs another trial before it, a
-    Hyperband rung. An ablation that adds or removes trials then changes only those trials (common random
-    numbers), where a seed of the trial's number re-drew every later one.
-    """
-    configuration = {name: value for name, value in values.items() if not name.startswith("tuner/")}
-    text = json.dumps([search_seed, configuration], sort_keys=True, default=str)
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big") % 2**31
 
 
 class TrialRunner:
