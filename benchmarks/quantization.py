@@ -65,8 +65,7 @@ def recorded(out: Path) -> dict[str, dict]:
     path = out / "quantization.json"
     if not path.exists():
         return {}
-    saved = json.loads(path.read_text())
-    return {result["workload"]: {"command": saved.get("command"), **result} for result in saved["results"]}
+    return {result["workload"]: result for result in json.loads(path.read_text())["results"]}
 
 
 def write(out: Path, results: dict[str, dict]) -> None:
@@ -78,7 +77,7 @@ def write(out: Path, results: dict[str, dict]) -> None:
              "Test accuracy: `autotl evaluate` on the workload's test split.", ""]
     for result in ordered:
         lines += [f"## {result['workload']} (search --time-limit {result['time_limit_s']}s)", "",
-                  f"Command: `{result['command']}`, at {result.get('revision', 'an unrecorded revision')}.", "",
+                  f"Command: `{result['command']}`, at {result['revision']}.", "",
                   "| export | size (MB) | latency (ms) | validation accuracy | test accuracy |", "|---|---|---|---|---|"]
         for name, row in result["rows"].items():
             latency = "" if row["latency_ms"] is None else f"{row['latency_ms']:.2f}"
@@ -100,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     results = recorded(args.out)
     for workload in args.workloads:
         if workload in results and not args.again:
-            quality.log(f"{workload}: recorded at {results[workload].get('revision', '?')}, skipped")
+            quality.log(f"{workload}: recorded at {results[workload]['revision']}, skipped")
             continue
         with tempfile.TemporaryDirectory() as work:
             measured = measure(workload, Path(work), args.time_limit_s)

@@ -3,12 +3,12 @@ trial's configuration starts from."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from autotl.cache.entries import digest
 
 # A kept trial's validation probabilities, saved next to its checkpoint by the runner; read by the report and
 # by ensemble selection (`autotl.search.ensemble`).
@@ -85,5 +85,4 @@ def trial_seed(search_seed: int, values: dict[str, Any]) -> int:
     numbers), where a seed of the trial's number re-drew every later one.
     """
     configuration = {name: value for name, value in values.items() if not name.startswith("tuner/")}
-    text = json.dumps([search_seed, configuration], sort_keys=True, default=str)
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big") % 2**31
+    return int(digest([search_seed, configuration])[:8], 16) % 2**31
