@@ -237,23 +237,27 @@ def with_absolute_paths(values: dict[str, Any], names: tuple[str, ...]) -> dict[
             for key, value in values.items()}
 
 
-def check_same_options(existing: Search, config: SearchConfig) -> None:
+def check_same_options(existing: Search, config: SearchConfig, completed: int) -> None:
     """`search --name NAME` with NAME in the store must be the same search (to resume it or see it done),
-    but for a higher --max-trials, which extends it."""
+    but for a higher --max-trials, which extends it (`completed`: its completed trials)."""
     given = with_absolute_paths(asdict(config), PATH_OPTIONS)
     stored = with_absolute_paths(existing.config, PATH_OPTIONS)  # stores from before paths were kept absolute
     changed = [name for name in RESUME_OPTIONS if stored.get(name, ADDED_OPTIONS.get(name)) != given[name]
-               and not (name == "max_trials" and extends(existing, config))]
+               and not (name == "max_trials" and extends(existing, config, completed))]
     if config.weights is not None and config.weights != existing.weights:
         changed.append("weights")
     _refuse_if_changed(existing, changed)
 
 
-def extends(existing: Search, config: SearchConfig) -> bool:
+def extends(existing: Search, config: SearchConfig, completed: int) -> bool:
     """Whether `config` asks for more than the stored search had, more trials or a longer time limit:
-    it may go on, to that many trials or for that long. No cap counts as more than any."""
+    it may go on, to that many trials or for that long. No cap counts as more than any; a cap given to a
+    search that had none (one bounded by its time limit) asks for more when it is above the `completed` trials."""
     stored_cap = existing.config.get("max_trials", config.max_trials)
-    more_trials = stored_cap is not None and (config.max_trials is None or config.max_trials > int(stored_cap))
+    if stored_cap is None:
+        more_trials = config.max_trials is not None and config.max_trials > completed
+    else:
+        more_trials = config.max_trials is None or config.max_trials > int(stored_cap)
     stored_limit = existing.config.get("time_limit")
     more_time = stored_limit is not None and config.time_limit is not None and config.time_limit > stored_limit
     return more_trials or more_time

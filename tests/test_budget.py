@@ -115,12 +115,15 @@ def test_more_trials_or_more_time_extends_a_finished_search_and_the_same_budget_
         config.validate()
         return config
 
-    assert extends(_stored(max_trials=5, time_limit=None), given(max_trials=7))
-    assert not extends(_stored(max_trials=5, time_limit=None), given(max_trials=5))
-    assert extends(_stored(max_trials=5, time_limit=None), given(time_limit=600))  # no cap now: more trials
-    assert extends(_stored(max_trials=None, time_limit=300), given(time_limit=600))
-    assert not extends(_stored(max_trials=None, time_limit=600), given(time_limit=600))
-    assert not extends(_stored(max_trials=None, time_limit=600), given(time_limit=300))
+    assert extends(_stored(max_trials=5, time_limit=None), given(max_trials=7), 5)
+    assert not extends(_stored(max_trials=5, time_limit=None), given(max_trials=5), 5)
+    assert extends(_stored(max_trials=5, time_limit=None), given(time_limit=600), 5)  # no cap now: more trials
+    assert extends(_stored(max_trials=None, time_limit=300), given(time_limit=600), 3)
+    assert not extends(_stored(max_trials=None, time_limit=600), given(time_limit=600), 3)
+    assert not extends(_stored(max_trials=None, time_limit=600), given(time_limit=300), 3)
+    # A search bounded by its time limit alone, given a cap: more than its completed trials extends it.
+    assert extends(_stored(max_trials=None, time_limit=5), given(max_trials=6, time_limit=5), 5)
+    assert not extends(_stored(max_trials=None, time_limit=5), given(max_trials=5, time_limit=5), 5)
 
 
 def test_a_phase_through_backbone_blocks_takes_one_batch_per_call_so_a_time_limit_can_stop_it_mid_epoch():

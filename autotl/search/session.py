@@ -79,6 +79,7 @@ class SearchSession:
     oracle: Any = None
     training: TrainingPlan | None = None
     reran: int = 0  # trials found interrupted, run again
+    completed_before: int = 0  # the stored search's completed trials, when this run continues it
     completed_here: int = 0
 
     @classmethod
@@ -90,16 +91,18 @@ class SearchSession:
         store = store if isinstance(store, Store) else Store(store)
         deadline = Deadline.after(config.time_limit, since=started_at) if config.time_limit is not None else None
         existing = find_search(store, config.name)
+        completed = store.count_trials(existing.id, COMPLETED) if existing is not None else 0
         if existing is not None:
-            check_same_options(existing, config)
+            check_same_options(existing, config, completed)
         role = CHIEF if config.workers > 0 else SINGLE
-        return cls(config, store, reporter, deadline, role=role, existing=existing, row=existing)
+        return cls(config, store, reporter, deadline, role=role, existing=existing, row=existing,
+                   completed_before=completed)
 
     @property
     def already_finished(self) -> bool:
         """A completed search asked for nothing more: there is nothing to run."""
-        return self.existing is not None and self.existing.status == COMPLETED and not extends(self.existing,
-                                                                                                 self.config)
+        return (self.existing is not None and self.existing.status == COMPLETED
+                and not extends(self.existing, self.config, self.completed_before))
 
     @property
     def trials_here(self) -> int:
@@ -162,7 +165,7 @@ class SearchSession:
         store, row, config = self.store, self.row, self.config
         self.reran = store.interrupt_running_trials(row.id, "interrupted: the search stopped during this trial")
         completed = store.count_trials(row.id, COMPLETED)
-        if extends(row, config):
+        if extends(row, config, self.completed_before):
             before = describe_budget(row.config.get("max_trials"), row.config.get("time_limit"))
             self.reporter.message(f"extending search {row.name!r} from {before} to "
                                   f"{describe_budget(config.max_trials, config.time_limit)}: "
@@ -396,7 +399,7 @@ class SearchSession:
 
     @property
     def extended(self) -> bool:
-        return self.existing is not None and extends(self.existing, self.config)
+        return self.existing is not None and extends(self.existing, self.config, self.completed_before)
 
     @property
     def objective(self) -> Objective:
