@@ -402,3 +402,52 @@ def test_fine_tuning_epochs_are_compared_apart_and_never_a_portfolio_entry(monke
     part = benchmark.modality_part(records, FAKE_SUITE, "image", "rev1", 2)
     assert [step["add"] for step in part["steps"]] == ["b", "a"]
     assert [(row["candidate"], row["mean_val_accuracy"]) for row in part["epochs"]] == [("a", 0.7), ("a-8ep", 0.9)]
+
+
+@pytest.mark.parametrize("fill_time", [True, False])
+def test_with_fill_time_the_time_a_long_fine_tune_leaves_goes_to_the_proposals_that_fit(tmp_path, fill_time):
+    """The suite's digits-fewshot: the whole-backbone fine-tune took 67 s and left 52 s, and the search
+    stopped, since the median trial (67 s) would not fit, although the portfolio's next entry, a head on
+    the cached activations, takes seconds."""
+    from autotl.search.budget import Deadline, TrialCost
+
+    space = build_space("image", None, None, blocks=18)
+    portfolio = first_trials(space, portfolio_for("image"))
+    assert [entry["unfreeze_depth"] for entry in portfolio] == [18, 0, 4]
+    oracle = make_oracle("random", kt.Objective("val_accuracy", "max"), None, 2, seed=0)
+    oracle.portfolio, oracle.fill_time = portfolio, fill_time
+    oracle = open_oracle(oracle, _Declaring(space), tmp_path, False)
+    completed: list[TrialCost] = []
+    oracle.completed_costs = lambda: completed
+
+    def next_trial(seconds_left: float):
+        oracle.deadline = Deadline.after(seconds_left)
+        trial = oracle.create_trial(f"tuner{len(oracle.trials)}")
+        return dict(trial.hyperparameters.values) if trial.status == "RUNNING" else None
+
+    assert next_trial(120) == portfolio[0]  # the first trial always starts
+    completed.append(TrialCost(18, 67.0))
+    handed = next_trial(52)
+    if not fill_time:
+        assert handed is None and oracle.stopped_by_deadline  # rule 2: the median trial, 67 s, would not fit
+        return
+    assert handed == portfolio[1]  # the head: seconds
+    completed.append(TrialCost(0, 3.0))
+    # 67 s / 18 blocks: a quarter of the backbone (4 blocks) would take about 15 s. With 10 s left it is passed
+    # over for a draw that fits (a head, or 1-2 blocks); with 2 s left nothing fits, and the search stops.
+    handed = next_trial(10)
+    assert handed != portfolio[2] and handed["unfreeze_depth"] * 67 / 18 <= 10
+    completed.append(TrialCost(handed["unfreeze_depth"], 3.0))
+    assert not oracle.stopped_by_deadline
+    assert next_trial(2) is None and oracle.stopped_by_deadline
+
+
+def test_a_trial_is_expected_to_take_what_trials_like_it_took():
+    from autotl.search.budget import TrialCost, expected_seconds
+
+    assert expected_seconds(0, []) == 0.0
+    assert expected_seconds(9, []) == 0.0
+    costs = [TrialCost(18, 72.0), TrialCost(0, 3.0), TrialCost(0, 5.0), TrialCost(4, 20.0)]
+    assert expected_seconds(0, costs) == 4.0  # the heads' median
+    assert expected_seconds(9, costs) == pytest.approx(9 * (4.0 + 5.0) / 2)  # the median per block: (4 + 5) / 2
+    assert expected_seconds(9, [TrialCost(0, 3.0), TrialCost(0, 7.0)]) == 5.0  # no fine-tune yet: rule 2's median

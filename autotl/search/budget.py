@@ -7,7 +7,12 @@ rules keep the run within it and still end it with a usable best model:
 1. the first trial always starts: a search needs one completed trial;
 2. another trial starts only when the time left is at least the median duration of the
    trials completed so far; otherwise the oracle says "stop" to every tuner that asks
-   (`DeadlineOracle`), workers of a distributed search included;
+   (`DeadlineOracle`), workers of a distributed search included. With ``--fill-time`` the
+   oracle instead weighs each proposed trial by what a trial like it costs
+   (`expected_seconds`): one that would not fit is passed over for the next proposal (the
+   portfolio's next entry, another draw), so the time a long fine-tune leaves goes to heads
+   on the cached activations and shallower fine-tunes, and the search stops only when no
+   proposal fits;
 3. a running trial stops at the deadline: at the end of the batch step that passes it, or
    at the end of an epoch when the next would end past it (`StopAtDeadline`, in
    `autotl.search.runner`). Its validation pass still runs, and the trial keeps its best
@@ -23,7 +28,7 @@ import re
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, Mapping, NamedTuple
 
 from autotl.errors import UsageError
 
@@ -88,24 +93,79 @@ def room_for_a_trial(deadline: Deadline, completed_durations: list[float], reser
     return deadline.left() >= statistics.median(completed_durations) + reserve
 
 
+class TrialCost(NamedTuple):
+    """A completed trial's unfreeze depth (0: a head on the cached activations) and duration."""
+
+    depth: int
+    seconds: float
+
+
+def expected_seconds(depth: int, completed: list[TrialCost]) -> float:
+    """How long a trial that fine-tunes `depth` blocks should take, from the completed trials.
+
+    A head on the cached activations (depth 0) takes what such heads took, and nothing
+    when none ran yet (seconds: the backbone's pass is cached). A fine-tune takes the
+    completed fine-tunes' median time per block times its depth: this overestimates
+    shallow fine-tunes (the head phase and tracing do not shrink with depth), which errs
+    on the side of the limit. With no fine-tune completed, rule 2's median of all trials.
+    """
+    if depth == 0:
+        heads = [cost.seconds for cost in completed if cost.depth == 0]
+        return statistics.median(heads) if heads else 0.0
+    per_block = [cost.seconds / cost.depth for cost in completed if cost.depth > 0]
+    if not per_block:
+        return statistics.median(cost.seconds for cost in completed) if completed else 0.0
+    return statistics.median(per_block) * depth
+
+
+PROPOSALS_TO_FIT = 20  # proposals weighed before a --fill-time search concludes that none fits
+
+
 class DeadlineOracle:
     """Mixed into a KerasTuner oracle: `create_trial` answers "stop" once no other trial fits.
 
-    `deadline` is None for a search without a time limit; `completed_durations` returns the
-    durations of the search's completed trials (from the store).
+    `deadline` is None for a search without a time limit; `completed_costs` returns the
+    depths and durations of the search's completed trials (from the store).
     """
 
     deadline: Deadline | None = None
-    completed_durations: Callable[[], list[float]] = staticmethod(list)
+    completed_costs: Callable[[], list[TrialCost]] = staticmethod(list)
     reserve: Callable[[], float] = staticmethod(float)  # seconds kept for after the trials (a refit)
+    fill_time: bool = False  # weigh each proposal by its expected cost (--fill-time)
     stopped_by_deadline: bool = False
 
     def create_trial(self, tuner_id):
         from autotl.workarounds import stopped_trial
 
         running_again = tuner_id in self.ongoing_trials  # KerasTuner hands that tuner its trial again
-        if self.deadline is not None and not running_again \
-                and not room_for_a_trial(self.deadline, self.completed_durations(), self.reserve()):
+        if self.deadline is not None and not running_again and not self.fill_time \
+                and not room_for_a_trial(self.deadline, [cost.seconds for cost in self.completed_costs()],
+                                         self.reserve()):
             self.stopped_by_deadline = True
             return stopped_trial(self, tuner_id)
         return super().create_trial(tuner_id)
+
+    def populate_space(self, trial_id):
+        """With --fill-time, the first proposal that fits the time left; "stop" when none of
+        `PROPOSALS_TO_FIT` does. The first trial always starts (rule 1)."""
+        completed = self.completed_costs() if self.fill_time and self.deadline is not None else []
+        if not completed:
+            return super().populate_space(trial_id)
+        for _ in range(PROPOSALS_TO_FIT):
+            proposal = super().populate_space(trial_id)
+            if proposal.get("status") != "RUNNING" or self._fits(proposal["values"], completed):
+                return proposal
+            self.pass_over(proposal["values"])
+        self.stopped_by_deadline = True
+        return {"status": "STOPPED", "values": None}
+
+    def _fits(self, values: Mapping[str, Any], completed: list[TrialCost]) -> bool:
+        depth = int(values.get("unfreeze_depth", 0))
+        return self.deadline.left() >= expected_seconds(depth, completed) + self.reserve()
+
+    def pass_over(self, values: Mapping[str, Any]) -> None:
+        """A proposal that does not fit the time left: the portfolio skips it (`PortfolioOracle`, next in
+        the oracle's classes); a draw is simply not recorded, and the next is another."""
+        passed_over = getattr(super(), "pass_over", None)
+        if passed_over is not None:
+            passed_over(values)

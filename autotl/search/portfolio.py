@@ -132,6 +132,13 @@ class PortfolioOracle:
         while index < len(self.portfolio):
             values = self.portfolio[index]
             index += 1
-            if not self._duplicate(values):
+            if not self._duplicate(values) and values not in self._passed_over():
                 return {"status": "RUNNING", "values": dict(values)}
         return super().populate_space(trial_id)
+
+    def pass_over(self, values: Mapping[str, Any]) -> None:
+        """Skip this entry from now on (it would not fit the time left: `autotl.search.budget`)."""
+        self._passed_over().append(dict(values))
+
+    def _passed_over(self) -> list[dict[str, Any]]:
+        return self.__dict__.setdefault("_passed_over_entries", [])

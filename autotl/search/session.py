@@ -34,7 +34,7 @@ from autotl.config import (Prepared, SearchConfig, check_resumable, check_same_o
                            planned_finetune_epochs, split_fingerprint)
 from autotl.errors import AutotlError, first_line
 from autotl.insight.progress import Reporter
-from autotl.search.budget import Deadline, describe_budget, format_duration
+from autotl.search.budget import Deadline, TrialCost, describe_budget, format_duration
 from autotl.search.lock import SearchLock
 from autotl.search.preparation import prepare
 from autotl.search.records import Objective, TrainingPlan, TrialData
@@ -197,7 +197,8 @@ class SearchSession:
             if config.selection == ONE_SE:  # the rule prefers simpler models: make sure the heads ran
                 entries = heads_first(entries)
             oracle.portfolio = first_trials(self.prepared.space, entries)
-        oracle.completed_durations = lambda: store.completed_durations(row.id)
+        oracle.completed_costs = lambda: [TrialCost(*cost) for cost in store.completed_durations(row.id)]
+        oracle.fill_time = config.fill_time
         return oracle
 
     def _open_oracle(self) -> None:

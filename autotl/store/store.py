@@ -320,12 +320,13 @@ class Store:
             return session.scalar(sa.select(Trial).where(
                 Trial.search_id == search_id, Trial.tuner_trial_id == tuner_trial_id, Trial.status == COMPLETED))
 
-    def completed_durations(self, search_id: int) -> list[float]:
-        """How long each completed trial of the search took, in seconds."""
+    def completed_durations(self, search_id: int) -> list[tuple[int, float]]:
+        """Each completed trial of the search: its unfreeze depth (0: a head alone) and how long it took, in
+        seconds."""
         with self.session() as session:
-            rows = session.scalars(sa.select(Trial.duration_s).where(
+            rows = session.execute(sa.select(Trial.hyperparameters, Trial.duration_s).where(
                 Trial.search_id == search_id, Trial.status == COMPLETED, Trial.duration_s.is_not(None)))
-            return [float(value) for value in rows]
+            return [(int((values or {}).get("unfreeze_depth", 0)), float(seconds)) for values, seconds in rows]
 
     def count_trials(self, search_id: int, status: str) -> int:
         with self.session() as session:
