@@ -27,6 +27,7 @@ from autotl.cli_exported import evaluate, predict, serve
 from autotl.cli_options import CACHE_DIR_OPTION, DURATION, JSON_OPTION, PLUGIN_OPTION, STORE_OPTION
 from autotl.insight.table import print_table
 from autotl.quiet import import_keras_quietly
+from autotl.workarounds import exit_at_once
 
 STARTED_AT = time.time()  # what --time-limit counts from: before Keras' imports, which take seconds
 
@@ -146,6 +147,7 @@ def search(data: str, **options: Any) -> None:
     import_keras_quietly()
     store = Store(store_url)
     _print_result(api.search(config, store, reporter=ConsoleReporter(config.objective), started_at=STARTED_AT))
+    exit_at_once(0)  # under --time-limit, the process's exit counts too
 
 
 @main.command()
@@ -172,6 +174,7 @@ def resume(search_ref: str, store: str, max_trials: int | None, time_limit: floa
     reporter = ConsoleReporter(opened.get_search(search_ref).objective)
     _print_result(api.resume(search_ref, opened, reporter=reporter, started_at=STARTED_AT, max_trials=max_trials,
                              time_limit=time_limit))
+    exit_at_once(0)
 
 
 @main.command()

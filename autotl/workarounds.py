@@ -12,6 +12,7 @@ import contextlib
 import gc
 import json
 import os
+import sys
 import tempfile
 from typing import Callable
 
@@ -293,3 +294,20 @@ def stopped_trial(oracle, tuner_id: str):
     oracle.tuner_ids.discard(tuner_id)
     return trial_module.Trial(hyperparameters=oracle.hyperparameters.copy(), trial_id="stopped",
                               status=trial_module.TrialStatus.STOPPED)
+
+
+def exit_at_once(code: int = 0) -> None:
+    """End this process without TensorFlow's teardown.
+
+    A process that imported TensorFlow takes 2-3 s to exit here (its atexit handlers and thread pools): a search
+    under --time-limit waited 1.7 s for its trial worker to exit after the last trial, then 2.4 s for its own exit
+    after printing its summary (a tiny search, 25 s limit: 29.3 s from the command to the shell's prompt, 24.0 s
+    with both exits at once). A search or trial worker that has finished has nothing left to write (its store
+    rows, checkpoints and TensorBoard files are closed explicitly): its output is flushed, and it leaves.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe or stream: nothing more to write anyway
+            pass
+    os._exit(code)

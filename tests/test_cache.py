@@ -117,6 +117,25 @@ def test_the_pooling_stem_is_computed_once_and_the_head_trains_on_its_outputs(ba
         assert not set(pooled) & set(graph_module.frozen_stem(flat_other, graph_module.cut(flat_other, 0, [])).after.names)
 
 
+def test_a_whole_backbone_fine_tune_reads_the_pixels_and_the_cache_holds_no_float_copy_of_them():
+    """Issue 29: the quick start cached its 96 px input as float32 (84 MB for 1,000 images), the output of the
+    backbone's pixel normalization. The trainable part now normalizes the uint8 pixels it reads from memory."""
+    options = {"image_size": (32, 32)}
+    model, blocks, preprocessor = trial_model("efficientnet_lite0", options, "avg", depth=0)
+    set_unfreeze_depth(model.get_layer(BACKBONE_LAYER), blocks, len(blocks))
+    flat = graph_module.flatten(model)
+    top = [layer for block in blocks for layer in block]
+    whole = graph_module.cut(flat, len(blocks), top)
+    assert whole.names == [f"input:{model.inputs[0].name}"] and not whole.cached_names
+    x = sample_inputs("efficientnet_lite0", options, preprocessor)
+    suffix = graph_module.suffix_model(flat, whole)
+    np.testing.assert_allclose(suffix.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
+    assert {id(w) for w in suffix.trainable_weights} == {id(w) for w in model.trainable_weights}
+    # Below the whole backbone the cut still crosses the frozen blocks' outputs, which the cache holds.
+    part = graph_module.cut(flat, 1, list(blocks[-1]))
+    assert part.cached_names and all(graph_module.input_name(name) is None for name in part.names)
+
+
 def test_a_cut_whose_trainable_part_begins_with_weights_has_no_stem():
     model, blocks, _ = trial_model("tiny_cnn", {"image_size": (16, 16)}, "avg", depth=1)
     flat = graph_module.flatten(model)

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 import keras
+import numpy as np
 from keras import tree
 
 from autotl.cache.entries import digest
@@ -145,8 +146,31 @@ def cut(graph: FlatGraph, depth: int, top_blocks: Iterable) -> Cut:
             if id(tensor) not in suffix_outputs and id(tensor) not in seen:
                 seen.add(id(tensor))
                 crossing.append(tensor)
+    crossing = _reading_inputs_for_their_transforms(graph, crossing)
     crossing.sort(key=lambda t: graph.names[id(t)])
     return Cut(depth, crossing, [graph.names[id(t)] for t in crossing])
+
+
+def _reading_inputs_for_their_transforms(graph: FlatGraph, crossing: list) -> list:
+    """`crossing` with each tensor that weightless, deterministic layers compute from the model inputs alone,
+    at no smaller size (a pixel normalization), replaced by those inputs: the trainable part recomputes it
+    per batch (an elementwise op), and the cache holds no float32 copy of pixels that are in memory already
+    at their own dtype (uint8: a quarter of the size)."""
+    sources = {id(t): [t] for t in graph.inputs.values()}  # tensor -> the model inputs it is computed from
+    for node in graph.nodes:
+        if not node.inputs or not all(id(t) in sources for t in node.inputs) \
+                or not _frozen_and_deterministic(node.layer):
+            continue
+        inputs = list({id(t): t for t in node.inputs for t in sources[id(t)]}.values())
+        if all(_size(t) >= sum(_size(i) for i in inputs) for t in node.outputs):
+            sources.update({id(t): inputs for t in node.outputs})
+    replaced = {id(t): t for tensor in crossing for t in sources.get(id(tensor), [tensor])}
+    return list(replaced.values())
+
+
+def _size(tensor) -> float:
+    """Values per example (unknown dimensions count as infinitely many)."""
+    return float(np.prod([float("inf") if d is None else d for d in tensor.shape[1:]]))
 
 
 @dataclass

@@ -19,7 +19,8 @@ rules keep the run within it and still end it with a usable best model:
    epoch, like one that early stopping ended.
 
 The deadline is a wall-clock time (``time.time()``), so the trial processes and the workers
-of the same machine share it.
+of the same machine share it. It comes `SEARCH_END_S` before the limit: what a search does
+after its last trial (choosing its model, its summary, its process's exit) fits in the limit too.
 """
 
 from __future__ import annotations
@@ -69,6 +70,11 @@ def describe_budget(max_trials: int | None, time_limit: float | None) -> str:
     return " or ".join(parts) or "no limit"
 
 
+# Seconds kept for what follows the trials' deadline: the running trial's validation and checkpoint after the
+# step that passed it, the summary (0.2 s) and the processes' exit (`autotl.workarounds.exit_at_once`).
+SEARCH_END_S = 2.0
+
+
 @dataclass(frozen=True)
 class Deadline:
     at: float  # time.time() when the budget is spent
@@ -77,6 +83,12 @@ class Deadline:
     def after(cls, seconds: float, since: float | None = None) -> "Deadline":
         """`seconds` after `since` (a ``time.time()``; default: now)."""
         return cls((time.time() if since is None else since) + seconds)
+
+    @classmethod
+    def for_trials(cls, time_limit: float, since: float | None = None) -> "Deadline":
+        """When the trials of a search limited to `time_limit` seconds from `since` must end: `SEARCH_END_S`
+        before the limit."""
+        return cls.after(time_limit - SEARCH_END_S, since)
 
     def left(self) -> float:
         return self.at - time.time()

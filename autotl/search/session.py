@@ -89,7 +89,7 @@ class SearchSession:
         `config.time_limit` counts from `started_at` (a ``time.time()``; default: now)."""
         config.validate()  # before the store: a refused configuration leaves no store behind
         store = store if isinstance(store, Store) else Store(store)
-        deadline = Deadline.after(config.time_limit, since=started_at) if config.time_limit is not None else None
+        deadline = Deadline.for_trials(config.time_limit, since=started_at) if config.time_limit is not None else None
         existing = find_search(store, config.name)
         completed = store.count_trials(existing.id, COMPLETED) if existing is not None else 0
         if existing is not None:

@@ -39,6 +39,7 @@ from typing import Any, Callable
 import numpy as np
 
 from autotl.errors import typed_first_line
+from autotl.workarounds import exit_at_once
 from autotl.search.records import Objective, TrainingPlan, TrialData, TrialFailed, TrialOutcome
 
 _SPLITS = ("x_train", "y_train", "x_val", "y_val")
@@ -252,7 +253,7 @@ def trial_process_main(spec: TrialProcessSpec, connection) -> None:
             message = connection.recv()
             if message[0] == "stop":
                 runner.close()
-                return
+                exit_at_once(0)
             _, trial_id, trial_number, values = message
             try:
                 outcome = runner.run(trial_id, trial_number, values, data,
