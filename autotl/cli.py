@@ -70,10 +70,10 @@ def main() -> None:
               help="First fit a logistic regression on the frozen backbone's pooled features, its L2 penalty chosen "
                    "on validation (seconds on the cache), as one more trial (README: Convex heads); off until "
                    "measured to help.")
-@click.option("--fill-time/--no-fill-time", default=False,
+@click.option("--fill-time/--no-fill-time", default=True, show_default=True,
               help="With --time-limit, when the next trial would not fit the time left, run the next proposal that "
                    "does (a head on the cached activations, a shallower fine-tune), judged by what such trials took "
-                   "so far; off until measured to help.")
+                   "so far; --no-fill-time: stop once the median trial would not fit.")
 @click.option("--max-trials", type=click.IntRange(min=1), default=None,
               help="Trials to run (a cap when --time-limit is given)  [default: 5; none with --time-limit]")
 @click.option("--time-limit", type=DURATION, metavar="DURATION",

@@ -59,7 +59,7 @@ class SearchConfig:
     ensemble_size: int = 1  # > 1: average up to this many of the best trials when it helps (autotl.search.ensemble)
     checkpoint_soup: bool = False  # average a fine-tune's best epochs greedily (autotl.search.soup)
     convex_head: bool = False  # a first trial: logistic regression on the pooled frozen features (autotl.search.convex)
-    fill_time: bool = False  # under a time limit, pass over the proposals that would not fit (autotl.search.budget)
+    fill_time: bool = True  # under a time limit, pass over the proposals that would not fit (autotl.search.budget)
     max_trials: int | None = None  # None: DEFAULT_MAX_TRIALS, or no cap when time_limit is set
     time_limit: float | None = None  # seconds for this run of the search (autotl.search.budget)
     epochs: int = 10
