@@ -8,8 +8,8 @@ rules keep the run within it and still end it with a usable best model:
 2. another trial starts only when the time left is at least the median duration of the
    trials completed so far; otherwise the oracle says "stop" to every tuner that asks
    (`DeadlineOracle`), workers of a distributed search included. With ``--fill-time`` (the
-   search's default since the tuning suite's runs, README: A time budget) the oracle instead weighs each proposed trial by what a trial like it costs
-   (`expected_seconds`): one that would not fit is passed over for the next proposal (the
+   default since the tuning suite's runs, README: A time budget) the oracle instead weighs
+   each proposed trial by what a trial like it costs (`expected_seconds`): one that would not fit is passed over for the next proposal (the
    portfolio's next entry, another draw), so the time a long fine-tune leaves goes to heads
    on the cached activations and shallower fine-tunes, and the search stops only when no
    proposal fits;

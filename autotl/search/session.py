@@ -164,8 +164,8 @@ class SearchSession:
         and run again), or a finished one to more trials or time."""
         store, row, config = self.store, self.row, self.config
         self.reran = store.interrupt_running_trials(row.id, "interrupted: the search stopped during this trial")
-        completed = store.count_trials(row.id, COMPLETED)
-        if extends(row, config, self.completed_before):
+        completed = self.completed_before
+        if extends(row, config, completed):
             before = describe_budget(row.config.get("max_trials"), row.config.get("time_limit"))
             self.reporter.message(f"extending search {row.name!r} from {before} to "
                                   f"{describe_budget(config.max_trials, config.time_limit)}: "
@@ -197,7 +197,7 @@ class SearchSession:
             if config.selection == ONE_SE:  # the rule prefers simpler models: make sure the heads ran
                 entries = heads_first(entries)
             oracle.portfolio = first_trials(self.prepared.space, entries)
-        oracle.completed_costs = lambda: [TrialCost(*cost) for cost in store.completed_durations(row.id)]
+        oracle.completed_costs = lambda: [TrialCost(*cost) for cost in store.completed_trial_costs(row.id)]
         oracle.fill_time = config.fill_time
         return oracle
 

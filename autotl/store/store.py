@@ -320,7 +320,7 @@ class Store:
             return session.scalar(sa.select(Trial).where(
                 Trial.search_id == search_id, Trial.tuner_trial_id == tuner_trial_id, Trial.status == COMPLETED))
 
-    def completed_durations(self, search_id: int) -> list[tuple[int, float]]:
+    def completed_trial_costs(self, search_id: int) -> list[tuple[int, float]]:
         """Each completed trial of the search: its unfreeze depth (0: a head alone) and how long it took, in
         seconds."""
         with self.session() as session:
