@@ -90,8 +90,30 @@ def test_an_int8_model_that_loses_too_much_is_refused_and_nothing_is_written(sea
     assert not (tmp_path / "refused").exists()
 
 
+def test_a_quantized_format_alone_is_still_measured_against_the_float32_model(searched, tmp_path):
+    """`--format tflite --quantize int8` writes no float32 format: the `.keras` model is measured beside it,
+    shown, guarded by --max-accuracy-drop, and not left in the export."""
+    _, store = searched
+    out = tmp_path / "alone"
+    args = ["export", "digits", "--out", out, "--format", "tflite", "--quantize", "int8", "--store", store.url,
+            "--plugin", TINY_PLUGIN]
+    result = run_cli(*args, check=True)
+    measured = json.loads((out / "autotl.json").read_text())["quantization"]
+    assert measured["reference"] == "keras (measured, not written)" and set(measured["formats"]) == {"tflite"}
+    tflite = measured["formats"]["tflite"]
+    assert tflite["accuracy_change"] == pytest.approx(tflite["val_accuracy"] - measured["reference_val_accuracy"],
+                                                      abs=1e-6)
+    assert (f"reference, the float32 .keras model (not written): validation accuracy "
+            f"{measured['reference_val_accuracy']:.4f}") in result.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["autotl.json", "model.tflite", "preprocessor"]
+    with pytest.raises(AutotlError, match="int8 tflite model loses .* more than --max-accuracy-drop -1"):
+        exporter.export(store, "digits", tmp_path / "refused", ("tflite",), plugin_files=[str(TINY_PLUGIN)],
+                        quantize="int8", max_accuracy_drop=-1.0)  # any model loses more than -1
+    assert not (tmp_path / "refused").exists()
+
+
 def test_check_drop_compares_each_quantized_format_with_the_reference():
-    assessed = {"reference": "keras", "formats": {"keras": {"val_accuracy": 0.9},
+    assessed = {"reference": "keras", "reference_val_accuracy": 0.9, "formats": {"keras": {"val_accuracy": 0.9},
                                                   "tflite": {"val_accuracy": 0.88, "accuracy_change": -0.02}}}
     check_drop("int8", assessed, 0.02)
     check_drop("float16", assessed, 0.0)  # only int8 is refused

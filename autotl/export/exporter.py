@@ -98,7 +98,7 @@ def export(store: Store, search_ref: str, out_dir: str | Path, formats: Sequence
                               refit=search.config.get(RESULT_KEY) if refit_path else None, ensemble=chosen)
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
     if quantize is not None:
-        manifest["quantization"] = _measured(out, formats, val, registry, quantize, max_accuracy_drop)
+        manifest["quantization"] = _measured(out, formats, val, registry, quantize, max_accuracy_drop, model)
         (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
     for fmt, name in FORMAT_PATHS.items():
         path = out / name
@@ -121,19 +121,27 @@ def _validation_split(search, backbone):
                           f"{exc}") from None
 
 
-def _measured(out: Path, formats: Sequence[str], val, registry, quantize: str, max_drop: float) -> dict[str, Any]:
-    """Each format's size, latency and validation accuracy; an int8 export that loses too much is removed."""
+def _measured(out: Path, formats: Sequence[str], val, registry, quantize: str, max_drop: float,
+              model) -> dict[str, Any]:
+    """Each format's size, latency and validation accuracy; an int8 export that loses too much is removed.
+    Without a float32 format among `formats`, `model` is saved beside them for the measurement alone."""
     import numpy as np
 
-    from autotl.export.quantization import assess, check_drop
+    from autotl.export.quantization import REFERENCE_FORMATS, assess, check_drop
 
+    files = {fmt: out / FORMAT_PATHS[fmt] for fmt in FORMATS if fmt in formats}
+    reference = None if any(fmt in files for fmt in REFERENCE_FORMATS) else out / FORMAT_PATHS["keras"]
     try:
-        files = {fmt: out / FORMAT_PATHS[fmt] for fmt in FORMATS if fmt in formats}
-        assessed = assess(out, files, list(val.examples), np.asarray(val.labels), registry, quantize)
+        if reference is not None:
+            model.save(reference)
+        assessed = assess(out, files, list(val.examples), np.asarray(val.labels), registry, quantize, reference)
         check_drop(quantize, assessed, max_drop)
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)
         raise
+    finally:
+        if reference is not None and reference.exists():
+            reference.unlink()
     return {"mode": quantize, "max_accuracy_drop": max_drop, **assessed}
 
 

@@ -27,26 +27,38 @@ from autotl.export.tf_formats import QUANTIZED_FORMATS
 QUANTIZATIONS = ("float16", "int8")
 LATENCY_RUNS = 100
 DEFAULT_MAX_ACCURACY_DROP = 0.01  # an int8 model may lose at most 1 point of validation accuracy by default
+REFERENCE_FORMATS = ("keras", "savedmodel")  # float32 formats: what the quantized ones are compared with
+UNWRITTEN_REFERENCE = "keras (measured, not written)"
 
 
 def assess(out: Path, files: dict[str, Path], examples: Sequence[Any], labels: np.ndarray, registry,
-           mode: str) -> dict:
+           mode: str, reference: Path | None = None) -> dict:
     """Each written format's (`files`: format -> its file or folder in `out`) size, single-example latency and
-    validation accuracy, whether `mode` quantized it, and its accuracy change from the float32 reference (the
-    ``.keras`` model, or the SavedModel)."""
+    validation accuracy, whether `mode` quantized it, and its accuracy change from the float32 reference: the
+    ``.keras`` model or the SavedModel when written, else `reference`, a ``.keras`` file that is measured but
+    not part of the export (``--format tflite --quantize int8`` alone still shows and guards the change)."""
     from autotl.runtime.loaded import LoadedModel
+
+    def accuracy(model: LoadedModel) -> float:
+        return round(float(np.mean(model.predict_proba(list(examples)).argmax(axis=1) == labels)), 6)
 
     figures = {}
     for fmt, path in files.items():
         model = LoadedModel(out, fmt, registry)
-        accuracy = float(np.mean(model.predict_proba(list(examples)).argmax(axis=1) == labels))
         figures[fmt] = {"quantized": fmt in QUANTIZED_FORMATS[mode], "size_bytes": _size(path),
-                        "latency_ms": _latency_ms(model, examples[0]), "val_accuracy": round(accuracy, 6)}
-    reference = next((fmt for fmt in ("keras", "savedmodel") if fmt in figures), None)
-    for fmt, figure in figures.items():
-        if reference is not None:
-            figure["accuracy_change"] = round(figure["val_accuracy"] - figures[reference]["val_accuracy"], 6)
-    return {"reference": reference, "validation_examples": len(labels), "formats": figures}
+                        "latency_ms": _latency_ms(model, examples[0]), "val_accuracy": accuracy(model)}
+    written = next((fmt for fmt in REFERENCE_FORMATS if fmt in figures), None)
+    if written is not None:
+        name, reference_accuracy = written, figures[written]["val_accuracy"]
+    elif reference is not None:
+        name, reference_accuracy = UNWRITTEN_REFERENCE, accuracy(LoadedModel(out, "keras", registry))
+    else:
+        name, reference_accuracy = None, None
+    for figure in figures.values():
+        if reference_accuracy is not None:
+            figure["accuracy_change"] = round(figure["val_accuracy"] - reference_accuracy, 6)
+    return {"reference": name, "reference_val_accuracy": reference_accuracy, "validation_examples": len(labels),
+            "formats": figures}
 
 
 def check_drop(mode: str | None, assessed: dict, max_drop: float) -> None:
@@ -58,14 +70,18 @@ def check_drop(mode: str | None, assessed: dict, max_drop: float) -> None:
         if change is not None and -change > max_drop:
             raise AutotlError(f"the int8 {fmt} model loses {-change:.4f} of validation accuracy "
                               f"({assessed['formats'][fmt]['val_accuracy']:.4f} against "
-                              f"{assessed['formats'][assessed['reference']]['val_accuracy']:.4f}), more than "
+                              f"{assessed['reference_val_accuracy']:.4f}), more than "
                               f"--max-accuracy-drop {max_drop:g}: try --quantize float16, or allow it with a "
                               f"higher --max-accuracy-drop")
 
 
 def describe(assessed: dict) -> list[str]:
-    """One line per format: its size, latency and validation accuracy (and change), for `autotl export`."""
+    """One line per format: its size, latency and validation accuracy (and change), for `autotl export`; and
+    the reference's accuracy when it is not one of the written formats."""
     lines = []
+    if assessed["reference"] == UNWRITTEN_REFERENCE:
+        lines.append(f"  reference, the float32 .keras model (not written): validation accuracy "
+                     f"{assessed['reference_val_accuracy']:.4f}")
     for fmt, figure in assessed["formats"].items():
         change = figure.get("accuracy_change")
         versus = "" if change is None or fmt == assessed["reference"] else f" ({change:+.4f})"
