@@ -10,7 +10,7 @@ import sqlite3
 import pytest
 
 from autotl.errors import UsageError
-from autotl.search.budget import Deadline, describe_budget, format_duration, parse_duration, room_for_a_trial
+from autotl.search.budget import Deadline, describe_budget, format_duration, parse_duration, room_for_a_finetune, room_for_a_trial
 from conftest import autotl_command, run_cli
 
 # A trial step plus the validation pass that follows the step that passes the deadline: far
@@ -46,6 +46,15 @@ def test_a_trial_starts_only_when_the_median_trial_fits_in_the_time_left():
     assert room_for_a_trial(deadline, [10, 90, 20])  # median 20
     assert not room_for_a_trial(deadline, [150, 90, 120])  # median 120
     assert room_for_a_trial(Deadline.after(-5), [])  # even late: a search needs one completed trial
+
+
+def test_a_fine_tune_starts_only_when_the_time_left_covers_its_blocks_forward_over_the_training_data():
+    # a 20 s cache pass, half the blocks unfrozen, 80 % of the examples for training: at least 8 s
+    assert room_for_a_finetune(Deadline.after(9), 20.0, 0.5, 0.8)
+    assert not room_for_a_finetune(Deadline.after(7), 20.0, 0.5, 0.8)
+    assert room_for_a_finetune(Deadline.after(1), None, 1.0, 0.8)  # activations read from the cache: no bound
+    assert not room_for_a_finetune(Deadline.after(-1), None, 1.0, 0.8)  # but never past the deadline
+    assert room_for_a_finetune(None, 20.0, 1.0, 0.8)  # no time limit
 
 
 def _rows(db, sql):

@@ -447,6 +447,9 @@ def test_the_cache_pass_traces_the_backbone_once_for_both_splits_and_their_short
                               batch_size=8)
     feed = source.feed(model, data, {})
     assert feed.status == "computed" and len(prefixes) == 1  # one model for both splits
+    assert feed.pass_seconds() == feed.seconds > 0  # what budget rule 4 weighs a fine-tune by
+    assert ActivationSource(ActivationCache(tmp_path / "cache"), backbone, preprocessor.config(), [0, 1],
+                            batch_size=8).feed(model, data, {}).pass_seconds() is None  # read from the cache
     if keras.backend.backend() == "tensorflow":
         assert prefixes[0].predict_function.experimental_get_tracing_count() == 1
     for split, x in (("train", x_train), ("val", x_val)):

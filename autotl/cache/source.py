@@ -56,6 +56,9 @@ class EndToEndFeed:
     def phase(self, depth: int) -> Phase:
         return Phase(self.model, self.data.x_train, self.data.x_val)
 
+    def pass_seconds(self) -> float | None:
+        return None  # no cache pass: each epoch runs the backbone
+
     def report(self) -> dict[str, Any]:
         return {"status": BYPASSED, "reason": self.reason}
 
@@ -99,6 +102,11 @@ class CachedFeed:
         if graph_module.input_name(name) is None:
             return self.arrays[(split, name)]
         return model_input(self.data.x_train if split == "train" else self.data.x_val, graph_module.input_name(name))
+
+    def pass_seconds(self) -> float | None:
+        """What computing this feed's activations took, the whole backbone forward over the training and
+        validation examples; None when they were read from the cache."""
+        return self.seconds if self.status == COMPUTED else None
 
     def report(self) -> dict[str, Any]:
         return {"status": self.status, "seconds": round(self.seconds, 3),

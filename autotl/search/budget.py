@@ -16,7 +16,11 @@ rules keep the run within it and still end it with a usable best model:
 3. a running trial stops at the deadline: at the end of the batch step that passes it, or
    at the end of an epoch when the next would end past it (`StopAtDeadline`, in
    `autotl.search.runner`). Its validation pass still runs, and the trial keeps its best
-   epoch, like one that early stopping ended.
+   epoch, like one that early stopping ended;
+4. a trial's fine-tuning phase starts only when the time left covers at least the forward
+   pass of its unfrozen blocks over the training examples (`room_for_a_finetune`): its tracing,
+   first step and validation pass cannot be cut short, and once a head phase ends near the
+   deadline, starting them anyway overran a 45 s limit by a third (the README's quick start).
 
 The deadline is a wall-clock time (``time.time()``), so the trial processes and the workers
 of the same machine share it. It comes `SEARCH_END_S` before the limit: what a search does
@@ -103,6 +107,18 @@ def room_for_a_trial(deadline: Deadline, completed_durations: list[float], reser
     if not completed_durations:
         return True
     return deadline.left() >= statistics.median(completed_durations) + reserve
+
+
+def room_for_a_finetune(deadline: Deadline | None, pass_seconds: float | None, depth_share: float,
+                        train_share: float) -> bool:
+    """Rule 4. `pass_seconds`: what the trial's cache pass took, the whole backbone forward over the training
+    and validation examples (None: its activations were read from the cache, and nothing bounds the
+    phase); `depth_share`: the unfrozen blocks' share of the backbone's; `train_share`: the training
+    examples' share of those the pass read. A lower bound of one fine-tuning epoch: no backward pass, no
+    tracing."""
+    if deadline is None:
+        return True
+    return deadline.left() > (pass_seconds or 0.0) * depth_share * train_share
 
 
 class TrialCost(NamedTuple):

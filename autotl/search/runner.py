@@ -28,7 +28,7 @@ from autotl.workarounds import TrialHeap, build_training_state, traced_gradients
 
 from autotl.search import convex
 from autotl.search import space as space_module
-from autotl.search.budget import Deadline
+from autotl.search.budget import Deadline, room_for_a_finetune
 from autotl.search.recipe import Recipe, steps_in
 from autotl.insight.bar import ProgressLine
 from autotl.insight.board import TrialBoard
@@ -134,7 +134,8 @@ class TrialRunner:
 
         fit(hp.get("head_lr"), HEAD, epochs, 0)
         depth = 0
-        if hp.get("unfreeze_depth") > 0 and finetune_epochs > 0 and (deadline is None or not deadline.passed()):
+        if hp.get("unfreeze_depth") > 0 and finetune_epochs > 0 and self._finetune_fits(deadline, feed, data, hp,
+                                                                                         model):
             tracker.restore()  # fine-tune from the best head, not the last one
             feature_model = model.get_layer(BACKBONE_LAYER)
             depth = set_unfreeze_depth(feature_model, self.hypermodel.backbone.blocks(feature_model),
@@ -156,6 +157,13 @@ class TrialRunner:
                                                                  self.plan.batch_size, sequence_lengths(data.x_val)),
                                  trial_id, trial_number, outcome)
         return outcome
+
+    def _finetune_fits(self, deadline: Deadline | None, feed, data: TrialData, hp, model: keras.Model) -> bool:
+        """Budget rule 4 (`room_for_a_finetune`) for this trial's fine-tuning phase."""
+        blocks = len(self.hypermodel.backbone.blocks(model.get_layer(BACKBONE_LAYER)))
+        depth_share = min(hp.get("unfreeze_depth"), blocks) / max(blocks, 1)
+        train_share = len(data.y_train) / max(len(data.y_train) + len(data.y_val), 1)
+        return room_for_a_finetune(deadline, feed.pass_seconds(), depth_share, train_share)
 
     def convex_head(self, trial_id: int, trial_number: int, values: dict[str, Any], data: TrialData,
                     on_epoch: EpochCallback) -> TrialOutcome:
