@@ -47,6 +47,14 @@ Each dataset becomes ``OUT_DIR/<name>/{train,val,test}``: image class folders
 columns (whitespace collapsed). Splits are stratified, seeded and disjoint (exact duplicates are
 dropped first). ``OUT_DIR/suite.json`` describes every dataset written there (entries of an
 earlier run with other names are kept). A missing source is one line naming its install.
+
+``--nested`` writes each dataset's nested suite instead, named ``<name>.nested``: its test split
+is the suite's validation split, its validation split a stratified slice of the suite's training
+split as large as the validation split (per class), its training split the rest. It is for the
+levers that validation accuracy cannot judge, because they learn from the validation split (a
+refit on training + validation data, an ensemble weighted on it): the nested test accuracy is
+then the suite's validation accuracy, so defaults stay chosen on validation data, and the suite's
+test splits stay unseen. Its records (``benchmarks/quality.py --suite DIR``) carry their own names.
 """
 
 from __future__ import annotations
@@ -60,7 +68,7 @@ import re
 import subprocess
 import sys
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -72,6 +80,7 @@ from autotl.backbones.weights import package_file  # noqa: E402
 from autotl.errors import AutotlError  # noqa: E402
 
 SPLITS = ("train", "val", "test")
+NESTED_SUFFIX = ".nested"
 SKLEARN_INSTALL = "pip install --no-deps scikit-learn==1.9.1"
 SKIMAGE_INSTALL = "pip install scikit-image"
 MAKE_DATASETS = Path(__file__).resolve().parent.parent / "examples" / "make_datasets.py"
@@ -311,6 +320,21 @@ def split(source: Source, dataset: Dataset, seed: int) -> dict[str, list[int]]:
     return {name: sorted(indices) for name, indices in out.items()}
 
 
+def nested(splits: dict[str, list[int]], labels: list[str], seed: int) -> dict[str, list[int]]:
+    """The nested suite's splits (``--nested``): the validation split becomes the test split, and a seeded
+    slice of each class's training examples, as many as its validation examples (leaving at least one to
+    train on), becomes the validation split."""
+    rng = np.random.default_rng(seed)
+    val_counts = Counter(labels[i] for i in splits["val"])
+    out: dict[str, list[int]] = {"train": [], "val": [], "test": list(splits["val"])}
+    for label in sorted(val_counts):
+        members = rng.permutation([i for i in splits["train"] if labels[i] == label])
+        taken = min(val_counts[label], len(members) - 1)
+        out["val"].extend(int(i) for i in members[:taken])
+        out["train"].extend(int(i) for i in members[taken:])
+    return {name: sorted(indices) for name, indices in out.items()}
+
+
 # --------------------------------------------------------------------------- writing
 
 
@@ -347,16 +371,21 @@ def describe(dataset: Dataset, source: Source, splits: dict[str, list[int]], see
         "paths": ({name: f"{dataset.name}/{name}" for name in SPLITS} if dataset.modality == "image"
                   else {name: f"{dataset.name}/{name}.csv" for name in SPLITS}),
     }
+    if dataset.name.endswith(NESTED_SUFFIX):
+        entry["nested"] = "test: the suite's validation split; validation: a slice of its training split"
     if dataset.modality == "text":
         entry["mean_words"] = mean_words([source.items[i] for indices in splits.values() for i in indices])
     return entry
 
 
-def write_dataset(out_dir: Path, dataset: Dataset, source: Source, seed: int) -> dict:
+def write_dataset(out_dir: Path, dataset: Dataset, source: Source, seed: int, nest: bool = False) -> dict:
+    splits = split(source, dataset, seed)
+    if nest:
+        splits = nested(splits, source.labels, seed)
+        dataset = replace(dataset, name=dataset.name + NESTED_SUFFIX)
     folder = out_dir / dataset.name
     if folder.exists() and any(folder.iterdir()):
         raise SourceError(f"{folder} exists and is not empty: remove it or choose another OUT_DIR")
-    splits = split(source, dataset, seed)
     class_names = sorted({source.labels[i] for i in splits["train"]})
     folder.mkdir(parents=True, exist_ok=True)
     for name, indices in splits.items():
@@ -374,7 +403,8 @@ def write_suite_json(out_dir: Path, entries: list[dict]) -> None:
     names = {entry["name"] for entry in entries}
     merged = [entry for entry in old if entry["name"] not in names] + entries
     order = list(DATASETS)
-    merged.sort(key=lambda e: order.index(e["name"]) if e["name"] in order else len(order))
+    merged.sort(key=lambda e: (e["name"].endswith(NESTED_SUFFIX), order.index(e["name"].removesuffix(NESTED_SUFFIX))
+                               if e["name"].removesuffix(NESTED_SUFFIX) in order else len(order)))
     path.write_text(json.dumps({"datasets": merged}, indent=2) + "\n")
 
 
@@ -409,6 +439,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed of the splits (default 0)")
     parser.add_argument("--only", action="append", choices=list(DATASETS), metavar="NAME",
                         help=f"write only this dataset (repeatable): one of {', '.join(DATASETS)}")
+    parser.add_argument("--nested", action="store_true",
+                        help="write each dataset's nested suite, <name>.nested: the validation split as its test "
+                             "split (for the levers that learn from validation data)")
     return parser
 
 
@@ -419,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         sources = [dataset.read() for dataset in chosen]  # every source is checked before anything is written
         out_dir.mkdir(parents=True, exist_ok=True)
-        entries = [write_dataset(out_dir, d, s, args.seed) for d, s in zip(chosen, sources)]
+        entries = [write_dataset(out_dir, d, s, args.seed, args.nested) for d, s in zip(chosen, sources)]
     except (SourceError, AutotlError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

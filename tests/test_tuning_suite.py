@@ -189,3 +189,25 @@ def test_an_existing_dataset_folder_is_refused(tmp_path):
     result = run_suite(tmp_path, 0, [name])
     assert result.returncode == 1
     assert result.stderr.strip().count("\n") == 0 and "is not empty" in result.stderr
+
+
+@pytest.mark.parametrize("name", ["lfw-faces", "convention-speeches"])
+def test_a_nested_suite_tests_on_the_suites_validation_split_and_validates_on_part_of_its_training(suite, tmp_path,
+                                                                                                 name):
+    """--nested: what a lever that learns from validation data (refit, ensembles) is judged on, so that
+    defaults stay chosen on validation data."""
+    needs(name)
+    out, entries = suite
+    result = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path), "--seed", "7", "--only", name, "--nested"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    nested_entry, = json.loads((tmp_path / "suite.json").read_text())["datasets"]
+    assert nested_entry["name"] == name + ".nested" and "nested" in nested_entry
+    plain = {split: Counter(read_split(out, entries[name], split)) for split in SUITE.SPLITS}
+    nested = {split: Counter(read_split(tmp_path, nested_entry, split)) for split in SUITE.SPLITS}
+    assert nested["test"] == plain["val"]
+    assert nested["train"] + nested["val"] == plain["train"] and not set(nested["train"]) & set(nested["val"])
+    per_class = {split: Counter(label for _, label in rows.elements()) for split, rows in nested.items()}
+    for label, count in per_class["test"].items():  # as many validation examples as test ones, one left to train
+        assert per_class["val"][label] == min(count, per_class["val"][label] + per_class["train"][label] - 1)
+        assert per_class["train"][label] >= 1
