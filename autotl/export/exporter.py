@@ -134,7 +134,7 @@ def _measured(out: Path, formats: Sequence[str], val, registry, quantize: str, m
     try:
         if reference is not None:
             model.save(reference)
-        assessed = assess(out, files, list(val.examples), np.asarray(val.labels), registry, quantize, reference)
+        assessed = assess(out, files, list(val.examples), np.asarray(val.labels), registry, quantize)
         check_drop(quantize, assessed, max_drop)
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)

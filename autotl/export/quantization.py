@@ -32,11 +32,11 @@ UNWRITTEN_REFERENCE = "keras (measured, not written)"
 
 
 def assess(out: Path, files: dict[str, Path], examples: Sequence[Any], labels: np.ndarray, registry,
-           mode: str, reference: Path | None = None) -> dict:
+           mode: str) -> dict:
     """Each written format's (`files`: format -> its file or folder in `out`) size, single-example latency and
     validation accuracy, whether `mode` quantized it, and its accuracy change from the float32 reference: the
-    ``.keras`` model or the SavedModel when written, else `reference`, a ``.keras`` file that is measured but
-    not part of the export (``--format tflite --quantize int8`` alone still shows and guards the change)."""
+    ``.keras`` model or the SavedModel when written, else the ``.keras`` model that the exporter saved in `out`
+    for this measurement alone (``--format tflite --quantize int8`` still shows and guards the change)."""
     from autotl.runtime.loaded import LoadedModel
 
     def accuracy(model: LoadedModel) -> float:
@@ -50,20 +50,17 @@ def assess(out: Path, files: dict[str, Path], examples: Sequence[Any], labels: n
     written = next((fmt for fmt in REFERENCE_FORMATS if fmt in figures), None)
     if written is not None:
         name, reference_accuracy = written, figures[written]["val_accuracy"]
-    elif reference is not None:
-        name, reference_accuracy = UNWRITTEN_REFERENCE, accuracy(LoadedModel(out, "keras", registry))
     else:
-        name, reference_accuracy = None, None
+        name, reference_accuracy = UNWRITTEN_REFERENCE, accuracy(LoadedModel(out, "keras", registry))
     for figure in figures.values():
-        if reference_accuracy is not None:
-            figure["accuracy_change"] = round(figure["val_accuracy"] - reference_accuracy, 6)
+        figure["accuracy_change"] = round(figure["val_accuracy"] - reference_accuracy, 6)
     return {"reference": name, "reference_val_accuracy": reference_accuracy, "validation_examples": len(labels),
             "formats": figures}
 
 
 def check_drop(mode: str | None, assessed: dict, max_drop: float) -> None:
     """Refuse an int8 export whose quantized formats lose more than `max_drop` of validation accuracy."""
-    if mode != "int8" or assessed["reference"] is None:
+    if mode != "int8":
         return
     for fmt in QUANTIZED_FORMATS[mode]:
         change = assessed["formats"].get(fmt, {}).get("accuracy_change")
